@@ -1,0 +1,158 @@
+//! Bus events: connection changes and what went wrong with global messages, as a stream.
+//!
+//! Each [`Bus::events`](crate::Bus::events) call makes a new [`BusEvents`] that sees the
+//! events emitted after its creation. Its buffer is bounded ([`EVENT_BUFFER`] events, the
+//! oldest dropped) so a forgotten `BusEvents` never grows without bound. Events are rare, so
+//! this side uses a mutex; it is never on the post path. A local bus emits none; every
+//! `BusEvents` ends when the bus shuts down.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use futures_core::Stream;
+use parking_lot::Mutex;
+
+/// How many undelivered events one [`BusEvents`] keeps before dropping the oldest.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Something that happened to the bus's Redis connection or to global messages.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// The Redis connections are up.
+    Connected,
+    /// A Redis connection was lost; the bus reconnects by itself.
+    Disconnected,
+    /// The bus reconnected and restored its subscriptions (G08).
+    Reconnected,
+    /// Messages from `origin` were lost between Redis and this bus (G06).
+    MessagesMissed {
+        /// The origin bus id, as text.
+        origin: String,
+        /// How many messages were lost.
+        count: u64,
+    },
+    /// A payload received on `channel` was refused (G09).
+    DecodeFailed {
+        /// The Redis channel it came on.
+        channel: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+struct Queue {
+    buffer: Mutex<(VecDeque<BusEvent>, bool)>,
+    waker: AtomicWaker,
+}
+
+/// The bus's side: where events are emitted.
+#[derive(Default)]
+pub(crate) struct EventHub {
+    /// `None` once closed.
+    queues: Mutex<Option<Vec<Weak<Queue>>>>,
+}
+
+impl EventHub {
+    pub(crate) fn new() -> Self {
+        EventHub { queues: Mutex::new(Some(Vec::new())) }
+    }
+
+    pub(crate) fn subscribe(&self) -> BusEvents {
+        let queue = Arc::new(Queue { buffer: Mutex::new((VecDeque::new(), false)), waker: AtomicWaker::new() });
+        match &mut *self.queues.lock() {
+            Some(queues) => {
+                queues.retain(|q| q.strong_count() > 0);
+                queues.push(Arc::downgrade(&queue));
+            }
+            None => queue.buffer.lock().1 = true,
+        }
+        BusEvents { queue }
+    }
+
+    /// Hands `event` to every live `BusEvents`.
+    #[cfg_attr(not(test), allow(dead_code))] // emitted by the Redis half
+    pub(crate) fn emit(&self, event: BusEvent) {
+        let queues = self.queues.lock();
+        for queue in queues.iter().flatten().filter_map(Weak::upgrade) {
+            let mut buffer = queue.buffer.lock();
+            if buffer.0.len() == EVENT_BUFFER {
+                buffer.0.pop_front();
+            }
+            buffer.0.push_back(event.clone());
+            drop(buffer);
+            queue.waker.wake();
+        }
+    }
+
+    /// Ends every `BusEvents` after what it buffered.
+    pub(crate) fn close(&self) {
+        let queues = self.queues.lock().take();
+        for queue in queues.into_iter().flatten().filter_map(|q| q.upgrade()) {
+            queue.buffer.lock().1 = true;
+            queue.waker.wake();
+        }
+    }
+}
+
+/// A stream of [`BusEvent`]s, from [`Bus::events`](crate::Bus::events). Ends when the bus
+/// shuts down.
+pub struct BusEvents {
+    queue: Arc<Queue>,
+}
+
+impl Stream for BusEvents {
+    type Item = BusEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
+        let queue = &self.queue;
+        queue.waker.register(cx.waker());
+        let mut buffer = queue.buffer.lock();
+        match buffer.0.pop_front() {
+            Some(event) => Poll::Ready(Some(event)),
+            None if buffer.1 => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl std::fmt::Debug for BusEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusEvents").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(events: &mut BusEvents) -> Poll<Option<BusEvent>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(events).poll_next(&mut cx)
+    }
+
+    #[test]
+    fn events_are_bounded_per_subscriber_and_end_on_close() {
+        let hub = EventHub::new();
+        let mut early = hub.subscribe();
+        hub.emit(BusEvent::Connected);
+        let mut late = hub.subscribe();
+        for _ in 0..EVENT_BUFFER + 5 {
+            hub.emit(BusEvent::Disconnected);
+        }
+        // `early` lost its oldest (Connected) and five more; it holds exactly EVENT_BUFFER.
+        let mut seen = 0;
+        while let Poll::Ready(Some(event)) = next(&mut early) {
+            assert_eq!(event, BusEvent::Disconnected);
+            seen += 1;
+        }
+        assert_eq!(seen, EVENT_BUFFER);
+        assert_eq!(next(&mut late), Poll::Ready(Some(BusEvent::Disconnected)));
+        hub.close();
+        assert!(matches!(next(&mut early), Poll::Ready(None)));
+        assert!(matches!(next(&mut hub.subscribe()), Poll::Ready(None)));
+    }
+}

@@ -1,0 +1,84 @@
+//! # evbus
+//!
+//! A lock-free, in-process event bus with wait-free posting: Serverpod's server events
+//! (`session.messages`) for Rust servers.
+//!
+//! ```
+//! use evbus::{Bus, MessageScope};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug)]
+//! struct UserUpdate {
+//!     user_id: u64,
+//!     name: String,
+//! }
+//!
+//! let bus = Bus::local();
+//!
+//! // A session is a unit of work: a request, a connection.
+//! let session = bus.session();
+//! session.messages().add_listener("user_updates", |update: &UserUpdate| {
+//!     println!("user {} is now {}", update.user_id, update.name);
+//! });
+//!
+//! // Posting calls every listener of the channel, on this thread, before it returns.
+//! let delivery = bus.messages().post_message(
+//!     "user_updates",
+//!     UserUpdate { user_id: 7, name: "Ada".into() },
+//!     MessageScope::Auto, // Global with Redis, Local without
+//! )?;
+//! assert_eq!(delivery.local_receivers(), 1);
+//!
+//! // Closing (or dropping) the session removes everything it registered.
+//! session.close();
+//! let delivery = bus.messages().post_message(
+//!     "user_updates",
+//!     UserUpdate { user_id: 7, name: "Grace".into() },
+//!     MessageScope::Local,
+//! )?;
+//! assert_eq!(delivery.local_receivers(), 0);
+//! # Ok::<(), evbus::PostError>(())
+//! ```
+//!
+//! ## The model
+//!
+//! - A **channel** is a name. Listeners ([`Messages::add_listener`]) are callbacks run on the
+//!   posting thread; streams ([`Messages::create_stream`]) are async [`MessageStream`]s with a
+//!   bounded buffer each. A message of type `M` reaches only receivers of type `M`.
+//! - A [`Session`] owns what was registered through it; closing or dropping it removes its
+//!   listeners and ends its streams. Registrations through [`Bus::messages`] live until removed
+//!   or until the bus shuts down.
+//! - A post is one atomic load of the channel's subscriber snapshot plus the calls: no lock,
+//!   no waiting for other threads, no allocation for listeners. [`Bus::channel`] gives a typed
+//!   handle that also skips the name lookup.
+//!
+//! The reasoning behind the hot path (what is wait-free, which orderings and why, what a slow
+//! stream gets) is in [`docs`].
+
+#![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+mod bus;
+mod channel;
+mod delivery;
+mod error;
+mod events;
+mod message;
+mod post;
+mod registry;
+mod session;
+mod stats;
+mod stream;
+mod subscribers;
+
+pub mod docs;
+
+pub use bus::{Bus, BusBuilder, WireFormat};
+pub use channel::Channel;
+pub use delivery::{Delivery, DeliveryFuture};
+pub use error::{BusError, PostError};
+pub use events::{BusEvent, BusEvents, EVENT_BUFFER};
+pub use message::{Message, MessageScope};
+pub use session::{ListenerId, Messages, Session};
+pub use stats::Stats;
+pub use stream::MessageStream;

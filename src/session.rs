@@ -1,0 +1,272 @@
+//! Sessions, `Messages` (Serverpod's `session.messages`), and what a session owns.
+//!
+//! # Ownership
+//!
+//! A [`Session`] owns the listeners and streams registered through its
+//! [`messages`](Session::messages): an [`Owner`] records their ids and (weakly) their channel
+//! slots. The bus's snapshots hold the closures and stream sinks; the owner holds nothing of
+//! the user's, so a session can never keep a closure alive (S03). Closing takes the record
+//! and removes every registration from its channel before returning (S01); dropping a
+//! session closes it.
+//!
+//! Lock order: a registration through a session takes the session's lock, then the channel's
+//! (so that it is either recorded before close takes the record, or refused). Everything else
+//! takes one lock at a time: close takes the session's, releases it, then each channel's;
+//! removals take the channel's, release it, then the session's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::bus::BusInner;
+use crate::delivery::Delivery;
+use crate::error::PostError;
+use crate::message::{Message, MessageScope};
+use crate::post::{Listener, Sink, Subscriber};
+use crate::registry::{Kind, Slot};
+use crate::stream::MessageStream;
+
+/// Identifies one registered listener, for [`Messages::remove_listener`].
+///
+/// Every [`Messages::add_listener`] call returns a new id, also for the same closure (L08):
+/// Rust closures have no identity, unlike Dart's functions, so evbus does not try to
+/// recognise "the same listener" (this differs from Serverpod on purpose).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub(crate) u64);
+
+/// What a session registered: its ids and their channels. `None` once closed.
+pub(crate) struct Owner {
+    closed: AtomicBool,
+    registrations: Mutex<Option<HashMap<u64, Weak<Slot>>>>,
+}
+
+impl Owner {
+    fn new() -> Self {
+        Owner { closed: AtomicBool::new(false), registrations: Mutex::new(Some(HashMap::new())) }
+    }
+
+    /// Forgets registration `id` (it was removed from its channel by other means).
+    pub(crate) fn forget(&self, id: u64) {
+        if let Some(registrations) = &mut *self.registrations.lock() {
+            registrations.remove(&id);
+        }
+    }
+}
+
+/// The messaging interface of a bus or a session: Serverpod's `session.messages`.
+///
+/// Registrations made through [`Bus::messages`](crate::Bus::messages) live until removed or
+/// until the bus shuts down (S05); those made through [`Session::messages`] belong to the
+/// session (S01).
+#[derive(Clone)]
+pub struct Messages {
+    pub(crate) bus: Arc<BusInner>,
+    owner: Option<Arc<Owner>>,
+}
+
+impl Messages {
+    pub(crate) fn new(bus: Arc<BusInner>) -> Self {
+        Messages { bus, owner: None }
+    }
+
+    /// Posts `message` on `channel`.
+    ///
+    /// With [`MessageScope::Local`] (or `Auto` on a bus without Redis), every listener of the
+    /// channel is called exactly once, on this thread, before this returns, in the order the
+    /// listeners were added (L02), and every stream of the channel has the message queued
+    /// (L03). Listeners get `&M`, streams `Arc<M>` clones of one allocation; nothing is
+    /// serialized (L04). A listener or stream of another message type is skipped and counted
+    /// in [`Stats::type_mismatches`](crate::Stats::type_mismatches) (L05). The post sees the
+    /// channel as it was when the post began: listeners may add or remove listeners (themselves
+    /// included), post, or close sessions from inside a callback (L06). A panicking listener
+    /// is caught and counted; the others still run and the post succeeds (L07). Posting to a
+    /// channel with no listeners succeeds and reaches nobody (L01).
+    ///
+    /// Posting never blocks and never waits for another thread: no lock is taken, whatever
+    /// registrations, removals or session closes run at the same time (L10). Posting through
+    /// a closed session still works (S04).
+    ///
+    /// # Errors
+    ///
+    /// - [`PostError::RedisNotEnabled`] for [`MessageScope::Global`] on a bus without Redis
+    ///   (G01); nothing is delivered.
+    /// - [`PostError::ShutDown`] after [`Bus::shutdown`](crate::Bus::shutdown).
+    ///
+    /// An `Ok` does not promise that anyone received the message:
+    /// [`Delivery::local_receivers`] says how many did.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use evbus::{Bus, MessageScope};
+    /// let bus = Bus::local();
+    /// let id = bus.messages().add_listener("user_updates", |n: &u64| println!("update {n}"));
+    /// let delivery = bus.messages().post_message("user_updates", 7u64, MessageScope::Auto)?;
+    /// assert_eq!(delivery.local_receivers(), 1);
+    /// assert!(bus.messages().remove_listener("user_updates", id));
+    /// # Ok::<(), evbus::PostError>(())
+    /// ```
+    #[inline]
+    pub fn post_message<M: Message>(
+        &self,
+        channel: &str,
+        message: M,
+        scope: MessageScope,
+    ) -> Result<Delivery, PostError> {
+        self.bus.check_local(scope)?;
+        Ok(Delivery::local(self.bus.registry.post(channel, message)))
+    }
+
+    /// Adds a listener to `channel`: `listener` is called with every message of type `M`
+    /// posted there, on the posting thread (L02). Returns a new [`ListenerId`] every time
+    /// (L08).
+    ///
+    /// Through a session, the listener belongs to it and is removed when it closes (S01); if
+    /// the session is already closed, the listener is inert: it is never called, and is
+    /// dropped at once (S04). After [`Bus::shutdown`](crate::Bus::shutdown) every new listener
+    /// is inert.
+    pub fn add_listener<M: Message, F>(&self, channel: &str, listener: F) -> ListenerId
+    where
+        F: Fn(&M) + Send + Sync + 'static,
+    {
+        let id = self.register(channel, Arc::new(Listener::<M, F>::new(listener)), Kind::Listener);
+        ListenerId(id)
+    }
+
+    /// Removes listener `id` from `channel`; returns false when the channel or the id is
+    /// unknown there (L08).
+    ///
+    /// After this returns, no post that starts afterwards calls that listener. A post already
+    /// running on another thread may still call it once; the closure stays alive until then,
+    /// and is dropped as soon as that post is done (L09, S03).
+    pub fn remove_listener(&self, channel: &str, id: ListenerId) -> bool {
+        self.bus.registry.remove(channel, id.0, Kind::Listener)
+    }
+
+    /// Creates a stream of the messages of type `M` posted on `channel` from now on.
+    ///
+    /// The stream buffers up to the bus's `stream_capacity` messages; when full, the oldest is
+    /// dropped and counted in [`MessageStream::missed`] (L11). Dropping the stream unregisters
+    /// it (L12). Through a session, it ends when the session closes, after yielding what it had
+    /// buffered (S02); through a closed session, or after shutdown, it ends at once (S04).
+    pub fn create_stream<M: Message>(&self, channel: &str) -> MessageStream<M> {
+        let (sink, stream) = MessageStream::new(self.bus.config.stream_capacity);
+        let id = self.register(channel, sink, Kind::Stream);
+        stream.registered(Arc::downgrade(&self.bus), channel, id)
+    }
+
+    /// Registers `sink` on `channel` under a new id, owned by this session if any. An inert
+    /// registration (closed session, shut-down bus) drops `sink` at once, outside any lock.
+    fn register(&self, channel: &str, sink: Arc<dyn Sink>, kind: Kind) -> u64 {
+        let id = self.bus.next_id.fetch_add(1, Relaxed);
+        let subscriber = Subscriber { id, sink };
+        let registry = &self.bus.registry;
+        let refused = match &self.owner {
+            None => registry.subscribe(channel, subscriber, kind, None).err(),
+            Some(owner) => {
+                let mut registrations = owner.registrations.lock();
+                match &mut *registrations {
+                    None => Some(subscriber),
+                    Some(registrations) => {
+                        match registry.subscribe(channel, subscriber, kind, Some(Arc::downgrade(owner))) {
+                            Ok(slot) => {
+                                registrations.insert(id, Arc::downgrade(&slot));
+                                None
+                            }
+                            Err(refused) => Some(refused),
+                        }
+                    }
+                }
+            }
+        };
+        drop(refused);
+        id
+    }
+}
+
+/// A unit of work (a request, a connection) that owns what it registers.
+///
+/// Not `Clone`; dropping it closes it. Listeners and streams made through
+/// [`Session::messages`] belong to the session: [`close`](Session::close) removes all of them
+/// (S01) and ends its streams after they yield what they had buffered (S02). After a session
+/// is closed and dropped, the bus holds no strong reference to anything it registered: a
+/// closure that captured an `Arc` releases it as soon as no post that began before the close
+/// is still running, with no later post or timer needed (S03). Closing a session while other
+/// threads post to its channels is safe and leaks nothing (S06).
+///
+/// ```
+/// # use evbus::Bus;
+/// let bus = Bus::local();
+/// let session = bus.session();
+/// session.messages().add_listener("chat", |line: &String| println!("{line}"));
+/// assert_eq!(bus.stats().listeners, 1);
+/// drop(session); // closes it
+/// assert_eq!(bus.stats().listeners, 0);
+/// ```
+pub struct Session {
+    messages: Messages,
+}
+
+impl Session {
+    pub(crate) fn new(bus: Arc<BusInner>) -> Self {
+        Session { messages: Messages { bus, owner: Some(Arc::new(Owner::new())) } }
+    }
+
+    /// The session's messaging interface (Serverpod's `session.messages`).
+    pub fn messages(&self) -> &Messages {
+        &self.messages
+    }
+
+    /// Closes the session: removes its listeners and ends its streams (S01, S02). Idempotent.
+    /// Registrations made through a closed session are inert (S04).
+    pub fn close(&self) {
+        let Some(owner) = &self.messages.owner else { return };
+        let registrations = owner.registrations.lock().take();
+        owner.closed.store(true, Release);
+        for (id, slot) in registrations.into_iter().flatten() {
+            if let Some(slot) = slot.upgrade() {
+                self.messages.bus.registry.unsubscribe(&slot, id, None);
+            }
+        }
+    }
+
+    /// Whether [`close`](Session::close) was called (or the session is being dropped).
+    pub fn is_closed(&self) -> bool {
+        self.messages.owner.as_ref().is_some_and(|owner| owner.closed.load(Acquire))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("closed", &self.is_closed()).finish_non_exhaustive()
+    }
+}
+
+/// Where a stream is registered, so that dropping it unregisters it (L12).
+pub(crate) struct Registration {
+    bus: Weak<BusInner>,
+    channel: Box<str>,
+    id: u64,
+}
+
+impl Registration {
+    pub(crate) fn new(bus: Weak<BusInner>, channel: &str, id: u64) -> Self {
+        Registration { bus, channel: channel.into(), id }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.registry.remove(&self.channel, self.id, Kind::Stream);
+        }
+    }
+}

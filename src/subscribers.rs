@@ -1,0 +1,288 @@
+//! Copy-on-write subscriber snapshots whose writes copy `O(log n)`, not `O(n)`.
+//!
+//! # Algorithm
+//!
+//! A channel's subscribers form an immutable, persistent radix trie (Bagwell's array-mapped
+//! trie, as in Clojure's `PersistentVector`, but sparse): every subscriber gets a *slot*
+//! number from a per-channel counter, and the trie is keyed by slot, five bits per level.
+//! Nodes are bitmap-compressed: a node stores only its present children (or, in a leaf, its
+//! present subscribers) in slot order, and a 32-bit map says which of the 32 positions they
+//! occupy. Slots only grow, so iterating the trie visits subscribers in the order they were
+//! added (L02).
+//!
+//! A write (add or remove) copies the one path from the root to the slot's leaf, sharing
+//! every other node with the previous version: at most `32 * height` entries are cloned,
+//! `height = log32(slots)`, so 100,000 listeners cost three levels. The reader side never
+//! changes: a post loads the root once (one `ArcSwap` load, done by the caller) and walks an
+//! immutable tree.
+//!
+//! Removals leave slot numbers unused; when the counter runs well ahead of the number of
+//! subscribers ([`Trie::should_repack`]), the writer rebuilds the trie densely. Each repack
+//! costs `O(len)` and needs at least `len / 2` removals since the previous one, so writes stay
+//! `O(log n)` amortized, and a small channel with churn is always a single leaf.
+//!
+//! Memory: a subscriber costs its entry in one leaf; interior nodes add about one pointer per
+//! 32 subscribers.
+
+use std::sync::Arc;
+
+const BITS: u32 = 5;
+const WIDTH: u64 = 1 << BITS;
+const MASK: u64 = WIDTH - 1;
+
+/// One immutable node of a snapshot.
+pub(crate) struct Node<T> {
+    /// Which of the 32 positions under this node are present.
+    bitmap: u32,
+    kind: Kind<T>,
+}
+
+enum Kind<T> {
+    Leaf(Box<[T]>),
+    Branch(Box<[Arc<Node<T>>]>),
+}
+
+impl<T> Node<T> {
+    /// Calls `f` on every item, in slot order. Recursion depth is the trie's height (at most
+    /// 13 for 64-bit slots).
+    #[inline]
+    pub(crate) fn for_each<F: FnMut(&T)>(&self, f: &mut F) {
+        match &self.kind {
+            Kind::Leaf(items) => items.iter().for_each(f),
+            Kind::Branch(children) => children.iter().for_each(|child| child.for_each(f)),
+        }
+    }
+
+    fn index(&self, bit: u32) -> usize {
+        (self.bitmap & (bit - 1)).count_ones() as usize
+    }
+}
+
+/// The writer's view of one channel's subscribers: the current root plus what is needed to
+/// produce the next version. Lives behind the channel's registration lock; the post path only
+/// ever sees [`Trie::root`] through the channel's `ArcSwapOption`.
+pub(crate) struct Trie<T> {
+    root: Option<Arc<Node<T>>>,
+    /// Levels above the leaves.
+    height: u32,
+    /// The slot the next push takes.
+    next: u64,
+    len: usize,
+}
+
+impl<T> Default for Trie<T> {
+    fn default() -> Self {
+        Trie { root: None, height: 0, next: 0, len: 0 }
+    }
+}
+
+impl<T: Clone> Trie<T> {
+    /// The current version, to be published to readers.
+    pub(crate) fn root(&self) -> Option<Arc<Node<T>>> {
+        self.root.clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends `item` after every present item; returns its slot.
+    pub(crate) fn push(&mut self, item: T) -> u64 {
+        let slot = self.next;
+        while slot >> (BITS * (self.height + 1)) != 0 {
+            // The trie is full at this height: the old root becomes child 0 of a new one.
+            self.root = self.root.take().map(|old| {
+                Arc::new(Node { bitmap: 1, kind: Kind::Branch(Box::new([old])) })
+            });
+            self.height += 1;
+        }
+        self.root = Some(Arc::new(insert(self.root.as_deref(), self.height, slot, item)));
+        self.next += 1;
+        self.len += 1;
+        slot
+    }
+
+    /// Removes the item at `slot`; returns it, or `None` when the slot is empty.
+    pub(crate) fn remove(&mut self, slot: u64) -> Option<T> {
+        if slot >= self.next {
+            return None;
+        }
+        let root = self.root.as_deref()?;
+        let (node, item) = remove(root, self.height, slot)?;
+        self.root = node.map(Arc::new);
+        self.len -= 1;
+        if self.len == 0 {
+            *self = Trie::default();
+        }
+        Some(item)
+    }
+
+    /// Whether enough slots went unused that a dense rebuild pays for itself (see the module
+    /// docs for the amortization argument).
+    pub(crate) fn should_repack(&self) -> bool {
+        self.next > WIDTH && self.next > 2 * self.len as u64
+    }
+
+    /// Rebuilds the trie densely, keeping the order; `moved(item, new_slot)` is called for
+    /// every item so that the caller can update its index.
+    pub(crate) fn repack(&mut self, mut moved: impl FnMut(&T, u64)) {
+        let mut items = Vec::with_capacity(self.len);
+        if let Some(root) = &self.root {
+            root.for_each(&mut |item: &T| items.push(item.clone()));
+        }
+        *self = Trie::default();
+        for item in items {
+            let slot = self.next;
+            moved(&item, slot);
+            self.push(item);
+        }
+    }
+
+    /// Empties the trie, returning every item in order.
+    pub(crate) fn take_all(&mut self) -> Vec<T> {
+        let mut items = Vec::with_capacity(self.len);
+        if let Some(root) = self.root.take() {
+            root.for_each(&mut |item: &T| items.push(item.clone()));
+        }
+        *self = Trie::default();
+        items
+    }
+}
+
+fn position(slot: u64, height: u32) -> u32 {
+    1 << ((slot >> (BITS * height)) & MASK)
+}
+
+/// Returns a copy of `node` (or a fresh node) with `item` at `slot`.
+fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
+    let bit = position(slot, height);
+    let bitmap = node.map_or(0, |n| n.bitmap);
+    let at = (bitmap & (bit - 1)).count_ones() as usize;
+    debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
+    let kind = match (node.map(|n| &n.kind), height) {
+        (None, 0) => Kind::Leaf(Box::new([item])),
+        (Some(Kind::Leaf(items)), _) => {
+            let mut items = items.to_vec();
+            items.insert(at, item);
+            Kind::Leaf(items.into())
+        }
+        (None, _) => Kind::Branch(Box::new([Arc::new(insert(None, height - 1, slot, item))])),
+        (Some(Kind::Branch(children)), _) => {
+            let mut children = children.to_vec();
+            if bitmap & bit != 0 {
+                children[at] = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+            } else {
+                children.insert(at, Arc::new(insert(None, height - 1, slot, item)));
+            }
+            Kind::Branch(children.into())
+        }
+    };
+    Node { bitmap: bitmap | bit, kind }
+}
+
+/// Returns a copy of `node` without `slot` (`None` when that leaves it empty) and the removed
+/// item; `None` when `slot` is absent.
+fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<Node<T>>, T)> {
+    let bit = position(slot, height);
+    if node.bitmap & bit == 0 {
+        return None;
+    }
+    let at = node.index(bit);
+    let bitmap = node.bitmap & !bit;
+    match &node.kind {
+        Kind::Leaf(items) => {
+            let mut items = items.to_vec();
+            let item = items.remove(at);
+            let rest = (bitmap != 0).then(|| Node { bitmap, kind: Kind::Leaf(items.into()) });
+            Some((rest, item))
+        }
+        Kind::Branch(children) => {
+            let (child, item) = remove(&children[at], height - 1, slot)?;
+            let mut children = children.to_vec();
+            let bitmap = match child {
+                Some(child) => {
+                    children[at] = Arc::new(child);
+                    node.bitmap
+                }
+                None => {
+                    children.remove(at);
+                    bitmap
+                }
+            };
+            let rest = (bitmap != 0).then(|| Node { bitmap, kind: Kind::Branch(children.into()) });
+            Some((rest, item))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(trie: &Trie<u64>) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(root) = trie.root() {
+            root.for_each(&mut |x: &u64| out.push(*x));
+        }
+        out
+    }
+
+    #[test]
+    fn push_keeps_order_across_levels() {
+        let mut trie = Trie::default();
+        for i in 0..5000u64 {
+            assert_eq!(trie.push(i), i);
+        }
+        assert_eq!(items(&trie), (0..5000).collect::<Vec<_>>());
+        assert_eq!(trie.height, 2);
+    }
+
+    #[test]
+    fn remove_any_slot_and_prune() {
+        let mut trie = Trie::default();
+        for i in 0..2000u64 {
+            trie.push(i);
+        }
+        for i in (0..2000u64).filter(|i| i % 3 != 0) {
+            assert_eq!(trie.remove(i), Some(i));
+            assert_eq!(trie.remove(i), None);
+        }
+        assert_eq!(items(&trie), (0..2000).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+        for i in (0..2000u64).filter(|i| i % 3 == 0) {
+            trie.remove(i);
+        }
+        assert!(trie.root().is_none());
+        assert_eq!(trie.len(), 0);
+    }
+
+    #[test]
+    fn old_versions_are_unchanged() {
+        let mut trie = Trie::default();
+        for i in 0..100u64 {
+            trie.push(i);
+        }
+        let before = trie.root().unwrap();
+        trie.remove(50);
+        trie.push(100);
+        let mut seen = Vec::new();
+        before.for_each(&mut |x: &u64| seen.push(*x));
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn repack_is_dense_and_ordered() {
+        let mut trie = Trie::default();
+        for i in 0..100u64 {
+            trie.push(i);
+        }
+        for i in 0..90u64 {
+            trie.remove(i);
+        }
+        assert!(trie.should_repack());
+        let mut moves = Vec::new();
+        trie.repack(|item, slot| moves.push((*item, slot)));
+        assert_eq!(moves, (90..100).zip(0..10).collect::<Vec<_>>());
+        assert_eq!(trie.height, 0);
+        assert_eq!(items(&trie), (90..100).collect::<Vec<_>>());
+    }
+}
