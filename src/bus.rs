@@ -78,7 +78,9 @@ pub struct Bus {
 impl Bus {
     /// A bus for this process only, with default settings: the embedded default.
     pub fn local() -> Bus {
-        Bus::with_config(Config { stream_capacity: DEFAULT_STREAM_CAPACITY })
+        Bus::with_config(Config {
+            stream_capacity: DEFAULT_STREAM_CAPACITY,
+        })
     }
 
     fn with_config(config: Config) -> Bus {
@@ -88,7 +90,9 @@ impl Bus {
             next_id: AtomicU64::new(1),
             events: EventHub::new(),
         };
-        Bus { messages: Messages::new(Arc::new(inner)) }
+        Bus {
+            messages: Messages::new(Arc::new(inner)),
+        }
     }
 
     /// A builder for a bus with other settings, or with Redis.
@@ -180,7 +184,9 @@ impl Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus").field("has_redis", &self.has_redis()).finish_non_exhaustive()
+        f.debug_struct("Bus")
+            .field("has_redis", &self.has_redis())
+            .finish_non_exhaustive()
     }
 }
 
@@ -268,7 +274,10 @@ impl BusBuilder {
 
     /// The wire class name of `M`, instead of its type name (see [`Message`]).
     pub fn class_name<M: Message>(mut self, name: &str) -> Self {
-        self.class_names.insert(TypeId::of::<M>(), (std::any::type_name::<M>(), name.to_string()));
+        self.class_names.insert(
+            TypeId::of::<M>(),
+            (std::any::type_name::<M>(), name.to_string()),
+        );
         self
     }
 
@@ -281,7 +290,9 @@ impl BusBuilder {
     /// - [`BusError::Redis`] when a Redis URL is set: this release builds local buses only.
     pub async fn build(self) -> Result<Bus, BusError> {
         if self.stream_capacity == 0 {
-            return Err(BusError::InvalidConfig("stream_capacity must be at least 1".into()));
+            return Err(BusError::InvalidConfig(
+                "stream_capacity must be at least 1".into(),
+            ));
         }
         if self.max_message_bytes < MIN_MESSAGE_BYTES {
             return Err(BusError::InvalidConfig(format!(
@@ -292,7 +303,9 @@ impl BusBuilder {
         let mut owners: HashMap<&str, &str> = HashMap::new();
         for (type_name, class) in self.class_names.values() {
             if class.is_empty() {
-                return Err(BusError::InvalidConfig(format!("empty class name for {type_name}")));
+                return Err(BusError::InvalidConfig(format!(
+                    "empty class name for {type_name}"
+                )));
             }
             if let Some(other) = owners.insert(class, type_name) {
                 return Err(BusError::InvalidConfig(format!(
@@ -307,6 +320,8 @@ impl BusBuilder {
                     .into(),
             ));
         }
-        Ok(Bus::with_config(Config { stream_capacity: self.stream_capacity }))
+        Ok(Bus::with_config(Config {
+            stream_capacity: self.stream_capacity,
+        }))
     }
 }

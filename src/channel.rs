@@ -24,7 +24,11 @@ pub struct Channel<M> {
 impl<M: Message> Channel<M> {
     pub(crate) fn new(bus: Arc<BusInner>, name: &str) -> Self {
         let slot = bus.registry.hold(name);
-        Channel { bus, slot, _message: PhantomData }
+        Channel {
+            bus,
+            slot,
+            _message: PhantomData,
+        }
     }
 
     /// The channel's name.
@@ -42,14 +46,20 @@ impl<M: Message> Channel<M> {
     #[inline]
     pub fn post(&self, message: M, scope: MessageScope) -> Result<Delivery, PostError> {
         self.bus.check_local(scope)?;
-        Ok(Delivery::local(self.slot.post(message, &self.bus.registry.counters)))
+        Ok(Delivery::local(
+            self.slot.post(message, &self.bus.registry.counters),
+        ))
     }
 }
 
 impl<M> Clone for Channel<M> {
     fn clone(&self) -> Self {
         self.bus.registry.hold_again(&self.slot);
-        Channel { bus: self.bus.clone(), slot: self.slot.clone(), _message: PhantomData }
+        Channel {
+            bus: self.bus.clone(),
+            slot: self.slot.clone(),
+            _message: PhantomData,
+        }
     }
 }
 
@@ -61,6 +71,8 @@ impl<M> Drop for Channel<M> {
 
 impl<M> std::fmt::Debug for Channel<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("name", &self.slot.name()).finish()
+        f.debug_struct("Channel")
+            .field("name", &self.slot.name())
+            .finish()
     }
 }

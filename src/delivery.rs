@@ -18,7 +18,10 @@ pub struct Delivery {
 
 impl Delivery {
     pub(crate) fn local(receivers: usize) -> Self {
-        Delivery { local_receivers: receivers, global: false }
+        Delivery {
+            local_receivers: receivers,
+            global: false,
+        }
     }
 
     /// Listeners and streams reached synchronously by this post: 0 for a global post, and not
@@ -40,7 +43,9 @@ impl IntoFuture for Delivery {
     /// Local: ready at once. Global: resolves when Redis acknowledged the PUBLISH that
     /// carried the message.
     fn into_future(self) -> DeliveryFuture {
-        DeliveryFuture { result: Some(Ok(())) }
+        DeliveryFuture {
+            result: Some(Ok(())),
+        }
     }
 }
 

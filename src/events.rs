@@ -58,11 +58,16 @@ pub(crate) struct EventHub {
 
 impl EventHub {
     pub(crate) fn new() -> Self {
-        EventHub { queues: Mutex::new(Some(Vec::new())) }
+        EventHub {
+            queues: Mutex::new(Some(Vec::new())),
+        }
     }
 
     pub(crate) fn subscribe(&self) -> BusEvents {
-        let queue = Arc::new(Queue { buffer: Mutex::new((VecDeque::new(), false)), waker: AtomicWaker::new() });
+        let queue = Arc::new(Queue {
+            buffer: Mutex::new((VecDeque::new(), false)),
+            waker: AtomicWaker::new(),
+        });
         match &mut *self.queues.lock() {
             Some(queues) => {
                 queues.retain(|q| q.strong_count() > 0);

@@ -30,7 +30,10 @@ pub(crate) struct Payload<M> {
 
 impl<M> Payload<M> {
     pub(crate) fn new(message: M) -> Self {
-        Payload { owned: Some(message), shared: None }
+        Payload {
+            owned: Some(message),
+            shared: None,
+        }
     }
 
     /// The message, for a listener.
@@ -87,7 +90,10 @@ pub(crate) struct Listener<M, F> {
 
 impl<M, F> Listener<M, F> {
     pub(crate) fn new(callback: F) -> Self {
-        Listener { callback, _message: std::marker::PhantomData }
+        Listener {
+            callback,
+            _message: std::marker::PhantomData,
+        }
     }
 }
 
@@ -110,8 +116,8 @@ impl<M: 'static, F: Fn(&M) + Send + Sync> Sink for Listener<M, F> {
 #[inline]
 pub(crate) fn deliver<M: 'static>(snapshot: &Node<Subscriber>, payload: &mut Payload<M>) -> Tally {
     let mut tally = Tally::default();
-    snapshot.for_each(&mut |subscriber: &Subscriber| {
-        match subscriber.sink.deliver(payload) {
+    snapshot.for_each(
+        &mut |subscriber: &Subscriber| match subscriber.sink.deliver(payload) {
             Outcome::Delivered => tally.delivered += 1,
             Outcome::DeliveredDropping => {
                 tally.delivered += 1;
@@ -122,8 +128,8 @@ pub(crate) fn deliver<M: 'static>(snapshot: &Node<Subscriber>, payload: &mut Pay
                 tally.panics += 1;
             }
             Outcome::Mismatch => tally.mismatches += 1,
-        }
-    });
+        },
+    );
     tally
 }
 

@@ -118,7 +118,11 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn new() -> Self {
-        Registry { map: papaya::HashMap::new(), counters: Counters::default(), closed: AtomicBool::new(false) }
+        Registry {
+            map: papaya::HashMap::new(),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -187,12 +191,27 @@ impl Registry {
             if self.is_closed() {
                 return (Garbage::default(), None);
             }
-            let Some(subscriber) = subscriber.take() else { return (Garbage::default(), None) };
+            let Some(subscriber) = subscriber.take() else {
+                return (Garbage::default(), None);
+            };
             let id = subscriber.id;
             let at = writer.trie.push(subscriber);
-            writer.index.insert(id, Entry { slot: at, kind, owner });
+            writer.index.insert(
+                id,
+                Entry {
+                    slot: at,
+                    kind,
+                    owner,
+                },
+            );
             self.gauge(kind).fetch_add(1, Relaxed);
-            (Garbage { _root: slot.publish(writer), _removed: Vec::new() }, Some(slot.clone()))
+            (
+                Garbage {
+                    _root: slot.publish(writer),
+                    _removed: Vec::new(),
+                },
+                Some(slot.clone()),
+            )
         });
         match (result, subscriber) {
             ((_garbage, Some(slot)), _) => Ok(slot),
@@ -220,7 +239,10 @@ impl Registry {
             });
         }
         self.gauge(entry.kind).fetch_sub(1, Relaxed);
-        let garbage = Garbage { _root: slot.publish(&writer), _removed: removed.into_iter().collect() };
+        let garbage = Garbage {
+            _root: slot.publish(&writer),
+            _removed: removed.into_iter().collect(),
+        };
         self.forget_if_unused(slot, &mut writer);
         drop(writer);
         drop(garbage);
@@ -230,8 +252,12 @@ impl Registry {
     /// Removes registration `id` of kind `kind` from channel `name`, and from its owning
     /// session's record; false when unknown.
     pub(crate) fn remove(&self, name: &str, id: u64, kind: Kind) -> bool {
-        let Some(slot) = self.get(name) else { return false };
-        let Some(entry) = self.unsubscribe(&slot, id, Some(kind)) else { return false };
+        let Some(slot) = self.get(name) else {
+            return false;
+        };
+        let Some(entry) = self.unsubscribe(&slot, id, Some(kind)) else {
+            return false;
+        };
         if let Some(owner) = entry.owner.and_then(|owner| owner.upgrade()) {
             owner.forget(id);
         }
@@ -262,14 +288,22 @@ impl Registry {
     /// end once posts already running are done with them). Idempotent.
     pub(crate) fn close(&self) {
         self.closed.store(true, SeqCst);
-        let slots: Vec<Arc<Slot>> = self.map.pin().iter().map(|(_, slot)| slot.clone()).collect();
+        let slots: Vec<Arc<Slot>> = self
+            .map
+            .pin()
+            .iter()
+            .map(|(_, slot)| slot.clone())
+            .collect();
         for slot in slots {
             let mut writer = slot.writer.lock();
             let removed = writer.trie.take_all();
             for entry in std::mem::take(&mut writer.index).into_values() {
                 self.gauge(entry.kind).fetch_sub(1, Relaxed);
             }
-            let garbage = Garbage { _root: slot.publish(&writer), _removed: removed };
+            let garbage = Garbage {
+                _root: slot.publish(&writer),
+                _removed: removed,
+            };
             self.forget_if_unused(&slot, &mut writer);
             drop(writer);
             drop(garbage);

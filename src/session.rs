@@ -44,7 +44,10 @@ pub(crate) struct Owner {
 
 impl Owner {
     fn new() -> Self {
-        Owner { closed: AtomicBool::new(false), registrations: Mutex::new(Some(HashMap::new())) }
+        Owner {
+            closed: AtomicBool::new(false),
+            registrations: Mutex::new(Some(HashMap::new())),
+        }
     }
 
     /// Forgets registration `id` (it was removed from its channel by other means).
@@ -131,7 +134,11 @@ impl Messages {
     where
         F: Fn(&M) + Send + Sync + 'static,
     {
-        let id = self.register(channel, Arc::new(Listener::<M, F>::new(listener)), Kind::Listener);
+        let id = self.register(
+            channel,
+            Arc::new(Listener::<M, F>::new(listener)),
+            Kind::Listener,
+        );
         ListenerId(id)
     }
 
@@ -170,7 +177,12 @@ impl Messages {
                 match &mut *registrations {
                     None => Some(subscriber),
                     Some(registrations) => {
-                        match registry.subscribe(channel, subscriber, kind, Some(Arc::downgrade(owner))) {
+                        match registry.subscribe(
+                            channel,
+                            subscriber,
+                            kind,
+                            Some(Arc::downgrade(owner)),
+                        ) {
                             Ok(slot) => {
                                 registrations.insert(id, Arc::downgrade(&slot));
                                 None
@@ -211,7 +223,12 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(bus: Arc<BusInner>) -> Self {
-        Session { messages: Messages { bus, owner: Some(Arc::new(Owner::new())) } }
+        Session {
+            messages: Messages {
+                bus,
+                owner: Some(Arc::new(Owner::new())),
+            },
+        }
     }
 
     /// The session's messaging interface (Serverpod's `session.messages`).
@@ -222,7 +239,9 @@ impl Session {
     /// Closes the session: removes its listeners and ends its streams (S01, S02). Idempotent.
     /// Registrations made through a closed session are inert (S04).
     pub fn close(&self) {
-        let Some(owner) = &self.messages.owner else { return };
+        let Some(owner) = &self.messages.owner else {
+            return;
+        };
         let registrations = owner.registrations.lock().take();
         owner.closed.store(true, Release);
         for (id, slot) in registrations.into_iter().flatten() {
@@ -234,7 +253,10 @@ impl Session {
 
     /// Whether [`close`](Session::close) was called (or the session is being dropped).
     pub fn is_closed(&self) -> bool {
-        self.messages.owner.as_ref().is_some_and(|owner| owner.closed.load(Acquire))
+        self.messages
+            .owner
+            .as_ref()
+            .is_some_and(|owner| owner.closed.load(Acquire))
     }
 }
 
@@ -246,7 +268,9 @@ impl Drop for Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("closed", &self.is_closed()).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,7 +283,11 @@ pub(crate) struct Registration {
 
 impl Registration {
     pub(crate) fn new(bus: Weak<BusInner>, channel: &str, id: u64) -> Self {
-        Registration { bus, channel: channel.into(), id }
+        Registration {
+            bus,
+            channel: channel.into(),
+            id,
+        }
     }
 }
 

@@ -93,7 +93,9 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            stripes: (0..=THREAD_STRIPES).map(|_| CachePadded::default()).collect(),
+            stripes: (0..=THREAD_STRIPES)
+                .map(|_| CachePadded::default())
+                .collect(),
             channels: AtomicU64::new(0),
             listeners: AtomicU64::new(0),
             streams: AtomicU64::new(0),
@@ -126,7 +128,10 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> Stats {
         let sum = |field: fn(&Stripe) -> &AtomicU64| {
-            self.stripes.iter().map(|s| field(s).load(Relaxed)).fold(0u64, u64::wrapping_add)
+            self.stripes
+                .iter()
+                .map(|s| field(s).load(Relaxed))
+                .fold(0u64, u64::wrapping_add)
         };
         Stats {
             posted: sum(|s| &s.posted),
@@ -197,7 +202,12 @@ mod tests {
     #[test]
     fn counts_from_many_threads_are_exact() {
         let counters = Counters::default();
-        let tally = Tally { delivered: 2, mismatches: 1, panics: 0, dropped: 3 };
+        let tally = Tally {
+            delivered: 2,
+            mismatches: 1,
+            panics: 0,
+            dropped: 3,
+        };
         // More threads than stripes, several rounds, so stripes are reused and shared.
         std::thread::scope(|s| {
             for _ in 0..100 {

@@ -59,7 +59,9 @@ pub(crate) struct StreamSink<M>(Arc<Shared<M>>);
 impl<M: Send + Sync + 'static> Sink for StreamSink<M> {
     #[inline]
     fn deliver(&self, payload: &mut dyn std::any::Any) -> Outcome {
-        let Some(message) = post::share::<M>(payload) else { return Outcome::Mismatch };
+        let Some(message) = post::share::<M>(payload) else {
+            return Outcome::Mismatch;
+        };
         let shared = &*self.0;
         shared.queue.push(message);
         let mut outcome = Outcome::Delivered;
@@ -136,7 +138,13 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
-        (Arc::new(StreamSink(shared.clone())), MessageStream { shared, _registration: None })
+        (
+            Arc::new(StreamSink(shared.clone())),
+            MessageStream {
+                shared,
+                _registration: None,
+            },
+        )
     }
 
     /// Ties the stream to its registration, so that dropping it unregisters it.

@@ -72,7 +72,12 @@ pub(crate) struct Trie<T> {
 
 impl<T> Default for Trie<T> {
     fn default() -> Self {
-        Trie { root: None, height: 0, next: 0, len: 0 }
+        Trie {
+            root: None,
+            height: 0,
+            next: 0,
+            len: 0,
+        }
     }
 }
 
@@ -92,11 +97,19 @@ impl<T: Clone> Trie<T> {
         while slot >> (BITS * (self.height + 1)) != 0 {
             // The trie is full at this height: the old root becomes child 0 of a new one.
             self.root = self.root.take().map(|old| {
-                Arc::new(Node { bitmap: 1, kind: Kind::Branch(Box::new([old])) })
+                Arc::new(Node {
+                    bitmap: 1,
+                    kind: Kind::Branch(Box::new([old])),
+                })
             });
             self.height += 1;
         }
-        self.root = Some(Arc::new(insert(self.root.as_deref(), self.height, slot, item)));
+        self.root = Some(Arc::new(insert(
+            self.root.as_deref(),
+            self.height,
+            slot,
+            item,
+        )));
         self.next += 1;
         self.len += 1;
         slot
@@ -177,7 +190,10 @@ fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> 
             Kind::Branch(children.into())
         }
     };
-    Node { bitmap: bitmap | bit, kind }
+    Node {
+        bitmap: bitmap | bit,
+        kind,
+    }
 }
 
 /// Returns a copy of `node` without `slot` (`None` when that leaves it empty) and the removed
@@ -193,7 +209,10 @@ fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<No
         Kind::Leaf(items) => {
             let mut items = items.to_vec();
             let item = items.remove(at);
-            let rest = (bitmap != 0).then(|| Node { bitmap, kind: Kind::Leaf(items.into()) });
+            let rest = (bitmap != 0).then(|| Node {
+                bitmap,
+                kind: Kind::Leaf(items.into()),
+            });
             Some((rest, item))
         }
         Kind::Branch(children) => {
@@ -209,7 +228,10 @@ fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<No
                     bitmap
                 }
             };
-            let rest = (bitmap != 0).then(|| Node { bitmap, kind: Kind::Branch(children.into()) });
+            let rest = (bitmap != 0).then(|| Node {
+                bitmap,
+                kind: Kind::Branch(children.into()),
+            });
             Some((rest, item))
         }
     }
@@ -247,7 +269,10 @@ mod tests {
             assert_eq!(trie.remove(i), Some(i));
             assert_eq!(trie.remove(i), None);
         }
-        assert_eq!(items(&trie), (0..2000).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            items(&trie),
+            (0..2000).filter(|i| i % 3 == 0).collect::<Vec<_>>()
+        );
         for i in (0..2000u64).filter(|i| i % 3 == 0) {
             trie.remove(i);
         }
