@@ -1,1 +1,38 @@
-//! (written below)
+//! What is wait-free, what is lock-free, what blocks, and what things cost.
+//!
+//! The words are used as arc-swap's documentation uses them: *wait-free*, every call finishes
+//! in a bounded number of its own steps whatever other threads do; *lock-free*, some thread
+//! always makes progress (a call may retry because another succeeded); *blocking*, a call may
+//! wait for another thread.
+//!
+//! # Posting (the hot path)
+//!
+//! A local post never takes a lock and never waits for another thread (L10):
+//!
+//! | step | progress guarantee |
+//! |---|---|
+//! | name lookup (`post_message`; skipped by a `Channel` handle) | lock-free (papaya's reads, seize's guard) |
+//! | snapshot load | arc-swap's `load`: lock-free; wait-free except for a fallback that arc-swap bounds to once in `usize::MAX / 4` loads |
+//! | walk and listener calls | bounded by the snapshot; each call is the user's code |
+//! | stream push | lock-free: `SegQueue::push` retries its CAS only when another push succeeded |
+//! | counters | wait-free: a store to a stripe only this thread writes |
+//!
+//! So a post to listeners only, through a handle, is wait-free apart from arc-swap's bounded
+//! fallback and the listeners' own code; a post that reaches streams is lock-free.
+//!
+//! Cost: nothing is allocated for listeners; a post that reaches streams allocates one `Arc`
+//! for the message, shared by all of them (L04), plus a 31-slot block per stream when its
+//! current block is full.
+//!
+//! # Registering
+//!
+//! `add_listener`, `remove_listener`, `create_stream`, dropping a stream, closing a session and
+//! dropping a handle are *blocking*: each takes the channel's mutex (a `parking_lot` mutex,
+//! never held while user code runs) and, through a session, the session's. A write copies one
+//! root-to-leaf path of the trie: at most 32 entries per level, `log32 n` levels, so 100,000
+//! listeners on one channel cost three levels per write instead of a 100,000-entry copy.
+//!
+//! # Measured
+//!
+//! The figures (criterion, beside `tokio::sync::broadcast` in the same run) and the machine
+//! they were measured on are in the README, section "Performance".
