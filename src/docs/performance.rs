@@ -20,6 +20,13 @@
 //! So a post to listeners only, through a handle, is wait-free apart from arc-swap's bounded
 //! fallback and the listeners' own code; a post that reaches streams is lock-free.
 //!
+//! One exception, once per thread: the first time a thread touches any papaya map, seize (its
+//! memory reclaimer) gives the thread an id under a process-wide mutex, and frees it under the
+//! same mutex when the thread exits. A post by name from a thread that never used papaya
+//! before takes that mutex once; a post through a [`Channel`](crate::Channel) handle never
+//! does. Likewise this crate's counter stripes and arc-swap's debt lists set up per-thread state
+//! on a thread's first post, both with lock-free CAS loops.
+//!
 //! Cost: nothing is allocated for listeners; a post that reaches streams allocates one `Arc`
 //! for the message, shared by all of them (L04), plus a 31-slot block per stream when its
 //! current block is full.
