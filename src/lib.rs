@@ -55,6 +55,7 @@
 //! The reasoning behind the hot path (what is wait-free, which orderings and why, what a slow
 //! stream gets) is in [`docs`].
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 

@@ -1,139 +1,130 @@
 //! The post path: from a loaded snapshot to every receiver. This is the whole hot path.
 //!
-//! A local post is: one `ArcSwapOption::load` of the channel's subscriber snapshot (done by
-//! the caller, [`crate::registry::Slot::post`]), a walk over that immutable trie, one
-//! indirect call per subscriber, and one [`Counters::record_post`]. No lock, no allocation for
-//! listeners; a stream delivery allocates the message's `Arc` once per post, on the first
-//! stream it reaches (L04), and pushes a clone of it.
+//! A channel's snapshot ([`Snapshot`]) holds one group per message type, and each group is a
+//! persistent trie ([`crate::subscribers`]) of that type's receivers in the order they were
+//! added. A local post of an `M` is:
+//!
+//! 1. one `ArcSwapOption::load` of the snapshot (by the caller, `Slot::post`);
+//! 2. per group, one `downcast_ref`: the group of type `M` is walked, the others only count
+//!    their receivers as type mismatches (L05);
+//! 3. per receiver, one indirect call: a listener's closure gets `&M`; a stream gets a clone
+//!    of one `Arc<M>`, made only when the group has streams (L04);
+//! 4. one [`Counters::record_post`](crate::stats).
+//!
+//! No lock, no allocation for listeners. `delivered` is the walked group's length, so the
+//! loop counts nothing per listener; panics and stream drops are counted when they happen.
 //!
 //! Why this is wait-free (L10): `ArcSwap::load` is wait-free except for a bounded fallback
-//! that arc-swap documents as lock-free and taken at most once per `usize::MAX / 4` loads; the
-//! walk is bounded by the snapshot; the stripe counters are thread-owned stores; a stream push
-//! is a lock-free segmented-queue push (crossbeam's `SegQueue`, a CAS loop that can only retry
-//! when another push succeeded). Nothing waits for another thread.
+//! that arc-swap documents as lock-free and takes at most once per `usize::MAX / 4` loads; the
+//! walk is bounded by the snapshot; the counters are stores to a thread-owned stripe. A stream
+//! push is lock-free (crossbeam's `SegQueue`: a CAS loop that retries only when another push
+//! succeeded). Nothing waits for another thread.
 //!
-//! Panics (L07): each listener call runs under `catch_unwind`, so one listener's panic is
-//! counted and the walk goes on.
+//! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
+//! panic happens, so one listener's panic is counted and the walk goes on.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::stats::Tally;
+use crate::stream::StreamSink;
 use crate::subscribers::Node;
 
-/// The message of one post, owned until the first stream needs an `Arc` of it.
-pub(crate) struct Payload<M> {
-    owned: Option<M>,
-    shared: Option<Arc<M>>,
+/// A listener's callback.
+pub(crate) type Callback<M> = Arc<dyn Fn(&M) + Send + Sync>;
+
+/// A receiver of messages of type `M`.
+pub(crate) enum Receiver<M> {
+    Listener(Callback<M>),
+    Stream(Arc<StreamSink<M>>),
 }
 
-impl<M> Payload<M> {
-    pub(crate) fn new(message: M) -> Self {
-        Payload {
-            owned: Some(message),
-            shared: None,
-        }
-    }
-
-    /// The message, for a listener.
-    fn get(&self) -> &M {
-        match (&self.owned, &self.shared) {
-            (Some(message), _) => message,
-            (None, Some(shared)) => shared,
-            (None, None) => unreachable!("a payload always holds its message"),
-        }
-    }
-
-    /// An `Arc` of the message, for a stream: every stream of one post shares one allocation.
-    fn share(&mut self) -> Arc<M> {
-        if let Some(message) = self.owned.take() {
-            self.shared = Some(Arc::new(message));
-        }
-        match &self.shared {
-            Some(shared) => shared.clone(),
-            None => unreachable!("a payload always holds its message"),
+impl<M> Clone for Receiver<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Receiver::Listener(callback) => Receiver::Listener(callback.clone()),
+            Receiver::Stream(sink) => Receiver::Stream(sink.clone()),
         }
     }
 }
 
-/// What delivering to one subscriber did.
-pub(crate) enum Outcome {
-    Delivered,
-    /// Delivered, and the receiver's buffer dropped its oldest message to make room.
-    DeliveredDropping,
-    Panicked,
-    Mismatch,
-}
-
-/// A receiver of one message type, behind a trait object so one channel can hold listeners
-/// and streams of any types.
-pub(crate) trait Sink: Send + Sync {
-    /// `payload` is a `Payload<M>` for the posted `M`; a receiver of another type returns
-    /// [`Outcome::Mismatch`] without touching it.
-    fn deliver(&self, payload: &mut dyn Any) -> Outcome;
-}
-
-/// One entry of a channel's snapshot.
-#[derive(Clone)]
-pub(crate) struct Subscriber {
-    /// Registration id (a [`ListenerId`](crate::ListenerId) for listeners).
+/// One entry of a group's trie: a receiver and its registration id.
+pub(crate) struct Entry<M> {
     pub(crate) id: u64,
-    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) receiver: Receiver<M>,
 }
 
-/// A listener: a callback of one message type.
-pub(crate) struct Listener<M, F> {
-    callback: F,
-    _message: std::marker::PhantomData<fn(&M)>,
-}
-
-impl<M, F> Listener<M, F> {
-    pub(crate) fn new(callback: F) -> Self {
-        Listener {
-            callback,
-            _message: std::marker::PhantomData,
+impl<M> Clone for Entry<M> {
+    fn clone(&self) -> Self {
+        Entry {
+            id: self.id,
+            receiver: self.receiver.clone(),
         }
     }
 }
 
-impl<M: 'static, F: Fn(&M) + Send + Sync> Sink for Listener<M, F> {
-    #[inline]
-    fn deliver(&self, payload: &mut dyn Any) -> Outcome {
-        let Some(payload) = payload.downcast_ref::<Payload<M>>() else {
-            return Outcome::Mismatch;
-        };
-        // AssertUnwindSafe: a panicking listener can leave only its own captured state
-        // inconsistent; the bus's state is not touched here.
-        match catch_unwind(AssertUnwindSafe(|| (self.callback)(payload.get()))) {
-            Ok(()) => Outcome::Delivered,
-            Err(_) => Outcome::Panicked,
-        }
-    }
+/// What a post of one channel sees: per message type, the receivers of that type.
+pub(crate) struct Snapshot {
+    pub(crate) groups: Box<[Group]>,
 }
 
-/// Delivers `payload` to every subscriber of `snapshot`, in order; returns the tally.
+/// The receivers of one message type, as published.
+pub(crate) struct Group {
+    /// An `Arc<Node<Entry<M>>>` for the group's `M`.
+    pub(crate) root: Arc<dyn Any + Send + Sync>,
+    pub(crate) len: usize,
+    pub(crate) streams: usize,
+    pub(crate) type_id: TypeId,
+}
+
+/// Delivers `message` to `snapshot`; returns what happened.
 #[inline]
-pub(crate) fn deliver<M: 'static>(snapshot: &Node<Subscriber>, payload: &mut Payload<M>) -> Tally {
+pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M) -> Tally {
     let mut tally = Tally::default();
-    snapshot.for_each(
-        &mut |subscriber: &Subscriber| match subscriber.sink.deliver(payload) {
-            Outcome::Delivered => tally.delivered += 1,
-            Outcome::DeliveredDropping => {
-                tally.delivered += 1;
-                tally.dropped += 1;
-            }
-            Outcome::Panicked => {
-                tally.delivered += 1;
-                tally.panics += 1;
-            }
-            Outcome::Mismatch => tally.mismatches += 1,
-        },
-    );
+    let mut matching = None;
+    for group in snapshot.groups.iter() {
+        if group.type_id == TypeId::of::<M>() {
+            matching = Some(group);
+        } else {
+            tally.mismatches += group.len as u64;
+        }
+    }
+    let Some(group) = matching else { return tally };
+    let Some(root) = group.root.downcast_ref::<Node<Entry<M>>>() else {
+        return tally;
+    };
+    tally.delivered = group.len as u64;
+    if group.streams == 0 {
+        walk(root, &message, None, &mut tally);
+    } else {
+        let shared = Arc::new(message);
+        walk(root, &shared, Some(&shared), &mut tally);
+    }
     tally
 }
 
-/// For the stream sink: the shared `Arc` of `payload` when it carries an `M`.
-pub(crate) fn share<M: 'static>(payload: &mut dyn Any) -> Option<Arc<M>> {
-    payload.downcast_mut::<Payload<M>>().map(Payload::share)
+/// Calls every receiver of one group. `shared` is `Some` when the group has streams.
+#[inline]
+fn walk<M>(root: &Node<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
+    root.for_each_leaf(&mut |entries: &[Entry<M>]| {
+        for entry in entries {
+            match &entry.receiver {
+                Receiver::Listener(callback) => {
+                    // AssertUnwindSafe: a panicking listener can leave only its own captured
+                    // state inconsistent; nothing of the bus is borrowed mutably here.
+                    if catch_unwind(AssertUnwindSafe(|| callback(message))).is_err() {
+                        tally.panics += 1;
+                    }
+                }
+                Receiver::Stream(sink) => {
+                    if let Some(shared) = shared {
+                        if sink.push(shared.clone()) {
+                            tally.dropped += 1;
+                        }
+                    }
+                }
+            }
+        }
+    });
 }

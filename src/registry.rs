@@ -7,11 +7,12 @@
 //! post path (L10). A [`Channel`](crate::Channel) handle holds its slot directly and skips the
 //! lookup.
 //!
-//! A slot holds the published subscriber snapshot (an `ArcSwapOption` of the trie root of
-//! [`crate::subscribers`]) and, behind a `parking_lot` mutex, the writer's state: the trie, an
-//! index from registration id to trie slot and owner, and the number of live handles. Every
-//! registration change takes that one mutex, edits the trie (copying `O(log n)`), and publishes
-//! the new root before returning: a post that starts afterwards sees the change (L09).
+//! A slot holds the published [`Snapshot`] (in an `ArcSwapOption`) and, behind a
+//! `parking_lot` mutex, the writer's state: per message type a persistent trie of receivers
+//! ([`crate::subscribers`]), an index from registration id to (type, trie slot, owner), and the
+//! number of live handles. Every registration change takes that one mutex, edits one trie
+//! (copying `O(log n)`), and publishes a new snapshot before returning: a post that starts
+//! afterwards sees the change (L09).
 //!
 //! # Forgetting (L13)
 //!
@@ -27,19 +28,20 @@
 //! Closures and streams are dropped when the last snapshot holding them is released, and a
 //! closure's `Drop` may do anything, including closing a session, which takes registration
 //! locks. So every operation hands the replaced root and the removed entries back to its caller,
-//! who drops them after the mutex is released ([`Garbage`]).
+//! who drops them after the mutex is released (`Garbage`).
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
-use crate::post::{self, Payload, Subscriber};
+use crate::post::{self, Entry, Group, Receiver, Snapshot};
 use crate::session::Owner;
 use crate::stats::{Counters, Tally};
-use crate::subscribers::{Node, Trie};
+use crate::subscribers::Trie;
 
 /// What a registration is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,36 +51,128 @@ pub(crate) enum Kind {
 }
 
 /// The writer's record of one registration.
-pub(crate) struct Entry {
+pub(crate) struct Record {
     slot: u64,
     kind: Kind,
+    message: TypeId,
     /// The session that owns it, if any (S01).
     pub(crate) owner: Option<Weak<Owner>>,
 }
 
-/// Values to drop once the registration lock is released: a replaced snapshot root and
-/// removed subscribers (closures and stream sinks of the user's types).
+/// Values to drop once the registration lock is released: a replaced snapshot and removed
+/// receivers (closures and stream sinks of the user's types).
 #[must_use = "drop garbage only after the registration lock is released"]
 #[derive(Default)]
-pub(crate) struct Garbage {
-    _root: Option<Arc<Node<Subscriber>>>,
-    _removed: Vec<Subscriber>,
+struct Garbage {
+    _snapshot: Option<Arc<Snapshot>>,
+    _removed: Vec<Box<dyn Any + Send>>,
 }
 
 /// One interned channel.
 pub(crate) struct Slot {
     name: Arc<str>,
     /// The published snapshot: all the post path reads.
-    subscribers: ArcSwapOption<Node<Subscriber>>,
+    subscribers: ArcSwapOption<Snapshot>,
     writer: Mutex<Writer>,
 }
 
 #[derive(Default)]
 struct Writer {
-    trie: Trie<Subscriber>,
-    index: HashMap<u64, Entry>,
+    /// One per message type with at least one receiver.
+    groups: Vec<Box<dyn ErasedGroup>>,
+    index: HashMap<u64, Record>,
     handles: usize,
     forgotten: bool,
+}
+
+/// The writer's side of one message type's receivers.
+struct GroupWriter<M> {
+    trie: Trie<Entry<M>>,
+    streams: usize,
+}
+
+/// [`GroupWriter`] with its message type erased, so one channel can hold several.
+trait ErasedGroup: Send {
+    fn message(&self) -> TypeId;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn len(&self) -> usize;
+    /// Removes the receiver at `slot`; returns it, boxed, for [`Garbage`].
+    fn remove(&mut self, slot: u64, kind: Kind) -> Option<Box<dyn Any + Send>>;
+    /// Repacks a sparse trie, reporting `(id, new slot)` for every receiver.
+    fn repack_if_sparse(&mut self, moved: &mut dyn FnMut(u64, u64));
+    fn publish(&self) -> Option<Group>;
+    fn take_all(&mut self) -> Box<dyn Any + Send>;
+}
+
+impl<M: Send + Sync + 'static> ErasedGroup for GroupWriter<M> {
+    fn message(&self) -> TypeId {
+        TypeId::of::<M>()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.trie.len()
+    }
+
+    fn remove(&mut self, slot: u64, kind: Kind) -> Option<Box<dyn Any + Send>> {
+        let entry = self.trie.remove(slot)?;
+        if kind == Kind::Stream {
+            self.streams -= 1;
+        }
+        Some(Box::new(entry))
+    }
+
+    fn repack_if_sparse(&mut self, moved: &mut dyn FnMut(u64, u64)) {
+        if self.trie.should_repack() {
+            self.trie.repack(|entry, at| moved(entry.id, at));
+        }
+    }
+
+    fn publish(&self) -> Option<Group> {
+        let root = self.trie.root()?;
+        Some(Group {
+            root,
+            len: self.trie.len(),
+            streams: self.streams,
+            type_id: TypeId::of::<M>(),
+        })
+    }
+
+    fn take_all(&mut self) -> Box<dyn Any + Send> {
+        self.streams = 0;
+        Box::new(self.trie.take_all())
+    }
+}
+
+impl Writer {
+    fn group_mut<M: Send + Sync + 'static>(&mut self) -> &mut GroupWriter<M> {
+        let at = match self
+            .groups
+            .iter()
+            .position(|g| g.message() == TypeId::of::<M>())
+        {
+            Some(at) => at,
+            None => {
+                self.groups.push(Box::new(GroupWriter::<M> {
+                    trie: Trie::default(),
+                    streams: 0,
+                }));
+                self.groups.len() - 1
+            }
+        };
+        match self.groups[at].as_any_mut().downcast_mut() {
+            Some(group) => group,
+            None => unreachable!("groups are found by their message type"),
+        }
+    }
+
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let groups: Box<[Group]> = self.groups.iter().filter_map(|g| g.publish()).collect();
+        (!groups.is_empty()).then(|| Arc::new(Snapshot { groups }))
+    }
 }
 
 impl Slot {
@@ -89,22 +183,22 @@ impl Slot {
     /// Delivers `message` to the current snapshot and counts the post; returns the number of
     /// receivers reached. The post path, see [`crate::post`].
     #[inline]
-    pub(crate) fn post<M: 'static>(&self, message: M, counters: &Counters) -> usize {
+    pub(crate) fn post<M: Send + Sync + 'static>(&self, message: M, counters: &Counters) -> usize {
         // `load` borrows the snapshot for the post (arc-swap's debt slots); a writer that
         // replaces it meanwhile pays that debt, and whichever side drops last frees the old
         // version, with the closures only it still held (S03).
         let snapshot = self.subscribers.load();
         let tally = match &*snapshot {
-            Some(root) => post::deliver(root, &mut Payload::new(message)),
+            Some(snapshot) => post::deliver(snapshot, message),
             None => Tally::default(),
         };
         counters.record_post(&tally);
         tally.delivered as usize
     }
 
-    /// Publishes the writer's current trie; returns the replaced root (garbage).
-    fn publish(&self, writer: &Writer) -> Option<Arc<Node<Subscriber>>> {
-        self.subscribers.swap(writer.trie.root())
+    /// Publishes the writer's current state; returns the replaced snapshot (garbage).
+    fn publish(&self, writer: &Writer) -> Option<Arc<Snapshot>> {
+        self.subscribers.swap(writer.snapshot())
     }
 }
 
@@ -131,7 +225,7 @@ impl Registry {
 
     /// Posts by name: one lock-free map lookup, then [`Slot::post`]. Interns nothing (L13).
     #[inline]
-    pub(crate) fn post<M: 'static>(&self, name: &str, message: M) -> usize {
+    pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
         let map = self.map.pin();
         match map.get(name) {
             Some(slot) => slot.post(message, &self.counters),
@@ -148,7 +242,7 @@ impl Registry {
     }
 
     /// Runs `f` on the live slot of `name` (interning it if needed) with its writer locked.
-    /// What `f` returns is dropped by the caller, after the lock (see [`Garbage`]).
+    /// What `f` returns is dropped by the caller, after the lock (see `Garbage`).
     fn with_slot<R>(&self, name: &str, f: impl FnOnce(&Arc<Slot>, &mut Writer) -> R) -> R {
         loop {
             let slot = match self.get(name) {
@@ -175,93 +269,102 @@ impl Registry {
         }
     }
 
-    /// Registers `subscriber` on `name`. Gives it back when the bus is closed; the caller
-    /// drops it outside any lock.
-    pub(crate) fn subscribe(
+    /// Registers `receiver` on `name` under `id`. Gives it back when the bus is closed; the
+    /// caller drops it outside any lock.
+    pub(crate) fn subscribe<M: Send + Sync + 'static>(
         &self,
         name: &str,
-        subscriber: Subscriber,
-        kind: Kind,
+        id: u64,
+        receiver: Receiver<M>,
         owner: Option<Weak<Owner>>,
-    ) -> Result<Arc<Slot>, Subscriber> {
-        let mut subscriber = Some(subscriber);
-        let result = self.with_slot(name, |slot, writer| {
+    ) -> Result<Arc<Slot>, Receiver<M>> {
+        let mut receiver = Some(receiver);
+        let (_garbage, slot) = self.with_slot(name, |slot, writer| {
             // Checked under the slot's lock: `close` sets the flag before it sweeps the slots,
             // so a registration either sees the flag or is swept.
             if self.is_closed() {
                 return (Garbage::default(), None);
             }
-            let Some(subscriber) = subscriber.take() else {
+            let Some(receiver) = receiver.take() else {
                 return (Garbage::default(), None);
             };
-            let id = subscriber.id;
-            let at = writer.trie.push(subscriber);
+            let kind = match receiver {
+                Receiver::Listener(_) => Kind::Listener,
+                Receiver::Stream(_) => Kind::Stream,
+            };
+            let group = writer.group_mut::<M>();
+            group.streams += usize::from(kind == Kind::Stream);
+            let at = group.trie.push(Entry { id, receiver });
             writer.index.insert(
                 id,
-                Entry {
+                Record {
                     slot: at,
                     kind,
+                    message: TypeId::of::<M>(),
                     owner,
                 },
             );
             self.gauge(kind).fetch_add(1, Relaxed);
             (
                 Garbage {
-                    _root: slot.publish(writer),
+                    _snapshot: slot.publish(writer),
                     _removed: Vec::new(),
                 },
                 Some(slot.clone()),
             )
         });
-        match (result, subscriber) {
-            ((_garbage, Some(slot)), _) => Ok(slot),
-            ((_garbage, None), Some(refused)) => Err(refused),
-            ((_, None), None) => unreachable!("a subscriber is either registered or refused"),
+        match (slot, receiver) {
+            (Some(slot), _) => Ok(slot),
+            (None, Some(refused)) => Err(refused),
+            (None, None) => unreachable!("a receiver is either registered or refused"),
         }
     }
 
+    /// Removes registration `id` (of kind `kind`) from `slot`, and from its owning session's
+    /// record; false when unknown.
+    pub(crate) fn remove(&self, slot: &Slot, id: u64, kind: Kind) -> bool {
+        let Some(record) = self.unsubscribe(slot, id, Some(kind)) else {
+            return false;
+        };
+        if let Some(owner) = record.owner.and_then(|owner| owner.upgrade()) {
+            owner.forget(id);
+        }
+        true
+    }
+
     /// Removes registration `id` from `slot` (only if it is of kind `only`, when given);
-    /// returns its entry, `None` when unknown.
-    pub(crate) fn unsubscribe(&self, slot: &Slot, id: u64, only: Option<Kind>) -> Option<Entry> {
+    /// returns its record, `None` when unknown.
+    pub(crate) fn unsubscribe(&self, slot: &Slot, id: u64, only: Option<Kind>) -> Option<Record> {
         let mut writer = slot.writer.lock();
-        let entry = writer.index.get(&id)?;
-        if only.is_some_and(|kind| kind != entry.kind) {
+        let record = writer.index.get(&id)?;
+        if only.is_some_and(|kind| kind != record.kind) {
             return None;
         }
-        let entry = writer.index.remove(&id)?;
-        let removed = writer.trie.remove(entry.slot);
-        if writer.trie.should_repack() {
-            let Writer { trie, index, .. } = &mut *writer;
-            trie.repack(|subscriber, at| {
-                if let Some(entry) = index.get_mut(&subscriber.id) {
-                    entry.slot = at;
-                }
-            });
+        let record = writer.index.remove(&id)?;
+        let Writer { groups, index, .. } = &mut *writer;
+        let at = groups.iter().position(|g| g.message() == record.message)?;
+        let removed = groups[at].remove(record.slot, record.kind);
+        groups[at].repack_if_sparse(&mut |id, slot| {
+            if let Some(record) = index.get_mut(&id) {
+                record.slot = slot;
+            }
+        });
+        if groups[at].len() == 0 {
+            groups.swap_remove(at);
         }
-        self.gauge(entry.kind).fetch_sub(1, Relaxed);
+        // Keep the index within a constant factor of its size (amortized O(1)).
+        if index.capacity() > 4 * index.len() + 64 {
+            index.shrink_to_fit();
+        }
+        self.gauge(record.kind).fetch_sub(1, Relaxed);
         let garbage = Garbage {
-            _root: slot.publish(&writer),
+            _snapshot: slot.publish(&writer),
             _removed: removed.into_iter().collect(),
         };
         self.forget_if_unused(slot, &mut writer);
         drop(writer);
         drop(garbage);
-        Some(entry)
-    }
-
-    /// Removes registration `id` of kind `kind` from channel `name`, and from its owning
-    /// session's record; false when unknown.
-    pub(crate) fn remove(&self, name: &str, id: u64, kind: Kind) -> bool {
-        let Some(slot) = self.get(name) else {
-            return false;
-        };
-        let Some(entry) = self.unsubscribe(&slot, id, Some(kind)) else {
-            return false;
-        };
-        if let Some(owner) = entry.owner.and_then(|owner| owner.upgrade()) {
-            owner.forget(id);
-        }
-        true
+        Some(record)
     }
 
     /// A live handle on `name`: the slot stays interned while it lives.
@@ -284,7 +387,7 @@ impl Registry {
         self.forget_if_unused(slot, &mut writer);
     }
 
-    /// Shuts the registry: registrations become inert and every subscriber is removed (streams
+    /// Shuts the registry: registrations become inert and every receiver is removed (streams
     /// end once posts already running are done with them). Idempotent.
     pub(crate) fn close(&self) {
         self.closed.store(true, SeqCst);
@@ -296,12 +399,13 @@ impl Registry {
             .collect();
         for slot in slots {
             let mut writer = slot.writer.lock();
-            let removed = writer.trie.take_all();
-            for entry in std::mem::take(&mut writer.index).into_values() {
-                self.gauge(entry.kind).fetch_sub(1, Relaxed);
+            let removed = writer.groups.iter_mut().map(|g| g.take_all()).collect();
+            writer.groups.clear();
+            for record in std::mem::take(&mut writer.index).into_values() {
+                self.gauge(record.kind).fetch_sub(1, Relaxed);
             }
             let garbage = Garbage {
-                _root: slot.publish(&writer),
+                _snapshot: slot.publish(&writer),
                 _removed: removed,
             };
             self.forget_if_unused(&slot, &mut writer);
@@ -312,7 +416,7 @@ impl Registry {
 
     /// Under `slot`'s lock: forgets the slot when nothing holds it any more (L13).
     fn forget_if_unused(&self, slot: &Slot, writer: &mut Writer) {
-        if writer.trie.len() == 0 && writer.handles == 0 && !writer.forgotten {
+        if writer.index.is_empty() && writer.handles == 0 && !writer.forgotten {
             writer.forgotten = true;
             let map = self.map.pin();
             if let Ok(Some(_)) = map.remove_if(&*slot.name, |_, live| std::ptr::eq(&**live, slot)) {
@@ -321,7 +425,7 @@ impl Registry {
         }
     }
 
-    fn gauge(&self, kind: Kind) -> &std::sync::atomic::AtomicU64 {
+    fn gauge(&self, kind: Kind) -> &AtomicU64 {
         match kind {
             Kind::Listener => &self.counters.listeners,
             Kind::Stream => &self.counters.streams,

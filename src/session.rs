@@ -24,7 +24,7 @@ use crate::bus::BusInner;
 use crate::delivery::Delivery;
 use crate::error::PostError;
 use crate::message::{Message, MessageScope};
-use crate::post::{Listener, Sink, Subscriber};
+use crate::post::Receiver;
 use crate::registry::{Kind, Slot};
 use crate::stream::MessageStream;
 
@@ -134,11 +134,7 @@ impl Messages {
     where
         F: Fn(&M) + Send + Sync + 'static,
     {
-        let id = self.register(
-            channel,
-            Arc::new(Listener::<M, F>::new(listener)),
-            Kind::Listener,
-        );
+        let (id, _) = self.register::<M>(channel, Receiver::Listener(Arc::new(listener)));
         ListenerId(id)
     }
 
@@ -149,7 +145,10 @@ impl Messages {
     /// running on another thread may still call it once; the closure stays alive until then,
     /// and is dropped as soon as that post is done (L09, S03).
     pub fn remove_listener(&self, channel: &str, id: ListenerId) -> bool {
-        self.bus.registry.remove(channel, id.0, Kind::Listener)
+        let registry = &self.bus.registry;
+        registry
+            .get(channel)
+            .is_some_and(|slot| registry.remove(&slot, id.0, Kind::Listener))
     }
 
     /// Creates a stream of the messages of type `M` posted on `channel` from now on.
@@ -160,41 +159,43 @@ impl Messages {
     /// buffered (S02); through a closed session, or after shutdown, it ends at once (S04).
     pub fn create_stream<M: Message>(&self, channel: &str) -> MessageStream<M> {
         let (sink, stream) = MessageStream::new(self.bus.config.stream_capacity);
-        let id = self.register(channel, sink, Kind::Stream);
-        stream.registered(Arc::downgrade(&self.bus), channel, id)
+        let (id, slot) = self.register::<M>(channel, Receiver::Stream(sink));
+        let registration = slot.map(|slot| Registration {
+            bus: Arc::downgrade(&self.bus),
+            slot: Arc::downgrade(&slot),
+            id,
+        });
+        stream.registered(registration)
     }
 
-    /// Registers `sink` on `channel` under a new id, owned by this session if any. An inert
-    /// registration (closed session, shut-down bus) drops `sink` at once, outside any lock.
-    fn register(&self, channel: &str, sink: Arc<dyn Sink>, kind: Kind) -> u64 {
+    /// Registers `receiver` on `channel` under a new id, owned by this session if any; returns
+    /// the id and, unless the registration is inert (closed session, shut-down bus), its slot.
+    /// An inert receiver is dropped at once, outside any lock.
+    fn register<M: Message>(
+        &self,
+        channel: &str,
+        receiver: Receiver<M>,
+    ) -> (u64, Option<Arc<Slot>>) {
         let id = self.bus.next_id.fetch_add(1, Relaxed);
-        let subscriber = Subscriber { id, sink };
         let registry = &self.bus.registry;
-        let refused = match &self.owner {
-            None => registry.subscribe(channel, subscriber, kind, None).err(),
+        let result = match &self.owner {
+            None => registry.subscribe(channel, id, receiver, None),
             Some(owner) => {
                 let mut registrations = owner.registrations.lock();
                 match &mut *registrations {
-                    None => Some(subscriber),
+                    None => Err(receiver),
                     Some(registrations) => {
-                        match registry.subscribe(
-                            channel,
-                            subscriber,
-                            kind,
-                            Some(Arc::downgrade(owner)),
-                        ) {
-                            Ok(slot) => {
-                                registrations.insert(id, Arc::downgrade(&slot));
-                                None
-                            }
-                            Err(refused) => Some(refused),
+                        let owner = Some(Arc::downgrade(owner));
+                        let result = registry.subscribe(channel, id, receiver, owner);
+                        if let Ok(slot) = &result {
+                            registrations.insert(id, Arc::downgrade(slot));
                         }
+                        result
                     }
                 }
             }
         };
-        drop(refused);
-        id
+        (id, result.ok())
     }
 }
 
@@ -277,24 +278,14 @@ impl std::fmt::Debug for Session {
 /// Where a stream is registered, so that dropping it unregisters it (L12).
 pub(crate) struct Registration {
     bus: Weak<BusInner>,
-    channel: Box<str>,
+    slot: Weak<Slot>,
     id: u64,
-}
-
-impl Registration {
-    pub(crate) fn new(bus: Weak<BusInner>, channel: &str, id: u64) -> Self {
-        Registration {
-            bus,
-            channel: channel.into(),
-            id,
-        }
-    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(bus) = self.bus.upgrade() {
-            bus.registry.remove(&self.channel, self.id, Kind::Stream);
+        if let (Some(bus), Some(slot)) = (self.bus.upgrade(), self.slot.upgrade()) {
+            bus.registry.remove(&slot, self.id, Kind::Stream);
         }
     }
 }

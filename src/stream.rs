@@ -23,15 +23,13 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
 use futures_core::Stream;
 
-use crate::bus::BusInner;
-use crate::post::{self, Outcome, Sink};
 use crate::session::Registration;
 
 /// What the stream and its sink share.
@@ -56,25 +54,23 @@ impl<M> Shared<M> {
 /// The producer side, held by the channel's snapshots.
 pub(crate) struct StreamSink<M>(Arc<Shared<M>>);
 
-impl<M: Send + Sync + 'static> Sink for StreamSink<M> {
+impl<M> StreamSink<M> {
+    /// Queues `message`; returns true when the buffer was full and dropped its oldest (L11).
     #[inline]
-    fn deliver(&self, payload: &mut dyn std::any::Any) -> Outcome {
-        let Some(message) = post::share::<M>(payload) else {
-            return Outcome::Mismatch;
-        };
+    pub(crate) fn push(&self, message: Arc<M>) -> bool {
         let shared = &*self.0;
         shared.queue.push(message);
-        let mut outcome = Outcome::Delivered;
+        let mut dropped = false;
         if shared.len.fetch_add(1, SeqCst) >= shared.capacity {
             if let Some(oldest) = shared.queue.pop() {
                 shared.len.fetch_sub(1, SeqCst);
                 shared.missed.fetch_add(1, Relaxed);
-                outcome = Outcome::DeliveredDropping;
+                dropped = true;
                 drop(oldest);
             }
         }
         shared.wake_if_parked();
-        outcome
+        dropped
     }
 }
 
@@ -128,7 +124,7 @@ pub struct MessageStream<M> {
 
 impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
-    pub(crate) fn new(capacity: usize) -> (Arc<dyn Sink>, Self) {
+    pub(crate) fn new(capacity: usize) -> (Arc<StreamSink<M>>, Self) {
         let shared = Arc::new(Shared {
             queue: SegQueue::new(),
             len: AtomicUsize::new(0),
@@ -148,8 +144,8 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     }
 
     /// Ties the stream to its registration, so that dropping it unregisters it.
-    pub(crate) fn registered(mut self, bus: Weak<BusInner>, channel: &str, id: u64) -> Self {
-        self._registration = Some(Registration::new(bus, channel, id));
+    pub(crate) fn registered(mut self, registration: Option<Registration>) -> Self {
+        self._registration = registration;
         self
     }
 

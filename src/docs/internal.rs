@@ -18,16 +18,20 @@
 //! ```text
 //! registry: papaya::HashMap<Arc<str>, Arc<Slot>>          lock-free reads
 //!                                   │
-//!  Slot ── subscribers: ArcSwapOption<Node>  ◄── the post path reads only this
-//!       └─ writer: Mutex<Writer>             ◄── registration side only
-//!             trie: Trie<Subscriber>   (the writer's copy of the same root)
-//!             index: id -> (trie slot, kind, owning session)
+//!  Slot ── subscribers: ArcSwapOption<Snapshot>  ◄── the post path reads only this
+//!       │        Snapshot = per message type: { root of a persistent trie, len, streams }
+//!       └─ writer: Mutex<Writer>                 ◄── registration side only
+//!             groups: per message type, the writer's trie (same roots as published)
+//!             index: id -> (type, trie slot, kind, owning session)
 //!             handles, forgotten
 //! ```
 //!
-//! A `Subscriber` (`post.rs`) is `{ id, Arc<dyn Sink> }`. A listener's sink is its
-//! closure; a stream's sink is the producer half of its buffer. Only snapshots hold sinks:
-//! the index holds ids and slot numbers, a session holds ids and `Weak` slots.
+//! A trie entry is `{ id, Receiver<M> }`, where a receiver is a listener's
+//! `Arc<dyn Fn(&M)>` or a stream's sink (the producer half of its buffer). Grouping by type
+//! means a post checks the type once per group, not once per receiver, and then calls the
+//! group's closures with no further dispatch than the closure call itself. Only snapshots
+//! hold receivers: the index holds ids and slot numbers, a session holds ids and `Weak`
+//! slots.
 //!
 //! # Writes
 //!
@@ -54,9 +58,9 @@
 //!    - **S03**: the old root, and with it the only reference to a removed closure, is freed
 //!      by whichever finishes last: the writer's `Garbage` drop or the last running post's
 //!      guard drop. No timer, no later post, no epoch to advance.
-//! 3. `post::deliver` walks the trie and calls `Sink::deliver` on every subscriber with the
-//!    message as `&mut dyn Any`. A sink of another type fails its downcast and counts a
-//!    mismatch (L05); listeners run under `catch_unwind` (L07).
+//! 3. `post::deliver` finds the group of the message's type (the others count as mismatches,
+//!    L05), walks its trie leaf by leaf, and calls every receiver in an inlined loop;
+//!    listeners run under `catch_unwind` (L07), which costs nothing unless one panics.
 //! 4. `Counters::record_post` adds the tally to this thread's stripe (`stats.rs`).
 //!
 //! # Forgetting channels (L13)
