@@ -204,7 +204,7 @@ impl Slot {
 
 /// The interning table and the gauges that go with it.
 pub(crate) struct Registry {
-    map: papaya::HashMap<Arc<str>, Arc<Slot>>,
+    map: papaya::HashMap<Arc<str>, Arc<Slot>, foldhash::fast::RandomState>,
     pub(crate) counters: Counters,
     /// Set by [`Registry::close`] (bus shutdown): registrations are inert afterwards.
     closed: AtomicBool,
@@ -213,12 +213,13 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new() -> Self {
         Registry {
-            map: papaya::HashMap::new(),
+            map: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
         }
     }
 
+    #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Acquire)
     }

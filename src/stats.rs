@@ -150,6 +150,7 @@ impl Counters {
 /// The process-wide assignment of stripe indices to threads.
 mod stripe {
     use super::THREAD_STRIPES;
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicU64, Ordering::*};
 
     /// Bit `i` set: stripe `i` is free.
@@ -175,21 +176,45 @@ mod stripe {
     impl Drop for Claim {
         fn drop(&mut self) {
             if let Some(i) = self.0 {
+                // Stop using the stripe before anyone else may claim it.
+                INDEX.set(UNCLAIMED);
                 FREE.fetch_or(1 << i, Release);
             }
         }
     }
 
+    const UNCLAIMED: usize = usize::MAX;
+
     thread_local! {
+        /// This thread's stripe, once claimed: const-initialized and without a destructor,
+        /// so reading it is one thread-local load, and it is readable even while the thread's
+        /// other thread-locals are being destroyed.
+        static INDEX: Cell<usize> = const { Cell::new(UNCLAIMED) };
+        /// Owns the claim; its destructor gives the stripe back when the thread exits.
         static CLAIM: Claim = Claim::new();
     }
 
-    /// This thread's stripe and whether it owns it. A thread whose claim is already
-    /// destroyed (a post from another thread-local's destructor) uses the shared stripe.
+    /// This thread's stripe and whether it owns it.
     #[inline]
     pub(super) fn index() -> (usize, bool) {
+        let index = INDEX.get();
+        if index < THREAD_STRIPES {
+            (index, true)
+        } else {
+            claim()
+        }
+    }
+
+    /// First post of a thread: claim a stripe. A thread that finds none free, or whose claim
+    /// is already destroyed (a post from another thread-local's destructor), uses the shared
+    /// stripe.
+    #[cold]
+    fn claim() -> (usize, bool) {
         match CLAIM.try_with(|claim| claim.0) {
-            Ok(Some(i)) => (i, true),
+            Ok(Some(index)) => {
+                INDEX.set(index);
+                (index, true)
+            }
             _ => (THREAD_STRIPES, false),
         }
     }
