@@ -6,7 +6,10 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use evbus::{Bus, MessageScope, MessageStream, PostError};
+use evbus::{
+    revoked_authentication_channel, Bus, MessageScope, MessageStream, PostError,
+    RevokedAuthentication,
+};
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +152,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "after the session closed, a post reached {} receivers",
         delivery.local_receivers()
     );
+
+    println!("\n== Revoke authentication");
+    // A connection of user 42, authenticated as "a1", on an endpoint that requires "chat",
+    // closes itself when a revocation affects it.
+    let connection = bus.session();
+    connection.messages().add_listener(
+        &revoked_authentication_channel("42"),
+        |revoked: &RevokedAuthentication| {
+            let verdict = if revoked.affects(Some("a1"), &["chat"]) {
+                "closes"
+            } else {
+                "stays open"
+            };
+            println!("connection of user 42 got {revoked:?}: it {verdict}");
+        },
+    );
+    let messages = bus.messages();
+    messages.revoke_authentication("42", RevokedAuthentication::Scope(vec!["admin".into()]))?;
+    messages.revoke_authentication("42", RevokedAuthentication::AuthId("a1".into()))?;
+    drop(connection);
 
     println!("\n== A hot path: a pre-interned typed channel handle");
     let ticks = bus.channel::<u64>("ticks");

@@ -130,6 +130,11 @@ impl Messages {
     /// the session is already closed, the listener is inert: it is never called, and is
     /// dropped at once (S04). After [`Bus::shutdown`](crate::Bus::shutdown) every new listener
     /// is inert.
+    ///
+    /// The bus holds the closure, so a closure that captures a [`Bus`](crate::Bus) clone keeps
+    /// that bus alive for as long as it is registered (a reference cycle, as with any `Arc`).
+    /// Register such listeners through a session, or remove them, or call
+    /// [`Bus::shutdown`](crate::Bus::shutdown), which removes every listener.
     pub fn add_listener<M: Message, F>(&self, channel: &str, listener: F) -> ListenerId
     where
         F: Fn(&M) + Send + Sync + 'static,

@@ -750,6 +750,97 @@ fn g02_auto_is_local_on_a_bus_without_redis() {
     assert_eq!(MessageScope::default(), MessageScope::Auto);
 }
 
+// ---- R. Authentication revocation, on a bus without Redis ------------------------------------
+
+#[test]
+fn r01_revoke_posts_on_the_users_channel_with_auto_scope() {
+    use evbus::{revoked_authentication_channel, RevokedAuthentication};
+    assert_eq!(
+        revoked_authentication_channel("42"),
+        "_serverpod_revoked_authentication_42"
+    );
+    let bus = Bus::local();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    bus.messages().add_listener(
+        "_serverpod_revoked_authentication_42",
+        move |r: &RevokedAuthentication| g.lock().unwrap().push(r.clone()),
+    );
+    let delivery = bus
+        .session()
+        .messages()
+        .revoke_authentication("42", RevokedAuthentication::AuthId("a1".into()))
+        .unwrap();
+    // Auto on a bus without Redis: delivered locally, before the call returned.
+    assert_eq!(
+        (delivery.local_receivers(), delivery.is_global()),
+        (1, false)
+    );
+    assert_eq!(
+        *got.lock().unwrap(),
+        [RevokedAuthentication::AuthId("a1".into())]
+    );
+    let other = bus
+        .messages()
+        .revoke_authentication("43", RevokedAuthentication::User)
+        .unwrap();
+    assert_eq!(other.local_receivers(), 0, "another user's channel");
+}
+
+#[test]
+fn r02_revocations_arrive_typed_to_streams_and_listeners() {
+    use evbus::{revoked_authentication_channel, RevokedAuthentication};
+    let bus = Bus::local();
+    let channel = revoked_authentication_channel("7");
+    let mut stream = bus
+        .messages()
+        .create_stream::<RevokedAuthentication>(&channel);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    bus.messages()
+        .add_listener(&channel, move |_: &RevokedAuthentication| {
+            c.fetch_add(1, SeqCst);
+        });
+    let all = [
+        RevokedAuthentication::User,
+        RevokedAuthentication::AuthId("a1".into()),
+        RevokedAuthentication::Scope(vec!["admin".into(), "chat".into()]),
+    ];
+    for revocation in all.clone() {
+        assert_eq!(
+            bus.messages()
+                .revoke_authentication("7", revocation)
+                .unwrap()
+                .local_receivers(),
+            2
+        );
+    }
+    assert_eq!(drain(&mut stream), (all.to_vec(), false));
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[test]
+fn r03_affects_follows_serverpods_rule() {
+    use evbus::RevokedAuthentication::{AuthId, Scope, User};
+    assert!(User.affects(Some("a1"), &[]));
+    assert!(User.affects(Some("a1"), &["admin"]));
+    assert!(AuthId("a1".into()).affects(Some("a1"), &["admin"]));
+    assert!(!AuthId("a1".into()).affects(Some("a2"), &["admin"]));
+    assert!(Scope(vec!["admin".into()]).affects(Some("a1"), &["user", "admin"]));
+    assert!(!Scope(vec!["admin".into()]).affects(Some("a1"), &["user"]));
+    assert!(!Scope(vec![]).affects(Some("a1"), &["user"]));
+    assert!(
+        !Scope(vec!["admin".into()]).affects(Some("a1"), &[]),
+        "an endpoint requiring nothing"
+    );
+    for revocation in [User, AuthId("a1".into()), Scope(vec!["admin".into()])] {
+        assert!(
+            !revocation.affects(None, &["admin"]),
+            "unauthenticated: never affected"
+        );
+    }
+}
+
 // ---- The rest of the local API ----------------------------------------------------------------
 
 #[test]
