@@ -45,6 +45,47 @@ fn marker() -> Arc<()> {
     Arc::new(())
 }
 
+/// A gate that parks a thread inside the bus (in a listener, in a closure's drop) until the
+/// test opens it: `Gate::entered` says someone is parked, `Gate::open` lets them go.
+struct Gate {
+    entered: mpsc::Receiver<()>,
+    resume: mpsc::Sender<()>,
+}
+
+/// The parked side of a [`Gate`], to move into a closure.
+struct Parking {
+    entered: mpsc::Sender<()>,
+    resume: Mutex<mpsc::Receiver<()>>,
+}
+
+fn gate() -> (Gate, Parking) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (resume, resume_rx) = mpsc::channel();
+    (
+        Gate { entered, resume },
+        Parking {
+            entered: entered_tx,
+            resume: Mutex::new(resume_rx),
+        },
+    )
+}
+
+impl Gate {
+    fn entered(&self) {
+        self.entered.recv_timeout(DEADLINE).unwrap();
+    }
+    fn open(&self) {
+        self.resume.send(()).unwrap();
+    }
+}
+
+impl Parking {
+    fn park(&self) {
+        self.entered.send(()).unwrap();
+        self.resume.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+    }
+}
+
 // ---- L. Local delivery ----------------------------------------------------------------------
 
 #[test]
@@ -277,14 +318,11 @@ fn l08_every_add_returns_a_new_id_and_unknown_ids_are_refused() {
 #[test]
 fn l09_removed_listener_is_not_called_by_later_posts_but_may_finish_a_running_one() {
     let bus = Bus::local();
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (resume_tx, resume_rx) = mpsc::channel::<()>();
-    let resume_rx = Mutex::new(resume_rx);
+    let (gate, parking) = gate();
     // Listener 1 parks the running post; listener 2 is removed meanwhile.
     bus.messages().add_listener("c", move |m: &u64| {
         if *m == 1 {
-            entered_tx.send(()).unwrap();
-            resume_rx.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+            parking.park();
         }
     });
     let captured = marker();
@@ -300,13 +338,13 @@ fn l09_removed_listener_is_not_called_by_later_posts_but_may_finish_a_running_on
         let bus = bus.clone();
         move || local(&bus, "c", 1u64)
     });
-    entered_rx.recv_timeout(DEADLINE).unwrap();
+    gate.entered();
     assert!(bus.messages().remove_listener("c", second));
     // A post that starts after the removal does not call it...
     assert_eq!(local(&bus, "c", 2u64), 1);
     // ...while the post already running still holds it, alive.
     assert_eq!(Arc::strong_count(&captured), 2);
-    resume_tx.send(()).unwrap();
+    gate.open();
     assert_eq!(running.join().unwrap(), 2);
     assert_eq!(*calls.lock().unwrap(), [1]);
     // The running post finished: the closure is gone, with no later post needed.
@@ -317,27 +355,22 @@ fn l09_removed_listener_is_not_called_by_later_posts_but_may_finish_a_running_on
 fn l10_posts_never_wait_for_running_posts_or_registrations() {
     let bus = Bus::local();
     // A post parked inside a listener on "c".
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (resume_tx, resume_rx) = mpsc::channel::<()>();
-    let resume_rx = Mutex::new(resume_rx);
+    let (post_gate, parking) = gate();
     bus.messages().add_listener("c", move |m: &u64| {
         if *m == 0 {
-            entered_tx.send(()).unwrap();
-            resume_rx.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+            parking.park();
         }
     });
     // A session close parked in the drop of one of its closures (on "d").
-    struct SlowDrop(Mutex<mpsc::Receiver<()>>, mpsc::Sender<()>);
+    struct SlowDrop(Parking);
     impl Drop for SlowDrop {
         fn drop(&mut self) {
-            self.1.send(()).unwrap();
-            self.0.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+            self.0.park();
         }
     }
-    let (drop_entered_tx, drop_entered_rx) = mpsc::channel();
-    let (drop_resume_tx, drop_resume_rx) = mpsc::channel::<()>();
+    let (drop_gate, parking) = gate();
     let session = bus.session();
-    let slow = SlowDrop(Mutex::new(drop_resume_rx), drop_entered_tx);
+    let slow = SlowDrop(parking);
     session.messages().add_listener("d", move |_: &u64| {
         let _keep = &slow;
     });
@@ -346,9 +379,9 @@ fn l10_posts_never_wait_for_running_posts_or_registrations() {
         let bus = bus.clone();
         move || local(&bus, "c", 0u64)
     });
-    entered_rx.recv_timeout(DEADLINE).unwrap();
+    post_gate.entered();
     let parked_close = thread::spawn(move || session.close());
-    drop_entered_rx.recv_timeout(DEADLINE).unwrap();
+    drop_gate.entered();
 
     // Both are parked. Everything else proceeds, on this thread, without waiting for them.
     for i in 1..100u64 {
@@ -362,8 +395,8 @@ fn l10_posts_never_wait_for_running_posts_or_registrations() {
     other.messages().add_listener("c", |_: &u64| {});
     other.close();
 
-    resume_tx.send(()).unwrap();
-    drop_resume_tx.send(()).unwrap();
+    post_gate.open();
+    drop_gate.open();
     assert_eq!(parked_post.join().unwrap(), 1);
     parked_close.join().unwrap();
 }
@@ -549,12 +582,9 @@ fn s02_a_waiting_stream_is_woken_by_the_close() {
 fn s03_a_closed_session_releases_captures_once_running_posts_finish() {
     let bus = Bus::local();
     let captured = marker();
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (resume_tx, resume_rx) = mpsc::channel::<()>();
-    let resume_rx = Mutex::new(resume_rx);
+    let (gate, parking) = gate();
     bus.messages().add_listener("c", move |_: &u64| {
-        entered_tx.send(()).unwrap();
-        resume_rx.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+        parking.park();
     });
     let session = bus.session();
     for channel in ["c", "elsewhere"] {
@@ -571,13 +601,13 @@ fn s03_a_closed_session_releases_captures_once_running_posts_finish() {
         let bus = bus.clone();
         move || local(&bus, "c", 1u64)
     });
-    entered_rx.recv_timeout(DEADLINE).unwrap();
+    gate.entered();
     session.close();
     drop(session);
     drop(stream);
     // Only the closure on "c" is left, held by the post still running.
     assert_eq!(Arc::strong_count(&captured), 2);
-    resume_tx.send(()).unwrap();
+    gate.open();
     running.join().unwrap();
     assert_eq!(
         Arc::strong_count(&captured),
