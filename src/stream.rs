@@ -76,7 +76,9 @@ impl<M> StreamSink<M> {
 
 impl<M> Drop for StreamSink<M> {
     fn drop(&mut self) {
-        // Release: everything this sink pushed happens-before the consumer's `Acquire` load.
+        // This is the last reference to the sink: every push through it, on any thread,
+        // happens-before this drop (`Arc`'s release/acquire on its count), and this `SeqCst`
+        // store happens-before the consumer's load that sees it.
         self.0.closed.store(true, SeqCst);
         self.0.parked.store(false, SeqCst);
         self.0.waker.wake();
