@@ -185,5 +185,56 @@ fn stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, empty_channel, stream);
+/// Streams with a heap payload: 16 streams of `String`s on one channel. evbus shares one
+/// `Arc<String>` among the streams of a post (L04); tokio's receivers each clone the `String`.
+fn stream_fanout_string(c: &mut Criterion) {
+    const STREAMS: usize = 16;
+    let mut group = configure(c, "stream_fanout_string");
+    group.throughput(Throughput::Elements(BATCH * STREAMS as u64));
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    let text = "x".repeat(64);
+
+    let bus = Bus::local();
+    let channel = bus.channel::<String>("s");
+    let mut streams: Vec<_> = (0..STREAMS)
+        .map(|_| bus.messages().create_stream::<String>("s"))
+        .collect();
+    group.bench_function(BenchmarkId::new("evbus/handle", STREAMS), |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                channel.post(text.clone(), MessageScope::Local).unwrap();
+            }
+            for stream in &mut streams {
+                let mut got = 0;
+                while let Poll::Ready(Some(message)) = Pin::new(&mut *stream).poll_next(&mut cx) {
+                    black_box(message.len());
+                    got += 1;
+                }
+                assert_eq!(got, BATCH);
+            }
+        })
+    });
+
+    let (tx, _) = broadcast::channel::<String>(BATCH as usize);
+    let mut receivers: Vec<_> = (0..STREAMS).map(|_| tx.subscribe()).collect();
+    group.bench_function(BenchmarkId::new("tokio_broadcast", STREAMS), |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                tx.send(text.clone()).unwrap();
+            }
+            for rx in &mut receivers {
+                let mut got = 0;
+                while let Ok(message) = rx.try_recv() {
+                    black_box(message.len());
+                    got += 1;
+                }
+                assert_eq!(got, BATCH);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fanout, empty_channel, stream, stream_fanout_string);
 criterion_main!(benches);
