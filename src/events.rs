@@ -50,7 +50,6 @@ struct Queue {
 }
 
 /// The bus's side: where events are emitted.
-#[derive(Default)]
 pub(crate) struct EventHub {
     /// `None` once closed.
     queues: Mutex<Option<Vec<Weak<Queue>>>>,

@@ -5,8 +5,8 @@
 //! added. A local post of an `M` is:
 //!
 //! 1. one `ArcSwapOption::load` of the snapshot (by the caller, `Slot::post`);
-//! 2. per group, one `downcast_ref`: the group of type `M` is walked, the others only count
-//!    their receivers as type mismatches (L05);
+//! 2. per group, one `downcast_ref` (the type check): the group of type `M` is walked, the
+//!    others only count their receivers as type mismatches (L05);
 //! 3. per receiver, one indirect call: a listener's closure gets `&M`; a stream gets a clone
 //!    of one `Arc<M>`, made only when the group has streams (L04);
 //! 4. one [`Counters::record_post`](crate::stats).
@@ -23,7 +23,7 @@
 //! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
 //! panic happens, so one listener's panic is counted and the walk goes on.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -75,7 +75,6 @@ pub(crate) struct Group {
     pub(crate) root: Arc<dyn Any + Send + Sync>,
     pub(crate) len: usize,
     pub(crate) streams: usize,
-    pub(crate) type_id: TypeId,
 }
 
 /// Delivers `message` to `snapshot`; returns what happened.
@@ -84,14 +83,12 @@ pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M)
     let mut tally = Tally::default();
     let mut matching = None;
     for group in snapshot.groups.iter() {
-        if group.type_id == TypeId::of::<M>() {
-            matching = Some(group);
-        } else {
-            tally.mismatches += group.len as u64;
+        match group.root.downcast_ref::<Node<Entry<M>>>() {
+            Some(root) => matching = Some((group, root)),
+            None => tally.mismatches += group.len as u64,
         }
     }
-    let Some(group) = matching else { return tally };
-    let Some(root) = group.root.downcast_ref::<Node<Entry<M>>>() else {
+    let Some((group, root)) = matching else {
         return tally;
     };
     tally.delivered = group.len as u64;

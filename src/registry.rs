@@ -101,7 +101,6 @@ trait ErasedGroup: Send {
     /// Repacks a sparse trie, reporting `(id, new slot)` for every receiver.
     fn repack_if_sparse(&mut self, moved: &mut dyn FnMut(u64, u64));
     fn publish(&self) -> Option<Group>;
-    fn take_all(&mut self) -> Box<dyn Any + Send>;
 }
 
 impl<M: Send + Sync + 'static> ErasedGroup for GroupWriter<M> {
@@ -137,13 +136,7 @@ impl<M: Send + Sync + 'static> ErasedGroup for GroupWriter<M> {
             root,
             len: self.trie.len(),
             streams: self.streams,
-            type_id: TypeId::of::<M>(),
         })
-    }
-
-    fn take_all(&mut self) -> Box<dyn Any + Send> {
-        self.streams = 0;
-        Box::new(self.trie.take_all())
     }
 }
 
@@ -279,16 +272,12 @@ impl Registry {
         receiver: Receiver<M>,
         owner: Option<Weak<Owner>>,
     ) -> Result<Arc<Slot>, Receiver<M>> {
-        let mut receiver = Some(receiver);
-        let (_garbage, slot) = self.with_slot(name, |slot, writer| {
+        let registered = self.with_slot(name, move |slot, writer| {
             // Checked under the slot's lock: `close` sets the flag before it sweeps the slots,
             // so a registration either sees the flag or is swept.
             if self.is_closed() {
-                return (Garbage::default(), None);
+                return Err(receiver);
             }
-            let Some(receiver) = receiver.take() else {
-                return (Garbage::default(), None);
-            };
             let kind = match receiver {
                 Receiver::Listener(_) => Kind::Listener,
                 Receiver::Stream(_) => Kind::Stream,
@@ -296,29 +285,23 @@ impl Registry {
             let group = writer.group_mut::<M>();
             group.streams += usize::from(kind == Kind::Stream);
             let at = group.trie.push(Entry { id, receiver });
-            writer.index.insert(
-                id,
-                Record {
-                    slot: at,
-                    kind,
-                    message: TypeId::of::<M>(),
-                    owner,
-                },
-            );
+            let message = TypeId::of::<M>();
+            let record = Record {
+                slot: at,
+                kind,
+                message,
+                owner,
+            };
+            writer.index.insert(id, record);
             self.gauge(kind).fetch_add(1, Relaxed);
-            (
-                Garbage {
-                    _snapshot: slot.publish(writer),
-                    _removed: Vec::new(),
-                },
-                Some(slot.clone()),
-            )
+            let garbage = Garbage {
+                _snapshot: slot.publish(writer),
+                _removed: Vec::new(),
+            };
+            Ok((garbage, slot.clone()))
         });
-        match (slot, receiver) {
-            (Some(slot), _) => Ok(slot),
-            (None, Some(refused)) => Err(refused),
-            (None, None) => unreachable!("a receiver is either registered or refused"),
-        }
+        // The garbage is dropped here, after `with_slot` released the lock.
+        registered.map(|(_garbage, slot)| slot)
     }
 
     /// Removes registration `id` (of kind `kind`) from `slot`, and from its owning session's
@@ -400,14 +383,13 @@ impl Registry {
             .collect();
         for slot in slots {
             let mut writer = slot.writer.lock();
-            let removed = writer.groups.iter_mut().map(|g| g.take_all()).collect();
-            writer.groups.clear();
+            let groups: Box<dyn Any + Send> = Box::new(std::mem::take(&mut writer.groups));
             for record in std::mem::take(&mut writer.index).into_values() {
                 self.gauge(record.kind).fetch_sub(1, Relaxed);
             }
             let garbage = Garbage {
                 _snapshot: slot.publish(&writer),
-                _removed: removed,
+                _removed: vec![groups],
             };
             self.forget_if_unused(&slot, &mut writer);
             drop(writer);

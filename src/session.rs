@@ -15,7 +15,7 @@
 //! removals take the channel's, release it, then the session's.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -38,14 +38,12 @@ pub struct ListenerId(pub(crate) u64);
 
 /// What a session registered: its ids and their channels. `None` once closed.
 pub(crate) struct Owner {
-    closed: AtomicBool,
     registrations: Mutex<Option<HashMap<u64, Weak<Slot>>>>,
 }
 
 impl Owner {
     fn new() -> Self {
         Owner {
-            closed: AtomicBool::new(false),
             registrations: Mutex::new(Some(HashMap::new())),
         }
     }
@@ -249,7 +247,6 @@ impl Session {
             return;
         };
         let registrations = owner.registrations.lock().take();
-        owner.closed.store(true, Release);
         for (id, slot) in registrations.into_iter().flatten() {
             if let Some(slot) = slot.upgrade() {
                 self.messages.bus.registry.unsubscribe(&slot, id, None);
@@ -262,7 +259,7 @@ impl Session {
         self.messages
             .owner
             .as_ref()
-            .is_some_and(|owner| owner.closed.load(Acquire))
+            .is_some_and(|owner| owner.registrations.lock().is_none())
     }
 }
 

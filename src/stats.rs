@@ -111,13 +111,10 @@ impl Counters {
     pub(crate) fn record_post(&self, tally: &Tally) {
         let (index, owned) = stripe::index();
         let stripe = &self.stripes[index];
-        let add = |counter: &AtomicU64, n: u64| {
-            if n == 0 {
-            } else if owned {
-                counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
-            } else {
-                counter.fetch_add(n, Relaxed);
-            }
+        let add = |counter: &AtomicU64, n: u64| match (n, owned) {
+            (0, _) => {}
+            (n, true) => counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed),
+            (n, false) => _ = counter.fetch_add(n, Relaxed),
         };
         add(&stripe.posted, 1);
         add(&stripe.delivered, tally.delivered);

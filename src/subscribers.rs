@@ -58,10 +58,6 @@ impl<T> Node<T> {
             Kind::Branch(children) => children.iter().for_each(|child| child.for_each_leaf(f)),
         }
     }
-
-    fn index(&self, bit: u32) -> usize {
-        (self.bitmap & (bit - 1)).count_ones() as usize
-    }
 }
 
 /// The writer's view of one channel's subscribers: the current root plus what is needed to
@@ -156,16 +152,11 @@ impl<T: Clone> Trie<T> {
             self.push(item);
         }
     }
+}
 
-    /// Empties the trie, returning every item in order.
-    pub(crate) fn take_all(&mut self) -> Vec<T> {
-        let mut items = Vec::with_capacity(self.len);
-        if let Some(root) = self.root.take() {
-            root.for_each(&mut |item: &T| items.push(item.clone()));
-        }
-        *self = Trie::default();
-        items
-    }
+/// Where the child (or item) at position `bit` sits among a node's present ones.
+fn rank(bitmap: u32, bit: u32) -> usize {
+    (bitmap & (bit - 1)).count_ones() as usize
 }
 
 fn position(slot: u64, height: u32) -> u32 {
@@ -176,7 +167,7 @@ fn position(slot: u64, height: u32) -> u32 {
 fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
     let bit = position(slot, height);
     let bitmap = node.map_or(0, |n| n.bitmap);
-    let at = (bitmap & (bit - 1)).count_ones() as usize;
+    let at = rank(bitmap, bit);
     debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
     let kind = match (node.map(|n| &n.kind), height) {
         (None, 0) => Kind::Leaf(Box::new([item])),
@@ -209,7 +200,7 @@ fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<No
     if node.bitmap & bit == 0 {
         return None;
     }
-    let at = node.index(bit);
+    let at = rank(node.bitmap, bit);
     let bitmap = node.bitmap & !bit;
     match &node.kind {
         Kind::Leaf(items) => {

@@ -40,6 +40,19 @@ fn local(bus: &Bus, channel: &str, message: impl evbus::Message) -> usize {
         .local_receivers()
 }
 
+/// Adds a listener of `M` on `channel` that only counts its calls; returns the count.
+fn counting_listener<M: evbus::Message>(
+    messages: &evbus::Messages,
+    channel: &str,
+) -> Arc<AtomicUsize> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    messages.add_listener(channel, move |_: &M| {
+        counter.fetch_add(1, SeqCst);
+    });
+    calls
+}
+
 /// A closure's captured marker: its strong count tells whether the bus still holds the closure.
 fn marker() -> Arc<()> {
     Arc::new(())
@@ -187,11 +200,7 @@ fn l04_every_receiver_gets_the_same_value_unserialized() {
 #[test]
 fn l05_receivers_of_another_type_are_skipped_and_counted() {
     let bus = Bus::local();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    bus.messages().add_listener("c", move |_: &u64| {
-        c.fetch_add(1, SeqCst);
-    });
+    let calls = counting_listener::<u64>(bus.messages(), "c");
     let mut strings = bus.messages().create_stream::<String>("c");
     assert_eq!(local(&bus, "c", "text".to_string()), 1);
     assert_eq!(local(&bus, "c", 5u64), 1);
@@ -735,11 +744,7 @@ fn s06_closing_sessions_while_another_thread_posts_is_safe() {
 #[test]
 fn g01_global_post_without_redis_fails_at_once() {
     let bus = Bus::local();
-    let called = Arc::new(AtomicUsize::new(0));
-    let c = called.clone();
-    bus.messages().add_listener("c", move |_: &u64| {
-        c.fetch_add(1, SeqCst);
-    });
+    let called = counting_listener::<u64>(bus.messages(), "c");
     let error = bus
         .messages()
         .post_message("c", 1u64, MessageScope::Global)
@@ -763,11 +768,7 @@ fn g01_global_post_without_redis_fails_at_once() {
 fn g02_auto_is_local_on_a_bus_without_redis() {
     let bus = Bus::local();
     assert!(!bus.has_redis());
-    let called = Arc::new(AtomicUsize::new(0));
-    let c = called.clone();
-    bus.messages().add_listener("c", move |_: &u64| {
-        c.fetch_add(1, SeqCst);
-    });
+    let called = counting_listener::<u64>(bus.messages(), "c");
     let delivery = bus
         .messages()
         .post_message("c", 1u64, MessageScope::Auto)
@@ -825,12 +826,7 @@ fn r02_revocations_arrive_typed_to_streams_and_listeners() {
     let mut stream = bus
         .messages()
         .create_stream::<RevokedAuthentication>(&channel);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    bus.messages()
-        .add_listener(&channel, move |_: &RevokedAuthentication| {
-            c.fetch_add(1, SeqCst);
-        });
+    let calls = counting_listener::<RevokedAuthentication>(bus.messages(), &channel);
     let all = [
         RevokedAuthentication::User,
         RevokedAuthentication::AuthId("a1".into()),
