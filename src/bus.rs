@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crate::channel::Channel;
 use crate::error::{BusError, PostError};
 use crate::events::{BusEvents, EventHub};
+use crate::global::codec::Codec;
+use crate::global::{envelope::MAX_CLASS_LEN, Global, Settings};
 use crate::message::{Message, MessageScope};
 use crate::registry::Registry;
 use crate::session::{Messages, Session};
@@ -37,20 +39,37 @@ pub(crate) struct BusInner {
     pub(crate) config: Config,
     /// Registration ids, shared by listeners and streams.
     pub(crate) next_id: AtomicU64,
-    events: EventHub,
+    events: Arc<EventHub>,
+    /// The Redis half, on a bus built with a Redis URL.
+    pub(crate) global: Option<Global>,
 }
 
 impl BusInner {
-    /// The scope check of every post: `Ok` when the post is to be delivered locally.
+    /// The scope check of every post: `Ok(None)` when the post is to be delivered locally,
+    /// `Ok(Some(global))` when it goes through Redis (G01, G02).
     #[inline]
-    pub(crate) fn check_local(&self, scope: MessageScope) -> Result<(), PostError> {
+    pub(crate) fn route(&self, scope: MessageScope) -> Result<Option<&Global>, PostError> {
         if self.registry.is_closed() {
             return Err(PostError::ShutDown);
         }
-        match scope {
-            MessageScope::Local | MessageScope::Auto => Ok(()),
-            MessageScope::Global => Err(PostError::RedisNotEnabled),
+        match (scope, &self.global) {
+            (MessageScope::Local, _) | (MessageScope::Auto, None) => Ok(None),
+            (MessageScope::Global, None) => Err(PostError::RedisNotEnabled),
+            (_, Some(global)) => Ok(Some(global)),
         }
+    }
+
+    /// A global post, counted as a post when accepted.
+    #[inline(never)]
+    pub(crate) fn post_global<M: Message>(
+        &self,
+        global: &Global,
+        channel: &str,
+        message: &M,
+    ) -> Result<crate::Delivery, PostError> {
+        let delivery = global.post(channel, message)?;
+        self.registry.counters.record_post(&Default::default());
+        Ok(delivery)
     }
 }
 
@@ -78,20 +97,22 @@ pub struct Bus {
 impl Bus {
     /// A bus for this process only, with default settings: the embedded default.
     pub fn local() -> Bus {
-        Bus::with_config(Config {
+        let config = Config {
             stream_capacity: DEFAULT_STREAM_CAPACITY,
-        })
+        };
+        Bus::with(config, Arc::new(EventHub::new()), None)
     }
 
-    fn with_config(config: Config) -> Bus {
-        let inner = BusInner {
-            registry: Registry::new(),
+    fn with(config: Config, events: Arc<EventHub>, global: Option<Global>) -> Bus {
+        let inner = Arc::new(BusInner {
+            registry: Registry::new(global.as_ref().map(|g| g.shared().clone())),
             config,
             next_id: AtomicU64::new(1),
-            events: EventHub::new(),
-        };
+            events,
+            global,
+        });
         Bus {
-            messages: Messages::new(Arc::new(inner)),
+            messages: Messages::new(inner),
         }
     }
 
@@ -134,12 +155,16 @@ impl Bus {
 
     /// Whether the bus was built with a Redis URL.
     pub fn has_redis(&self) -> bool {
-        false
+        self.inner().global.is_some()
     }
 
     /// The bus's counters (see [`Stats`]).
     pub fn stats(&self) -> Stats {
-        self.inner().registry.counters.snapshot()
+        let mut stats = self.inner().registry.counters.snapshot();
+        if let Some(global) = &self.inner().global {
+            global.fill(&mut stats);
+        }
+        stats
     }
 
     /// A new stream of [`BusEvent`](crate::BusEvent)s emitted from now on.
@@ -147,38 +172,62 @@ impl Bus {
         self.inner().events.subscribe()
     }
 
-    /// Returns once every global post made so far is acknowledged by Redis (G12). On a bus
-    /// without Redis there is none, so it returns at once.
+    /// Returns once every global post made before the call is acknowledged by Redis (G12).
+    /// On a bus without Redis there is none, so it returns at once.
+    ///
+    /// While Redis is unreachable it waits (posts are held, G07). It is cancel-safe: wrap it
+    /// in a timeout to bound the wait.
     ///
     /// # Errors
     ///
-    /// Never on a bus without Redis.
+    /// [`BusError::ShutDown`] when the bus shut down before Redis acknowledged everything.
     pub async fn flush(&self) -> Result<(), BusError> {
-        Ok(())
+        match &self.inner().global {
+            Some(global) => global.flush().await,
+            None => Ok(()),
+        }
     }
 
-    /// Returns once every Redis SUBSCRIBE issued so far is confirmed (G04). On a bus without
-    /// Redis there is none, so it returns at once.
+    /// Returns once Redis confirmed every SUBSCRIBE (and UNSUBSCRIBE) issued before the call
+    /// (G04): a global post made afterwards, from any bus, reaches this bus's receivers
+    /// registered before the call. On a bus without Redis it returns at once.
+    ///
+    /// A channel is subscribed when it gets its first listener or stream, and unsubscribed
+    /// when its last one goes. While Redis is unreachable this waits; it is cancel-safe.
     ///
     /// # Errors
     ///
-    /// Never on a bus without Redis.
+    /// [`BusError::ShutDown`] when the bus shut down meanwhile.
     pub async fn subscriptions_ready(&self) -> Result<(), BusError> {
-        Ok(())
+        match &self.inner().global {
+            Some(global) => global.subscriptions_ready().await,
+            None => Ok(()),
+        }
     }
 
-    /// Shuts the bus down: removes every listener (dropping its closure once posts already
-    /// running are done with it), ends every stream after what it buffered, ends every
-    /// [`BusEvents`]. Afterwards every post fails with [`PostError::ShutDown`] and new
-    /// registrations are inert. Idempotent.
+    /// Shuts the bus down (G12): posts fail with [`PostError::ShutDown`] from now on; global
+    /// posts already made are flushed to Redis; the bus unsubscribes and closes its Redis
+    /// connections; every listener is removed (its closure dropped once posts already running
+    /// are done with it), every stream ends after what it buffered, every [`BusEvents`] ends.
+    /// New registrations are inert afterwards. Idempotent.
+    ///
+    /// It returns within a bounded time even when Redis is unreachable: it waits up to 3
+    /// seconds for the flush and half a second for each closing step.
     ///
     /// # Errors
     ///
-    /// Never on a bus without Redis.
+    /// [`BusError::Redis`] when Redis did not acknowledge every global post in time; the
+    /// text says how many. Their [`Delivery`](crate::Delivery) futures resolve to an error.
+    /// Everything else is shut down all the same.
     pub async fn shutdown(&self) -> Result<(), BusError> {
-        self.inner().registry.close();
-        self.inner().events.close();
-        Ok(())
+        let inner = self.inner();
+        inner.registry.close();
+        let result = match &inner.global {
+            Some(global) => global.close().await,
+            None => Ok(()),
+        };
+        inner.events.close();
+        result
     }
 }
 
@@ -208,13 +257,10 @@ const MIN_MESSAGE_BYTES: usize = 256;
 #[derive(Debug)]
 pub struct BusBuilder {
     redis_url: Option<String>,
-    #[allow(dead_code)] // read by the Redis half
     namespace: String,
-    #[allow(dead_code)] // read by the Redis half
     wire_format: WireFormat,
     stream_capacity: usize,
     max_message_bytes: usize,
-    #[allow(dead_code)] // read by the Redis half
     outage_buffer: usize,
     class_names: HashMap<TypeId, (&'static str, String)>,
 }
@@ -261,6 +307,8 @@ impl BusBuilder {
     }
 
     /// Bound on one encoded message and on one Redis payload; default 1 MiB, at least 256.
+    /// A larger message is refused when posted ([`PostError::TooLarge`]); a larger payload
+    /// received is a decode error (G09). A Native frame is split so it never exceeds it.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
@@ -287,7 +335,10 @@ impl BusBuilder {
     ///
     /// - [`BusError::InvalidConfig`] when a setting is out of range: a `stream_capacity` of 0,
     ///   a `max_message_bytes` below 256, an empty class name or one given to two types.
-    /// - [`BusError::Redis`] when a Redis URL is set: this release builds local buses only.
+    /// - [`BusError::Redis`] when a Redis URL is set and the URL is invalid or Redis cannot be
+    ///   reached now (after that, the bus reconnects by itself whenever the connection drops),
+    ///   or when `build` is not called inside a tokio runtime: the bus's Redis tasks run on the
+    ///   runtime that built it.
     pub async fn build(self) -> Result<Bus, BusError> {
         if self.stream_capacity == 0 {
             return Err(BusError::InvalidConfig(
@@ -300,11 +351,17 @@ impl BusBuilder {
                 self.max_message_bytes
             )));
         }
+        if self.outage_buffer == 0 {
+            return Err(BusError::InvalidConfig(
+                "outage_buffer must be at least 1".into(),
+            ));
+        }
         let mut owners: HashMap<&str, &str> = HashMap::new();
         for (type_name, class) in self.class_names.values() {
-            if class.is_empty() {
+            if class.is_empty() || class.len() > MAX_CLASS_LEN {
                 return Err(BusError::InvalidConfig(format!(
-                    "empty class name for {type_name}"
+                    "class name of {type_name} has {} bytes; it must have 1 to {MAX_CLASS_LEN}",
+                    class.len()
                 )));
             }
             if let Some(other) = owners.insert(class, type_name) {
@@ -313,15 +370,29 @@ impl BusBuilder {
                 )));
             }
         }
-        if self.redis_url.is_some() {
-            return Err(BusError::Redis(
-                "a Redis URL is set, but this release of evbus builds local buses only (Redis \
-                 support is the next milestone); build without redis_url for a local bus"
-                    .into(),
-            ));
-        }
-        Ok(Bus::with_config(Config {
+        let config = Config {
             stream_capacity: self.stream_capacity,
-        }))
+        };
+        let events = Arc::new(EventHub::new());
+        let Some(url) = self.redis_url else {
+            return Ok(Bus::with(config, events, None));
+        };
+        let names = self
+            .class_names
+            .into_iter()
+            .map(|(type_id, (_, class))| (type_id, Arc::from(class)))
+            .collect();
+        let settings = Settings {
+            url,
+            namespace: self.namespace,
+            outage_buffer: self.outage_buffer,
+            codec: Codec::new(self.wire_format, self.max_message_bytes, names),
+        };
+        let (global, changes) = Global::connect(settings, events.clone()).await?;
+        let bus = Bus::with(config, events, Some(global));
+        if let Some(global) = &bus.inner().global {
+            global.start(Arc::downgrade(&bus.messages.bus), changes);
+        }
+        Ok(bus)
     }
 }

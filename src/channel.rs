@@ -45,10 +45,12 @@ impl<M: Message> Channel<M> {
     /// Redis, [`PostError::ShutDown`] after shutdown.
     #[inline]
     pub fn post(&self, message: M, scope: MessageScope) -> Result<Delivery, PostError> {
-        self.bus.check_local(scope)?;
-        Ok(Delivery::local(
-            self.slot.post(message, &self.bus.registry.counters),
-        ))
+        match self.bus.route(scope)? {
+            None => Ok(Delivery::local(
+                self.slot.post(message, &self.bus.registry.counters),
+            )),
+            Some(global) => self.bus.post_global(global, self.slot.name(), &message),
+        }
     }
 }
 

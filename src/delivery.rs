@@ -4,23 +4,33 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use crate::error::PostError;
+use crate::global::{self, Settled, Shared};
 
 /// What a post did.
 ///
 /// Awaiting it is optional: a local post is complete when `post_message` returns, and a
 /// global post is already queued then and goes out whether or not the `Delivery` is awaited.
-#[derive(Debug)]
 pub struct Delivery {
     local_receivers: usize,
-    global: bool,
+    /// A global post's ticket, and where its settlement is published.
+    global: Option<(u64, Arc<Shared>)>,
 }
 
 impl Delivery {
     pub(crate) fn local(receivers: usize) -> Self {
         Delivery {
             local_receivers: receivers,
-            global: false,
+            global: None,
+        }
+    }
+
+    pub(crate) fn global(ticket: u64, shared: Arc<Shared>) -> Self {
+        Delivery {
+            local_receivers: 0,
+            global: Some((ticket, shared)),
         }
     }
 
@@ -32,7 +42,16 @@ impl Delivery {
 
     /// Whether the post went through Redis.
     pub fn is_global(&self) -> bool {
-        self.global
+        self.global.is_some()
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("local_receivers", &self.local_receivers)
+            .field("global", &self.is_global())
+            .finish()
     }
 }
 
@@ -41,26 +60,49 @@ impl IntoFuture for Delivery {
     type IntoFuture = DeliveryFuture;
 
     /// Local: ready at once. Global: resolves when Redis acknowledged the PUBLISH that
-    /// carried the message.
+    /// carried the message; to an error when Redis refused it, or when the bus shut down
+    /// before Redis acknowledged it (G07). While Redis is unreachable it waits.
     fn into_future(self) -> DeliveryFuture {
         DeliveryFuture {
-            result: Some(Ok(())),
+            state: match self.global {
+                None => State::Ready,
+                Some((ticket, shared)) => State::Waiting(global::settled(ticket, shared)),
+            },
         }
     }
 }
 
 /// The future of an awaited [`Delivery`].
-#[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct DeliveryFuture {
-    result: Option<Result<(), PostError>>,
+    state: State,
+}
+
+enum State {
+    Ready,
+    Waiting(Settled),
+    Done(Result<(), PostError>),
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<(), PostError>;
 
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Polling again after completion keeps returning Ok: a local delivery cannot fail later.
-        Poll::Ready(self.result.take().unwrap_or(Ok(())))
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Ready => Poll::Ready(Ok(())),
+            // Polling again after completion repeats the outcome.
+            State::Done(result) => Poll::Ready(result.clone()),
+            State::Waiting(settled) => {
+                let result = std::task::ready!(settled.as_mut().poll(cx));
+                self.state = State::Done(result.clone());
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DeliveryFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryFuture").finish_non_exhaustive()
     }
 }

@@ -63,6 +63,7 @@ mod bus;
 mod channel;
 mod delivery;
 mod error;
+mod global;
 mod events;
 mod message;
 mod post;
@@ -85,3 +86,10 @@ pub use revocation::{revoked_authentication_channel, RevokedAuthentication};
 pub use session::{ListenerId, Messages, Session};
 pub use stats::Stats;
 pub use stream::MessageStream;
+
+/// Decoders of untrusted bytes, for the fuzz targets in `fuzz/` only.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::global::envelope::*;
+}

@@ -27,6 +27,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use crate::global::codec::{Codec, Payload};
 use crate::stats::Tally;
 use crate::stream::StreamSink;
 use crate::subscribers::Node;
@@ -75,7 +76,13 @@ pub(crate) struct Group {
     pub(crate) root: Arc<dyn Any + Send + Sync>,
     pub(crate) len: usize,
     pub(crate) streams: usize,
+    /// Delivers a message received from Redis: decodes it as `M` once, then walks the group
+    /// ([`crate::global::deliver_wire`]).
+    pub(crate) wire: Wire,
 }
+
+/// See [`Group::wire`]: `None` when the group's type does not take the class.
+pub(crate) type Wire = fn(&Group, &Codec, &str, Payload<'_>, &mut Tally) -> Option<Result<(), String>>;
 
 /// Delivers `message` to `snapshot`; returns what happened.
 #[inline]
@@ -88,17 +95,22 @@ pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M)
             None => tally.mismatches += group.len as u64,
         }
     }
-    let Some((group, root)) = matching else {
-        return tally;
-    };
-    tally.delivered = group.len as u64;
-    if group.streams == 0 {
-        walk(root, &message, None, &mut tally);
-    } else {
-        let shared = Arc::new(message);
-        walk(root, &shared, Some(&shared), &mut tally);
+    if let Some((group, root)) = matching {
+        deliver_to(group, root, message, &mut tally);
     }
     tally
+}
+
+/// Delivers `message` to `group`, whose root is `root`.
+#[inline]
+pub(crate) fn deliver_to<M>(group: &Group, root: &Node<Entry<M>>, message: M, tally: &mut Tally) {
+    tally.delivered += group.len as u64;
+    if group.streams == 0 {
+        walk(root, &message, None, tally);
+    } else {
+        let shared = Arc::new(message);
+        walk(root, &shared, Some(&shared), tally);
+    }
 }
 
 /// Calls every receiver of one group. `shared` is `Some` when the group has streams.

@@ -38,6 +38,8 @@ use std::sync::{Arc, Weak};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
+use crate::global::Shared;
+use crate::message::Message;
 use crate::post::{self, Entry, Group, Receiver, Snapshot};
 use crate::session::Owner;
 use crate::stats::{Counters, Tally};
@@ -103,7 +105,7 @@ trait ErasedGroup: Send {
     fn publish(&self) -> Option<Group>;
 }
 
-impl<M: Send + Sync + 'static> ErasedGroup for GroupWriter<M> {
+impl<M: Message> ErasedGroup for GroupWriter<M> {
     fn message(&self) -> TypeId {
         TypeId::of::<M>()
     }
@@ -136,12 +138,13 @@ impl<M: Send + Sync + 'static> ErasedGroup for GroupWriter<M> {
             root,
             len: self.trie.len(),
             streams: self.streams,
+            wire: crate::global::deliver_wire::<M>,
         })
     }
 }
 
 impl Writer {
-    fn group_mut<M: Send + Sync + 'static>(&mut self) -> &mut GroupWriter<M> {
+    fn group_mut<M: Message>(&mut self) -> &mut GroupWriter<M> {
         let at = match self
             .groups
             .iter()
@@ -189,6 +192,11 @@ impl Slot {
         tally.delivered as usize
     }
 
+    /// The current snapshot, for a message received from Redis.
+    pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.subscribers.load_full()
+    }
+
     /// Publishes the writer's current state; returns the replaced snapshot (garbage).
     fn publish(&self, writer: &Writer) -> Option<Arc<Snapshot>> {
         self.subscribers.swap(writer.snapshot())
@@ -201,14 +209,25 @@ pub(crate) struct Registry {
     pub(crate) counters: Counters,
     /// Set by [`Registry::close`] (bus shutdown): registrations are inert afterwards.
     closed: AtomicBool,
+    /// On a bus with Redis: told when a channel gets its first receiver or loses its last,
+    /// under the channel's lock, so the changes reach Redis in the order they were made (G04).
+    global: Option<Arc<Shared>>,
 }
 
 impl Registry {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(global: Option<Arc<Shared>>) -> Self {
         Registry {
             map: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            global,
+        }
+    }
+
+    /// Under `slot`'s lock: tells Redis's side that `slot` now has receivers or has none.
+    fn receivers_changed(&self, slot: &Slot, some: bool) {
+        if let Some(global) = &self.global {
+            global.subscription_changed(&slot.name, some);
         }
     }
 
@@ -265,7 +284,7 @@ impl Registry {
 
     /// Registers `receiver` on `name` under `id`. Gives it back when the bus is closed; the
     /// caller drops it outside any lock.
-    pub(crate) fn subscribe<M: Send + Sync + 'static>(
+    pub(crate) fn subscribe<M: Message>(
         &self,
         name: &str,
         id: u64,
@@ -293,6 +312,9 @@ impl Registry {
                 owner,
             };
             writer.index.insert(id, record);
+            if writer.index.len() == 1 {
+                self.receivers_changed(slot, true);
+            }
             self.gauge(kind).fetch_add(1, Relaxed);
             let garbage = Garbage {
                 _snapshot: slot.publish(writer),
@@ -335,6 +357,9 @@ impl Registry {
         });
         if groups[at].len() == 0 {
             groups.swap_remove(at);
+        }
+        if index.is_empty() {
+            self.receivers_changed(slot, false);
         }
         // Keep the index within a constant factor of its size (amortized O(1)).
         if index.capacity() > 4 * index.len() + 64 {
@@ -384,6 +409,9 @@ impl Registry {
         for slot in slots {
             let mut writer = slot.writer.lock();
             let groups: Box<dyn Any + Send> = Box::new(std::mem::take(&mut writer.groups));
+            if !writer.index.is_empty() {
+                self.receivers_changed(&slot, false);
+            }
             for record in std::mem::take(&mut writer.index).into_values() {
                 self.gauge(record.kind).fetch_sub(1, Relaxed);
             }

@@ -116,8 +116,10 @@ impl Messages {
         message: M,
         scope: MessageScope,
     ) -> Result<Delivery, PostError> {
-        self.bus.check_local(scope)?;
-        Ok(Delivery::local(self.bus.registry.post(channel, message)))
+        match self.bus.route(scope)? {
+            None => Ok(Delivery::local(self.bus.registry.post(channel, message))),
+            Some(global) => self.bus.post_global(global, channel, &message),
+        }
     }
 
     /// Adds a listener to `channel`: `listener` is called with every message of type `M`
@@ -180,6 +182,9 @@ impl Messages {
         receiver: Receiver<M>,
     ) -> (u64, Option<Arc<Slot>>) {
         let id = self.bus.next_id.fetch_add(1, Relaxed);
+        if let Some(global) = &self.bus.global {
+            global.shared().codec.learn::<M>();
+        }
         let registry = &self.bus.registry;
         let result = match &self.owner {
             None => registry.subscribe(channel, id, receiver, None),

@@ -109,6 +109,16 @@ impl Counters {
     /// stripe past [`THREAD_STRIPES`] threads).
     #[inline]
     pub(crate) fn record_post(&self, tally: &Tally) {
+        self.record(1, tally);
+    }
+
+    /// Records what a message received from Redis did: as a post, but not counted as posted.
+    pub(crate) fn record_received(&self, tally: &Tally) {
+        self.record(0, tally);
+    }
+
+    #[inline]
+    fn record(&self, posted: u64, tally: &Tally) {
         let (index, owned) = stripe::index();
         let stripe = &self.stripes[index];
         let add = |counter: &AtomicU64, n: u64| match (n, owned) {
@@ -116,7 +126,7 @@ impl Counters {
             (n, true) => counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed),
             (n, false) => _ = counter.fetch_add(n, Relaxed),
         };
-        add(&stripe.posted, 1);
+        add(&stripe.posted, posted);
         add(&stripe.delivered, tally.delivered);
         add(&stripe.mismatches, tally.mismatches);
         add(&stripe.panics, tally.panics);

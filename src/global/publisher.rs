@@ -1,0 +1,293 @@
+//! The batching publisher (G05): one task drains whatever is queued into one pipelined
+//! write, in order.
+//!
+//! # Algorithm
+//!
+//! 1. Sleep while the queue is empty. The sleep is a flag and a waker, as a stream's
+//!    consumer's: the task sets `publisher_parked`, then (after a `SeqCst` fence) checks the
+//!    queue once more; a post pushes, fences, and wakes the task only if it finds the flag
+//!    set. Either the task sees the push or the post sees the flag, so no post is stranded,
+//!    and a busy publisher costs posts no wake-up.
+//! 2. Take everything queued (up to [`MAX_BATCH`] posts): that is the batch. Under load the
+//!    batch grows while the previous write is in flight, so throughput grows with load; a
+//!    lone post is a batch of one and leaves at once. There is no timer.
+//! 3. Native: group the batch by channel, keeping each channel's order, and pack each
+//!    channel's records into as few frames as `max_message_bytes` allows, stamped with this
+//!    bus's origin id and the channel's next sequence numbers (G06). One PUBLISH carries many
+//!    messages. Serverpod: one PUBLISH per post, as Serverpod does.
+//! 4. Send the PUBLISHes as one pipelined write and read every reply. A command that failed
+//!    because the connection dropped is sent again (the same frame, so a copy that did reach
+//!    Redis is dropped by receivers); one that Redis refused fails its posts' Deliveries.
+//! 5. Settle the batch's tickets: the watermark that Deliveries and `flush` wait on moves
+//!    past every ticket settled so far (tickets are settled out of order when posts from
+//!    several threads race into the queue, so the ones ahead wait in a set).
+//!
+//! Order: posts of one thread on one channel are published in post order. Posts to
+//! different channels may be reordered within a batch (each channel's order is kept).
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::poll_fn;
+use std::sync::atomic::{fence, Ordering::*};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use super::envelope::{self, Origin, HEADER_LEN};
+use super::redis::{Failure, Outbound, Redis};
+use super::{Outgoing, Shared};
+use crate::bus::WireFormat;
+
+/// Posts taken into one batch at most.
+const MAX_BATCH: usize = 1 << 16;
+/// Channels whose sequence numbers one origin id tracks; past it, a new origin id starts
+/// afresh (receivers see a new origin, not a gap).
+const MAX_SEQUENCED_CHANNELS: usize = 1 << 16;
+
+/// Wakes the publisher if it sleeps. Called after every push.
+#[inline]
+pub(super) fn wake(shared: &Shared) {
+    // Pairs with the fence in `next_batch`: either the publisher sees our push, or we see
+    // its flag.
+    fence(SeqCst);
+    if shared.publisher_parked.load(Relaxed) && shared.publisher_parked.swap(false, AcqRel) {
+        shared.publisher_waker.wake();
+    }
+}
+
+/// Wakes the publisher whether or not it sleeps (closing).
+pub(super) fn wake_always(shared: &Shared) {
+    shared.publisher_parked.store(false, Release);
+    shared.publisher_waker.wake();
+}
+
+/// The publisher task.
+pub(super) async fn run(shared: Arc<Shared>, redis: Arc<Redis>) {
+    let mut sequencer = Sequencer::new();
+    let mut settler = Settler::default();
+    let mut batch = Vec::new();
+    loop {
+        next_batch(&shared, &mut batch).await;
+        let commands = match shared.codec.format {
+            WireFormat::Serverpod => batch
+                .drain(..)
+                .map(|post| Command {
+                    outbound: Outbound::new(post.channel, post.bytes),
+                    tickets: vec![post.ticket],
+                })
+                .collect(),
+            _ => frames(&mut batch, &mut sequencer, shared.codec.max_message_bytes),
+        };
+        send(&shared, &redis, commands, &mut settler).await;
+    }
+}
+
+/// Waits until something is queued, then moves up to [`MAX_BATCH`] posts into `batch`.
+async fn next_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
+    poll_fn(|cx| {
+        if !shared.queue.is_empty() {
+            return Poll::Ready(());
+        }
+        shared.publisher_waker.register(cx.waker());
+        shared.publisher_parked.store(true, Relaxed);
+        fence(SeqCst);
+        if shared.queue.is_empty() {
+            Poll::Pending
+        } else {
+            shared.publisher_parked.store(false, Relaxed);
+            Poll::Ready(())
+        }
+    })
+    .await;
+    while batch.len() < MAX_BATCH {
+        match shared.queue.pop() {
+            Some(post) => batch.push(post),
+            None => break,
+        }
+    }
+}
+
+/// One PUBLISH and the tickets it carries.
+struct Command {
+    outbound: Outbound,
+    tickets: Vec<u64>,
+}
+
+/// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
+fn frames(batch: &mut Vec<Outgoing>, sequencer: &mut Sequencer, max: usize) -> Vec<Command> {
+    // Group by channel, keeping first-seen order of channels and post order within each.
+    let mut order: Vec<(String, Vec<Outgoing>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for post in batch.drain(..) {
+        match index.get(&post.channel) {
+            Some(&at) => order[at].1.push(post),
+            None => {
+                index.insert(post.channel.clone(), order.len());
+                order.push((post.channel.clone(), vec![post]));
+            }
+        }
+    }
+    let mut commands = Vec::new();
+    for (channel, posts) in order {
+        let mut rest = &posts[..];
+        while !rest.is_empty() {
+            // Records that fit one frame (a record alone always fits: `encode` checked it).
+            let mut size = HEADER_LEN + rest[0].bytes.len();
+            let mut count = 1;
+            while count < rest.len() && size + rest[count].bytes.len() <= max {
+                size += rest[count].bytes.len();
+                count += 1;
+            }
+            let (now, later) = rest.split_at(count);
+            rest = later;
+            let first_seq = sequencer.next(&channel, count as u64);
+            let mut frame = Vec::with_capacity(size);
+            envelope::write_header(&mut frame, &sequencer.origin, first_seq, count as u32);
+            for post in now {
+                frame.extend_from_slice(&post.bytes);
+            }
+            commands.push(Command {
+                outbound: Outbound::new(channel.clone(), frame),
+                tickets: now.iter().map(|post| post.ticket).collect(),
+            });
+        }
+    }
+    commands
+}
+
+/// Sends `commands` as one pipelined write, again for those lost with a connection, and
+/// settles their tickets.
+async fn send(shared: &Shared, redis: &Redis, mut commands: Vec<Command>, settler: &mut Settler) {
+    let mut settled = Vec::new();
+    let mut refused = Vec::new();
+    while !commands.is_empty() {
+        let outbound: Vec<Outbound> = commands.iter().map(|c| c.outbound.clone()).collect();
+        let results = redis.publish(outbound).await;
+        shared.batches.fetch_add(1, Relaxed);
+        let mut retry = Vec::new();
+        for (command, result) in commands.into_iter().zip(results) {
+            match result {
+                Ok(()) => settled.extend(command.tickets),
+                Err(Failure::Retry) => retry.push(command),
+                Err(Failure::Refused(reason)) => {
+                    refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
+                    settled.extend(command.tickets);
+                }
+            }
+        }
+        commands = retry;
+        if !commands.is_empty() {
+            // fred already waited for the reconnect; do not spin while it tries again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if !refused.is_empty() {
+        shared.refused.lock().extend(refused);
+    }
+    let count = settled.len() as u64;
+    if let Some(acked) = settler.settle(settled) {
+        shared.waiting.fetch_sub(count, AcqRel);
+        shared.progress.send_modify(|p| p.acked = acked);
+    } else {
+        shared.waiting.fetch_sub(count, AcqRel);
+    }
+}
+
+/// The watermark of settled tickets.
+#[derive(Default)]
+struct Settler {
+    /// Every ticket up to this one is settled.
+    acked: u64,
+    /// Settled tickets past `acked + 1`.
+    ahead: BTreeSet<u64>,
+}
+
+impl Settler {
+    /// Settles `tickets`; returns the new watermark if it moved.
+    fn settle(&mut self, mut tickets: Vec<u64>) -> Option<u64> {
+        tickets.sort_unstable();
+        let before = self.acked;
+        for ticket in tickets {
+            if ticket == self.acked + 1 {
+                self.acked = ticket;
+                while self.ahead.first() == Some(&(self.acked + 1)) {
+                    self.ahead.pop_first();
+                    self.acked += 1;
+                }
+            } else {
+                self.ahead.insert(ticket);
+            }
+        }
+        (self.acked != before).then_some(self.acked)
+    }
+}
+
+/// This bus's origin id and each channel's next sequence number (G06).
+struct Sequencer {
+    origin: Origin,
+    next: HashMap<String, u64>,
+}
+
+impl Sequencer {
+    fn new() -> Self {
+        Sequencer {
+            origin: new_origin(),
+            next: HashMap::new(),
+        }
+    }
+
+    /// Reserves `count` sequence numbers on `channel`; returns the first.
+    fn next(&mut self, channel: &str, count: u64) -> u64 {
+        if !self.next.contains_key(channel) && self.next.len() >= MAX_SEQUENCED_CHANNELS {
+            // Bound the table: start a new origin, whose sequences receivers learn afresh.
+            *self = Sequencer::new();
+        }
+        let next = self.next.entry(channel.to_string()).or_insert(1);
+        let first = *next;
+        *next += count;
+        first
+    }
+}
+
+/// A random 128-bit origin id.
+fn new_origin() -> Origin {
+    let mut origin = [0; 16];
+    if getrandom::fill(&mut origin).is_err() {
+        // No OS randomness: fall back to time and address entropy (still unique in practice).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let salt = &origin as *const _ as usize as u128;
+        origin = (nanos ^ salt.rotate_left(64) ^ u128::from(std::process::id())).to_le_bytes();
+    }
+    origin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_moves_over_contiguous_tickets_only() {
+        let mut settler = Settler::default();
+        assert_eq!(settler.settle(vec![2, 3]), None);
+        assert_eq!(settler.settle(vec![1]), Some(3));
+        assert_eq!(settler.settle(vec![5]), None);
+        assert_eq!(settler.settle(vec![4, 6]), Some(6));
+    }
+
+    #[test]
+    fn frames_respect_the_size_bound_and_channel_order() {
+        let post = |channel: &str, ticket| Outgoing {
+            channel: channel.into(),
+            bytes: vec![0; 100],
+            ticket,
+        };
+        let mut batch = vec![post("a", 1), post("b", 2), post("a", 3), post("a", 4)];
+        let mut sequencer = Sequencer::new();
+        let commands = frames(&mut batch, &mut sequencer, HEADER_LEN + 200);
+        let tickets: Vec<Vec<u64>> = commands.iter().map(|c| c.tickets.clone()).collect();
+        assert_eq!(tickets, vec![vec![1, 3], vec![4], vec![2]]);
+        assert_eq!(sequencer.next("a", 1), 4);
+        assert_eq!(sequencer.next("b", 1), 2);
+    }
+}

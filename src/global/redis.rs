@@ -1,0 +1,273 @@
+//! The only file that names `fred`: two connections per bus and what evbus asks of them.
+//!
+//! - The *publisher* connection ([`fred::clients::Client`]) carries every PUBLISH, in
+//!   pipelined writes, in order.
+//! - The *subscriber* connection ([`fred::clients::SubscriberClient`]) carries SUBSCRIBE and
+//!   UNSUBSCRIBE and receives the messages. fred tracks its subscriptions; after a reconnect
+//!   [`Redis::watch`] re-subscribes every tracked channel before it reports the link up (G08).
+//!
+//! Both have a [`ReconnectPolicy`]: without one fred never reconnects. fred hands pub/sub
+//! messages to readers through a tokio broadcast channel (32 slots by default) and drops what
+//! a slow reader misses; evbus raises it to [`SUBSCRIBER_BUFFER`] and counts every
+//! `Lagged(n)` it reports ([`Incoming::Lagged`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::error::ErrorKind;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
+
+/// Messages fred may buffer for the subscriber task before it reports them lagged.
+pub(crate) const SUBSCRIBER_BUFFER: usize = 1 << 16;
+
+/// Reconnect forever, 50 ms after a drop, backing off to at most one second between tries.
+fn policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 50, 1000, 2)
+}
+
+/// One bus's Redis connections.
+pub(crate) struct Redis {
+    publisher: Client,
+    subscriber: SubscriberClient,
+}
+
+/// Why a PUBLISH failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The connection failed; the command may or may not have reached Redis. Send it again.
+    Retry,
+    /// Redis answered with an error: sending it again would not help.
+    Refused(String),
+}
+
+fn failure(error: fred::error::Error) -> Failure {
+    match error.kind() {
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => {
+            Failure::Retry
+        }
+        _ => Failure::Refused(error.to_string()),
+    }
+}
+
+/// One PUBLISH: a Redis channel and a payload. Cheap to clone (both are shared buffers), so
+/// a command lost with a connection is sent again without copying.
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    channel: fred::bytes_utils::Str,
+    payload: fred::bytes::Bytes,
+}
+
+impl Outbound {
+    pub(crate) fn new(channel: String, payload: Vec<u8>) -> Self {
+        Outbound {
+            channel: channel.into(),
+            payload: payload.into(),
+        }
+    }
+}
+
+/// Which connection a [`Redis::watch`] report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Link {
+    Publisher,
+    Subscriber,
+}
+
+/// What the subscriber connection received.
+pub(crate) enum Incoming {
+    /// A message: its Redis channel and payload.
+    Message { channel: Vec<u8>, payload: Vec<u8> },
+    /// fred's buffer overflowed and it dropped this many messages.
+    Lagged(u64),
+}
+
+/// The subscriber connection's messages, from [`Redis::messages`].
+pub(crate) struct Messages(Receiver<fred::types::Message>);
+
+impl Messages {
+    /// The next message; `None` once the connection is gone for good.
+    pub(crate) async fn next(&mut self) -> Option<Incoming> {
+        match self.0.recv().await {
+            Ok(message) => {
+                let payload = match &message.value {
+                    Value::Bytes(bytes) => bytes.to_vec(),
+                    Value::String(text) => text.as_bytes().to_vec(),
+                    other => other.as_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
+                };
+                Some(Incoming::Message {
+                    channel: message.channel.as_bytes().to_vec(),
+                    payload,
+                })
+            }
+            Err(RecvError::Lagged(n)) => Some(Incoming::Lagged(n)),
+            Err(RecvError::Closed) => None,
+        }
+    }
+}
+
+impl Redis {
+    /// Connects both connections to `url`.
+    ///
+    /// # Errors
+    ///
+    /// A text for `BusError::Redis`: the URL is invalid, or Redis is unreachable now.
+    pub(crate) async fn connect(url: &str) -> Result<Redis, String> {
+        let config = Config::from_url(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .set_policy(policy())
+            .with_performance_config(|perf| {
+                perf.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+                // Frames written before a flush: a pipelined batch goes out in few writes.
+                perf.max_feed_count = 1024;
+            })
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(5);
+                connection.internal_command_timeout = Duration::from_secs(5);
+                // A connection that stops answering is replaced, as one that closes.
+                connection.unresponsive.max_timeout = Some(Duration::from_secs(10));
+                connection.unresponsive.interval = Duration::from_secs(1);
+            });
+        let publisher = builder.build().map_err(|e| e.to_string())?;
+        let subscriber = builder.build_subscriber_client().map_err(|e| e.to_string())?;
+        let unreachable = |e: fred::error::Error| format!("cannot connect to {url}: {e}");
+        publisher.init().await.map_err(unreachable)?;
+        subscriber.init().await.map_err(unreachable)?;
+        Ok(Redis {
+            publisher,
+            subscriber,
+        })
+    }
+
+    /// Sends `batch` as one pipelined write of PUBLISH commands, in order; returns each
+    /// command's outcome. fred waits for a lost connection to come back (up to its retry
+    /// limit) before a command fails with [`Failure::Retry`].
+    pub(crate) async fn publish(&self, batch: Vec<Outbound>) -> Vec<Result<(), Failure>> {
+        let pipeline = self.publisher.pipeline();
+        let mut queued = Vec::with_capacity(batch.len());
+        for Outbound { channel, payload } in batch {
+            let result: Result<(), _> = pipeline.publish(channel, Value::Bytes(payload)).await;
+            queued.push(result.map_err(failure));
+        }
+        let mut results = pipeline.try_all::<Value>().await.into_iter();
+        queued
+            .into_iter()
+            .map(|queued| {
+                queued?;
+                match results.next() {
+                    Some(result) => result.map(drop).map_err(failure),
+                    None => Err(Failure::Retry),
+                }
+            })
+            .collect()
+    }
+
+    /// SUBSCRIBEs to `channels`; returns once Redis confirmed them.
+    pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
+        self.subscriber.subscribe(channels).await.map_err(failure)
+    }
+
+    /// UNSUBSCRIBEs from `channels`; returns once Redis confirmed it.
+    pub(crate) async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
+        self.subscriber.unsubscribe(channels).await.map_err(failure)
+    }
+
+    /// The messages the subscriber connection receives from now on.
+    pub(crate) fn messages(&self) -> Messages {
+        Messages(self.subscriber.message_rx())
+    }
+
+    /// Reports every change of either connection to `report(link, up)`: down on a connection
+    /// error, up after a reconnect (for the subscriber, once every tracked channel is
+    /// subscribed again). Runs until the connections are closed.
+    pub(crate) fn watch<F>(&self, report: F) -> Vec<tokio::task::JoinHandle<()>>
+    where
+        F: Fn(Link, bool) + Send + Sync + 'static,
+    {
+        let report = Arc::new(report);
+        let clients: [(Link, Box<dyn ClientEvents>); 2] = [
+            (Link::Publisher, Box::new(self.publisher.clone())),
+            (Link::Subscriber, Box::new(self.subscriber.clone())),
+        ];
+        let mut tasks = Vec::new();
+        for (link, client) in clients {
+            let mut errors = client.errors();
+            let report_down = report.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match errors.recv().await {
+                        Ok(_) | Err(RecvError::Lagged(_)) => report_down(link, false),
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }));
+            let mut reconnects = client.reconnects();
+            let report_up = report.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match reconnects.recv().await {
+                        Ok(_) | Err(RecvError::Lagged(_)) => {
+                            if client.restore().await {
+                                report_up(link, true);
+                            }
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }));
+        }
+        tasks
+    }
+
+    /// Unsubscribes everything and closes both connections, each step bounded by `limit`.
+    pub(crate) async fn close(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.subscriber.unsubscribe_all()).await;
+        let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
+        let _ = tokio::time::timeout(limit, self.publisher.quit()).await;
+    }
+}
+
+/// What [`Redis::watch`] needs of either client.
+trait ClientEvents: Send + Sync + 'static {
+    fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)>;
+    fn reconnects(&self) -> Receiver<fred::types::config::Server>;
+    /// After a reconnect: restores what the connection had (subscriptions); false when the
+    /// connection dropped again meanwhile (the next reconnect restores it).
+    fn restore(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+impl ClientEvents for Client {
+    fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)> {
+        self.error_rx()
+    }
+    fn reconnects(&self) -> Receiver<fred::types::config::Server> {
+        self.reconnect_rx()
+    }
+    fn restore(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
+}
+
+impl ClientEvents for SubscriberClient {
+    fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)> {
+        self.error_rx()
+    }
+    fn reconnects(&self) -> Receiver<fred::types::config::Server> {
+        self.reconnect_rx()
+    }
+    fn restore(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async {
+            let channels: Vec<String> = self
+                .tracked_channels()
+                .iter()
+                .map(|channel| channel.to_string())
+                .collect();
+            channels.is_empty() || self.subscribe(channels).await.is_ok()
+        })
+    }
+}
