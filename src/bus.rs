@@ -19,12 +19,15 @@ use crate::stats::Stats;
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WireFormat {
-    /// evbus's binary envelope: origin id, per-origin sequence, class name, payload; several
-    /// messages may share one PUBLISH.
+    /// evbus's binary frame: origin bus id, sequence numbers, class names and MessagePack
+    /// payloads; the messages of one channel queued together share one PUBLISH. Receivers
+    /// drop duplicates and report gaps (G06).
     #[default]
     Native,
     /// Exactly Serverpod's JSON, `{"className": "...", "data": {...}}`, one message per
-    /// PUBLISH, so a Rust server can share a Redis with Serverpod servers.
+    /// PUBLISH, so a Rust server can share a Redis with Serverpod servers (G11). It carries
+    /// no sequence numbers, so duplicates and gaps cannot be seen; only messages this bus
+    /// read too slowly are counted as missed.
     Serverpod,
 }
 
@@ -287,13 +290,15 @@ impl BusBuilder {
         self
     }
 
-    /// Prefix of every Redis channel name (G10); default `""`, as Serverpod.
+    /// Prefix of every Redis channel name; default `""`, as Serverpod. With
+    /// `namespace("app1:")` channel `chat` is `app1:chat` on Redis, so two applications
+    /// sharing a Redis never see each other's messages (G10).
     pub fn namespace(mut self, prefix: &str) -> Self {
         self.namespace = prefix.to_string();
         self
     }
 
-    /// How global messages are encoded; default [`WireFormat::Native`].
+    /// How global messages are encoded on Redis; default [`WireFormat::Native`].
     pub fn wire_format(mut self, format: WireFormat) -> Self {
         self.wire_format = format;
         self
@@ -314,7 +319,9 @@ impl BusBuilder {
         self
     }
 
-    /// Global posts held while Redis is unreachable (G07); default 100,000.
+    /// Global posts that may wait for Redis at once; default 100,000, at least 1. While Redis
+    /// is unreachable, global posts are held up to this bound and sent in order after the
+    /// reconnect; past it `post_message` fails with [`PostError::Backpressure`] (G07).
     pub fn outage_buffer(mut self, messages: usize) -> Self {
         self.outage_buffer = messages;
         self
@@ -333,8 +340,9 @@ impl BusBuilder {
     ///
     /// # Errors
     ///
-    /// - [`BusError::InvalidConfig`] when a setting is out of range: a `stream_capacity` of 0,
-    ///   a `max_message_bytes` below 256, an empty class name or one given to two types.
+    /// - [`BusError::InvalidConfig`] when a setting is out of range: a `stream_capacity` or
+    ///   `outage_buffer` of 0, a `max_message_bytes` below 256, a class name that is empty,
+    ///   longer than 1024 bytes, or given to two types.
     /// - [`BusError::Redis`] when a Redis URL is set and the URL is invalid or Redis cannot be
     ///   reached now (after that, the bus reconnects by itself whenever the connection drops),
     ///   or when `build` is not called inside a tokio runtime: the bus's Redis tasks run on the
@@ -358,9 +366,14 @@ impl BusBuilder {
         }
         let mut owners: HashMap<&str, &str> = HashMap::new();
         for (type_name, class) in self.class_names.values() {
-            if class.is_empty() || class.len() > MAX_CLASS_LEN {
+            if class.is_empty() {
                 return Err(BusError::InvalidConfig(format!(
-                    "class name of {type_name} has {} bytes; it must have 1 to {MAX_CLASS_LEN}",
+                    "empty class name for {type_name}"
+                )));
+            }
+            if class.len() > MAX_CLASS_LEN {
+                return Err(BusError::InvalidConfig(format!(
+                    "class name of {type_name} has {} bytes; at most {MAX_CLASS_LEN} are allowed",
                     class.len()
                 )));
             }

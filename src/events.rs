@@ -22,22 +22,28 @@ pub const EVENT_BUFFER: usize = 1024;
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusEvent {
-    /// The Redis connections are up.
+    /// The Redis connections are up again after a [`Disconnected`](BusEvent::Disconnected);
+    /// [`Reconnected`](BusEvent::Reconnected) follows once subscriptions are restored.
+    /// (`build` returns connected, so a new bus does not emit it.)
     Connected,
     /// A Redis connection was lost; the bus reconnects by itself.
     Disconnected,
-    /// The bus reconnected and restored its subscriptions (G08).
+    /// The bus reconnected and restored its subscriptions: after a reconnect every channel
+    /// with local receivers is subscribed again, without any call from the user (G08).
     Reconnected,
-    /// Messages from `origin` were lost between Redis and this bus (G06).
+    /// Messages from `origin` were lost between Redis and this bus: a gap in its sequence
+    /// numbers (G06). Also counted in [`Stats::global_missed`](crate::Stats).
     MessagesMissed {
-        /// The origin bus id, as text.
+        /// The origin bus id, as 32 lowercase hex digits.
         origin: String,
         /// How many messages were lost.
         count: u64,
     },
-    /// A payload received on `channel` was refused (G09).
+    /// A payload received on `channel` was refused and skipped: it did not decode, named an
+    /// unknown class, or exceeded `max_message_bytes` (G09). Also counted in
+    /// [`Stats::global_decode_errors`](crate::Stats). The subscription keeps working.
     DecodeFailed {
-        /// The Redis channel it came on.
+        /// The channel it came on (without the namespace).
         channel: String,
         /// Why it was refused.
         reason: String,
@@ -78,7 +84,6 @@ impl EventHub {
     }
 
     /// Hands `event` to every live `BusEvents`.
-    #[cfg_attr(not(test), allow(dead_code))] // emitted by the Redis half
     pub(crate) fn emit(&self, event: BusEvent) {
         let queues = self.queues.lock();
         for queue in queues.iter().flatten().filter_map(Weak::upgrade) {

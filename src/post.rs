@@ -82,7 +82,8 @@ pub(crate) struct Group {
 }
 
 /// See [`Group::wire`]: `None` when the group's type does not take the class.
-pub(crate) type Wire = fn(&Group, &Codec, &str, Payload<'_>, &mut Tally) -> Option<Result<(), String>>;
+pub(crate) type Wire =
+    fn(&Group, &Codec, &str, Payload<'_>, &mut Tally) -> Option<Result<(), String>>;
 
 /// Delivers `message` to `snapshot`; returns what happened.
 #[inline]

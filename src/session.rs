@@ -89,14 +89,30 @@ impl Messages {
     /// registrations, removals or session closes run at the same time (L10). Posting through
     /// a closed session still works (S04).
     ///
+    /// # Global posts
+    ///
+    /// With [`MessageScope::Global`] (or `Auto` on a bus with Redis), the message goes only
+    /// through Redis, as in Serverpod: every bus subscribed to the channel, this one included,
+    /// delivers it to its listeners and streams when it comes back from Redis, on the bus's
+    /// reader task; each bus decodes it once per receiver type (G03). Nothing is called
+    /// before this returns ([`Delivery::local_receivers`] is 0). The message is encoded here
+    /// and queued; the publisher sends whatever is queued in one pipelined write, so
+    /// throughput grows with load while a lone post leaves at once (G05). Await the
+    /// [`Delivery`] to know that Redis acknowledged it.
+    ///
     /// # Errors
     ///
     /// - [`PostError::RedisNotEnabled`] for [`MessageScope::Global`] on a bus without Redis
     ///   (G01); nothing is delivered.
     /// - [`PostError::ShutDown`] after [`Bus::shutdown`](crate::Bus::shutdown).
+    /// - Global posts: [`PostError::TooLarge`] when the encoded message exceeds
+    ///   `max_message_bytes`, [`PostError::Encode`] when serde refuses it, and
+    ///   [`PostError::Backpressure`] when `outage_buffer` global posts are already waiting
+    ///   for Redis (G07).
     ///
     /// An `Ok` does not promise that anyone received the message:
-    /// [`Delivery::local_receivers`] says how many did.
+    /// [`Delivery::local_receivers`] says how many did locally, and a global post may reach
+    /// no bus at all.
     ///
     /// # Example
     ///

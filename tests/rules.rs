@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
-use evbus::{Bus, MessageScope, MessageStream, PostError, Stats};
+use evbus::{Bus, BusError, MessageScope, MessageStream, PostError, Stats};
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
@@ -913,6 +913,7 @@ fn shutdown_makes_posts_fail_ends_streams_and_events_and_new_registrations_inert
 #[test]
 fn builder_refuses_settings_out_of_range_with_clear_errors() {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let error = rt
@@ -936,6 +937,34 @@ fn builder_refuses_settings_out_of_range_with_clear_errors() {
         )
         .unwrap_err();
     assert!(error.to_string().contains("given to both"), "{error}");
+    let error = rt
+        .block_on(Bus::builder().outage_buffer(0).build())
+        .unwrap_err();
+    assert!(error.to_string().contains("outage_buffer"), "{error}");
+    let error = rt
+        .block_on(Bus::builder().redis_url("not a url").build())
+        .unwrap_err();
+    assert!(
+        matches!(&error, BusError::Redis(text) if text.contains("invalid Redis URL")),
+        "{error}"
+    );
+    // Nothing listens on a port just freed: building fails at once, saying so.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = rt
+        .block_on(
+            Bus::builder()
+                .redis_url(&format!("redis://127.0.0.1:{port}"))
+                .build(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&error, BusError::Redis(text) if text.contains("cannot connect")),
+        "{error}"
+    );
     let bus = rt
         .block_on(
             Bus::builder()

@@ -12,6 +12,12 @@
 //! | `stats.rs` | `Stats`, and thread-owned counter stripes |
 //! | `channel.rs` | the typed, pre-interned `Channel<M>` handle |
 //! | `bus.rs`, `delivery.rs`, `events.rs`, `error.rs` | the rest of the public surface |
+//! | `global/mod.rs` | the Redis half: the global post, tickets, flush, shutdown, link events |
+//! | `global/publisher.rs` | the batching publisher: one task, one pipelined write per batch |
+//! | `global/subscriber.rs` | subscription changes in order; the reader: duplicates, gaps, refusals |
+//! | `global/envelope.rs` | the wire formats: the Native frame and Serverpod's JSON, total decoders |
+//! | `global/codec.rs` | class names, MessagePack and JSON payloads, the revocation classes |
+//! | `global/redis.rs` | the only file that names fred: connections, reconnects, pipelines |
 //!
 //! # A channel
 //!

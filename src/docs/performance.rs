@@ -31,6 +31,25 @@
 //! for the message, shared by all of them (L04), plus a 31-slot block per stream when its
 //! current block is full.
 //!
+//! # Posting globally
+//!
+//! A global post does not wait for Redis or for another thread, but it is not wait-free:
+//!
+//! | step | progress guarantee |
+//! |---|---|
+//! | encoding (MessagePack or JSON) into a new buffer | the allocator's |
+//! | the outage bound and the ticket | wait-free: one `fetch_add` each |
+//! | the push onto the publish queue | lock-free: `SegQueue::push` |
+//! | waking the publisher | a fence and a load; only a post that finds the publisher asleep wakes its task, and waking a tokio task may take the runtime's scheduler lock |
+//!
+//! So under load, while the publisher is busy sending the previous batch, a global post is
+//! lock-free apart from the allocator; at low load one post per batch wakes the publisher.
+//! A post never waits for Redis: while Redis is unreachable posts are held (up to
+//! `outage_buffer`), then refused with `Backpressure`.
+//!
+//! Received messages are delivered on the bus's reader task, which calls listeners as a
+//! local post does: a listener that blocks holds up every global message of the bus.
+//!
 //! # Registering
 //!
 //! `add_listener`, `remove_listener`, `create_stream`, dropping a stream, closing a session and

@@ -140,7 +140,11 @@ impl Codec {
         }
     }
 
-    fn encode_as<T: Serialize + ?Sized>(&self, class: &str, data: &T) -> Result<Vec<u8>, PostError> {
+    fn encode_as<T: Serialize + ?Sized>(
+        &self,
+        class: &str,
+        data: &T,
+    ) -> Result<Vec<u8>, PostError> {
         if class.is_empty() || class.len() > MAX_CLASS_LEN {
             return Err(PostError::Encode(format!(
                 "class name of {} bytes; it must have 1 to {MAX_CLASS_LEN}",
@@ -149,7 +153,8 @@ impl Codec {
         }
         let (bytes, size) = match self.format {
             WireFormat::Serverpod => {
-                let json = serde_json::to_vec(data).map_err(|e| PostError::Encode(e.to_string()))?;
+                let json =
+                    serde_json::to_vec(data).map_err(|e| PostError::Encode(e.to_string()))?;
                 let mut out = Vec::with_capacity(json.len() + 2 * class.len() + 48);
                 envelope::encode_serverpod(&mut out, class, &json);
                 let size = out.len();
@@ -176,13 +181,19 @@ impl Codec {
     }
 
     /// Decodes a message of class `class` as an `M`: `None` when `M` does not take that class.
-    pub(crate) fn decode<M: Message>(&self, class: &str, payload: Payload<'_>) -> Option<Result<M, String>> {
+    pub(crate) fn decode<M: Message>(
+        &self,
+        class: &str,
+        payload: Payload<'_>,
+    ) -> Option<Result<M, String>> {
         if TypeId::of::<M>() == TypeId::of::<RevokedAuthentication>() {
             let revocation = match class {
                 USER => decode::<UserData>(payload).map(|_| RevokedAuthentication::User),
                 AUTH_ID => decode::<AuthIdData>(payload)
                     .map(|d| RevokedAuthentication::AuthId(d.auth_id.into_owned())),
-                SCOPE => decode::<ScopeData>(payload).map(|d| RevokedAuthentication::Scope(d.scopes)),
+                SCOPE => {
+                    decode::<ScopeData>(payload).map(|d| RevokedAuthentication::Scope(d.scopes))
+                }
                 _ => return None,
             };
             let boxed: Box<dyn Any> = Box::new(revocation);
@@ -236,7 +247,9 @@ mod tests {
             std::str::from_utf8(&bytes).unwrap(),
             r#"{"className":"SimpleData","data":{"__className__":"SimpleData","num":42}}"#
         );
-        let bytes = codec.encode(&RevokedAuthentication::AuthId("a1b2".into())).unwrap();
+        let bytes = codec
+            .encode(&RevokedAuthentication::AuthId("a1b2".into()))
+            .unwrap();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
             r#"{"className":"serverpod.RevokedAuthenticationAuthId","data":{"__className__":"serverpod.RevokedAuthenticationAuthId","authId":"a1b2"}}"#
@@ -277,7 +290,9 @@ mod tests {
     #[test]
     fn a_type_takes_only_its_own_class() {
         let codec = codec(WireFormat::Serverpod);
-        assert!(codec.decode::<SimpleData>("Other", Payload::Json("{\"num\":1}")).is_none());
+        assert!(codec
+            .decode::<SimpleData>("Other", Payload::Json("{\"num\":1}"))
+            .is_none());
         assert_eq!(
             codec.decode::<SimpleData>("SimpleData", Payload::Json("{\"num\":1}")),
             Some(Ok(SimpleData { num: 1 }))
@@ -291,6 +306,9 @@ mod tests {
     fn oversized_messages_are_refused_when_posted() {
         let codec = Codec::new(WireFormat::Native, 256, HashMap::new());
         let error = codec.encode(&"x".repeat(300)).unwrap_err();
-        assert!(matches!(error, PostError::TooLarge { max: 256, .. }), "{error:?}");
+        assert!(
+            matches!(error, PostError::TooLarge { max: 256, .. }),
+            "{error:?}"
+        );
     }
 }

@@ -38,7 +38,7 @@ mod subscriber;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ use crate::events::{BusEvent, EventHub};
 use crate::message::Message;
 use crate::stats::Stats;
 use codec::Codec;
-use redis::{Link, Redis};
+use redis::{Link, LinkState, Redis};
 
 pub(crate) use subscriber::deliver_wire;
 
@@ -120,8 +120,8 @@ pub(crate) struct Shared {
     changes_confirmed: watch::Sender<u64>,
     /// Per Redis channel subscribed, per origin: the last sequence seen, and when (G06).
     sequences: Mutex<HashMap<String, HashMap<envelope::Origin, (u64, u64)>>>,
-    /// Bit per [`Link`] that is down.
-    links_down: AtomicU8,
+    /// Bits per [`Link`]: (not connected, subscriptions not restored).
+    links: Mutex<(u8, u8)>,
 
     posted: AtomicU64,
     batches: AtomicU64,
@@ -157,22 +157,48 @@ impl Shared {
         self.events.emit(event);
     }
 
-    fn link_changed(&self, link: Link, up: bool) {
+    /// A change of one connection (from [`Redis::watch`]): emits `Disconnected` when the
+    /// first link drops, `Connected` when every link is connected again, `Reconnected` when
+    /// every link has also restored its subscriptions (G08).
+    fn link_changed(&self, link: Link, state: LinkState) {
         let bit = match link {
             Link::Publisher => 1,
             Link::Subscriber => 2,
         };
-        if up {
-            let before = self.links_down.fetch_and(!bit, AcqRel);
-            if before == 0 {
-                // A reconnect that no error announced: it was a disconnection all the same.
-                self.emit(BusEvent::Disconnected);
+        let mut events = Vec::new();
+        {
+            let mut links = self.links.lock();
+            let (down, unrestored) = &mut *links;
+            let mut drop_link = |down: &mut u8, unrestored: &mut u8| {
+                if *down == 0 && *unrestored == 0 {
+                    events.push(BusEvent::Disconnected);
+                }
+                *down |= bit;
+                *unrestored |= bit;
+            };
+            match state {
+                LinkState::Down => drop_link(down, unrestored),
+                LinkState::Connected => {
+                    if *down & bit == 0 {
+                        // A reconnect that no error announced: a disconnection all the same.
+                        drop_link(down, unrestored);
+                    }
+                    *down &= !bit;
+                    if *down == 0 {
+                        events.push(BusEvent::Connected);
+                    }
+                }
+                LinkState::Restored => {
+                    let before = *unrestored;
+                    *unrestored &= !bit;
+                    if before != 0 && *unrestored == 0 && *down == 0 {
+                        events.push(BusEvent::Reconnected);
+                    }
+                }
             }
-            if before & !bit == 0 {
-                self.emit(BusEvent::Reconnected);
-            }
-        } else if self.links_down.fetch_or(bit, AcqRel) == 0 {
-            self.emit(BusEvent::Disconnected);
+        }
+        for event in events {
+            self.emit(event);
         }
     }
 
@@ -215,7 +241,9 @@ impl Global {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             BusError::Redis("a bus with Redis must be built inside a tokio runtime".into())
         })?;
-        let redis = Redis::connect(&settings.url).await.map_err(BusError::Redis)?;
+        let redis = Redis::connect(&settings.url)
+            .await
+            .map_err(BusError::Redis)?;
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             codec: settings.codec,
@@ -234,7 +262,7 @@ impl Global {
             changes_issued: AtomicU64::new(0),
             changes_confirmed: watch::Sender::new(0),
             sequences: Mutex::new(HashMap::new()),
-            links_down: AtomicU8::new(0),
+            links: Mutex::new((0, 0)),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -276,9 +304,8 @@ impl Global {
         let _guard = self.runtime.enter();
         tasks.extend(
             self.redis
-                .watch(move |link, up| watcher.link_changed(link, up)),
+                .watch(move |link, state| watcher.link_changed(link, state)),
         );
-        shared.emit(BusEvent::Connected);
     }
 
     /// A global post (G03): encodes `message` and queues it for the publisher.

@@ -78,6 +78,17 @@ pub(crate) enum Link {
     Subscriber,
 }
 
+/// What [`Redis::watch`] reports of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// It failed; fred reconnects by itself.
+    Down,
+    /// It is connected again.
+    Connected,
+    /// It has restored what it had (for the subscriber: every tracked subscription).
+    Restored,
+}
+
 /// What the subscriber connection received.
 pub(crate) enum Incoming {
     /// A message: its Redis channel and payload.
@@ -117,7 +128,8 @@ impl Redis {
     ///
     /// A text for `BusError::Redis`: the URL is invalid, or Redis is unreachable now.
     pub(crate) async fn connect(url: &str) -> Result<Redis, String> {
-        let config = Config::from_url(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
+        let config =
+            Config::from_url(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
         let mut builder = Builder::from_config(config);
         builder
             .set_policy(policy())
@@ -134,7 +146,9 @@ impl Redis {
                 connection.unresponsive.interval = Duration::from_secs(1);
             });
         let publisher = builder.build().map_err(|e| e.to_string())?;
-        let subscriber = builder.build_subscriber_client().map_err(|e| e.to_string())?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| e.to_string())?;
         let unreachable = |e: fred::error::Error| format!("cannot connect to {url}: {e}");
         publisher.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
@@ -182,12 +196,12 @@ impl Redis {
         Messages(self.subscriber.message_rx())
     }
 
-    /// Reports every change of either connection to `report(link, up)`: down on a connection
-    /// error, up after a reconnect (for the subscriber, once every tracked channel is
-    /// subscribed again). Runs until the connections are closed.
+    /// Reports every change of either connection to `report`: `Down` on a connection error,
+    /// `Connected` on a reconnect, then `Restored` once the subscriber subscribed every
+    /// tracked channel again. The tasks run until aborted.
     pub(crate) fn watch<F>(&self, report: F) -> Vec<tokio::task::JoinHandle<()>>
     where
-        F: Fn(Link, bool) + Send + Sync + 'static,
+        F: Fn(Link, LinkState) + Send + Sync + 'static,
     {
         let report = Arc::new(report);
         let clients: [(Link, Box<dyn ClientEvents>); 2] = [
@@ -201,7 +215,7 @@ impl Redis {
             tasks.push(tokio::spawn(async move {
                 loop {
                     match errors.recv().await {
-                        Ok(_) | Err(RecvError::Lagged(_)) => report_down(link, false),
+                        Ok(_) | Err(RecvError::Lagged(_)) => report_down(link, LinkState::Down),
                         Err(RecvError::Closed) => return,
                     }
                 }
@@ -212,8 +226,9 @@ impl Redis {
                 loop {
                     match reconnects.recv().await {
                         Ok(_) | Err(RecvError::Lagged(_)) => {
+                            report_up(link, LinkState::Connected);
                             if client.restore().await {
-                                report_up(link, true);
+                                report_up(link, LinkState::Restored);
                             }
                         }
                         Err(RecvError::Closed) => return,

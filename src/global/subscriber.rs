@@ -56,7 +56,10 @@ pub(super) async fn apply_changes(
         }
         let (subscribe, unsubscribe): (Vec<_>, Vec<_>) = last.into_iter().partition(|&(_, s)| s);
         let subscribe: Vec<String> = subscribe.into_iter().map(|(c, _)| c.to_string()).collect();
-        let unsubscribe: Vec<String> = unsubscribe.into_iter().map(|(c, _)| c.to_string()).collect();
+        let unsubscribe: Vec<String> = unsubscribe
+            .into_iter()
+            .map(|(c, _)| c.to_string())
+            .collect();
         {
             // A channel subscribed afresh learns its origins' sequences afresh.
             let mut sequences = shared.sequences.lock();
@@ -72,7 +75,9 @@ pub(super) async fn apply_changes(
         }
         if let Some(change) = pending.last() {
             let ticket = change.ticket;
-            shared.changes_confirmed.send_modify(|c| *c = (*c).max(ticket));
+            shared
+                .changes_confirmed
+                .send_modify(|c| *c = (*c).max(ticket));
         }
         pending.clear();
     }
@@ -145,7 +150,10 @@ impl Reader {
         if payload.len() > max {
             return self.refuse(
                 name,
-                format!("payload of {} bytes exceeds max_message_bytes ({max})", payload.len()),
+                format!(
+                    "payload of {} bytes exceeds max_message_bytes ({max})",
+                    payload.len()
+                ),
             );
         }
         let snapshot = slot.snapshot();
@@ -154,7 +162,13 @@ impl Reader {
             WireFormat::Serverpod => match envelope::decode_serverpod(payload) {
                 Ok(message) => {
                     let payload = Payload::Json(message.data);
-                    self.deliver(name, snapshot.as_deref(), &message.class, payload, &mut tally);
+                    self.deliver(
+                        name,
+                        snapshot.as_deref(),
+                        &message.class,
+                        payload,
+                        &mut tally,
+                    );
                 }
                 Err(error) => self.refuse(name, error.to_string()),
             },
@@ -179,7 +193,12 @@ impl Reader {
         let count = frame.records.len() as u64;
         let last_seq = frame.first_seq + (count - 1);
         let mut sequences = shared.sequences.lock();
-        let origins = sequences.entry(channel.to_string()).or_default();
+        if !sequences.contains_key(channel) {
+            sequences.insert(channel.to_string(), HashMap::new());
+        }
+        let Some(origins) = sequences.get_mut(channel) else {
+            return 0;
+        };
         let (skip, gap) = match origins.get(&frame.origin) {
             None => (0, 0),
             Some(&(seen, _)) if last_seq <= seen => (count, 0),
@@ -187,7 +206,10 @@ impl Reader {
             Some(&(seen, _)) => (0, frame.first_seq - seen - 1),
         };
         if origins.len() >= MAX_ORIGINS && !origins.contains_key(&frame.origin) {
-            let oldest = origins.iter().min_by_key(|(_, &(_, at))| at).map(|(o, _)| *o);
+            let oldest = origins
+                .iter()
+                .min_by_key(|(_, &(_, at))| at)
+                .map(|(o, _)| *o);
             if let Some(oldest) = oldest {
                 origins.remove(&oldest);
             }
@@ -228,7 +250,8 @@ impl Reader {
                 None => mismatches += group.len as u64,
                 Some(Ok(())) => taken = true,
                 Some(Err(reason)) => {
-                    return self.refuse(name, format!("{class}: payload does not decode: {reason}"));
+                    return self
+                        .refuse(name, format!("{class}: payload does not decode: {reason}"));
                 }
             }
         }
