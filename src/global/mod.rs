@@ -119,7 +119,7 @@ pub(crate) struct Shared {
     changes_issued: AtomicU64,
     changes_confirmed: watch::Sender<u64>,
     /// Per Redis channel subscribed, per origin: the last sequence seen, and when (G06).
-    sequences: Mutex<HashMap<String, HashMap<envelope::Origin, (u64, u64)>>>,
+    sequences: Mutex<subscriber::Sequences>,
     /// Bits per [`Link`]: (not connected, subscriptions not restored).
     links: Mutex<(u8, u8)>,
 

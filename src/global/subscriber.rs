@@ -38,6 +38,9 @@ use crate::post::{self, Entry, Group, Snapshot};
 use crate::stats::Tally;
 use crate::subscribers::Node;
 
+/// Per Redis channel, per origin: the last sequence number seen, and a recency stamp.
+pub(super) type Sequences = HashMap<String, HashMap<Origin, (u64, u64)>>;
+
 /// Most origins remembered per channel; past it the least recently seen is forgotten.
 const MAX_ORIGINS: usize = 1024;
 
