@@ -52,6 +52,13 @@
 //!   no waiting for other threads, no allocation for listeners. [`Bus::channel`] gives a typed
 //!   handle that also skips the name lookup.
 //!
+//! - A bus built with [`BusBuilder::redis_url`] also passes *global* messages between
+//!   servers through Redis ([`MessageScope::Global`], or `Auto`): every bus subscribed to the
+//!   channel, the poster included, delivers them when they come back from Redis. Posts are
+//!   batched into pipelined writes; receivers drop duplicates and report gaps
+//!   ([`BusEvent::MessagesMissed`]); posts made while Redis is down are held up to a bound.
+//!   [`WireFormat::Serverpod`] reads and writes Serverpod's own payloads.
+//!
 //! The reasoning behind the hot path (what is wait-free, which orderings and why, what a slow
 //! stream gets) is in [`docs`].
 
