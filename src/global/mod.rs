@@ -110,7 +110,6 @@ pub(crate) struct Shared {
     /// Set by the publisher before it sleeps; a post that finds it set wakes it.
     publisher_parked: AtomicBool,
     publisher_waker: atomic_waker::AtomicWaker,
-    closing: AtomicBool,
     progress: watch::Sender<Progress>,
     /// Tickets Redis refused, with its answer (rare: ACL errors and the like).
     refused: Mutex<HashMap<u64, String>>,
@@ -202,6 +201,20 @@ impl Shared {
         }
     }
 
+    /// Waits until Redis acknowledged every post made before the call.
+    async fn flush(&self) -> Result<(), BusError> {
+        let last = self.tickets.load(Acquire) - 1;
+        let mut progress = self.progress.subscribe();
+        let settled = progress
+            .wait_for(|p| p.acked >= last || p.abandoned)
+            .await
+            .map(|p| *p);
+        match settled {
+            Ok(p) if p.acked >= last => Ok(()),
+            _ => Err(BusError::ShutDown),
+        }
+    }
+
     /// Waits until ticket `ticket` is settled: Ok when Redis acknowledged it.
     async fn settled(&self, ticket: u64) -> Result<(), PostError> {
         let mut progress = self.progress.subscribe();
@@ -255,7 +268,6 @@ impl Global {
             tickets: AtomicU64::new(1),
             publisher_parked: AtomicBool::new(false),
             publisher_waker: atomic_waker::AtomicWaker::new(),
-            closing: AtomicBool::new(false),
             progress: watch::Sender::new(Progress::default()),
             refused: Mutex::new(HashMap::new()),
             changes,
@@ -334,16 +346,7 @@ impl Global {
 
     /// `Bus::flush` (G12): waits until Redis acknowledged every post made before the call.
     pub(crate) async fn flush(&self) -> Result<(), BusError> {
-        let last = self.shared.tickets.load(Acquire) - 1;
-        let mut progress = self.shared.progress.subscribe();
-        let settled = progress
-            .wait_for(|p| p.acked >= last || p.abandoned)
-            .await
-            .map(|p| *p);
-        match settled {
-            Ok(p) if p.acked >= last => Ok(()),
-            _ => Err(BusError::ShutDown),
-        }
+        self.shared.flush().await
     }
 
     /// `Bus::subscriptions_ready` (G04): waits until Redis confirmed every subscription
@@ -380,13 +383,50 @@ impl Global {
     /// [`BusError::Redis`] naming how many posts Redis never acknowledged; their
     /// Deliveries resolve to an error.
     pub(crate) async fn close(&self) -> Result<(), BusError> {
-        if self.closed.swap(true, AcqRel) {
-            return Ok(());
+        match self.take_for_closing() {
+            Some(closing) => closing.run().await,
+            None => Ok(()),
         }
+    }
+
+    /// What closing needs, the first time it is asked for.
+    fn take_for_closing(&self) -> Option<Closing> {
+        if self.closed.swap(true, AcqRel) {
+            return None;
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks.lock());
+        tasks.extend(self.publisher.lock().take());
+        Some(Closing {
+            shared: self.shared.clone(),
+            redis: self.redis.clone(),
+            tasks,
+        })
+    }
+}
+
+impl Drop for Global {
+    /// A bus dropped without `shutdown`: close in the background, so that what was posted
+    /// still goes out (within the same bounds as `shutdown`). If the runtime is gone or
+    /// shutting down, the tasks end with it.
+    fn drop(&mut self) {
+        if let Some(closing) = self.take_for_closing() {
+            drop(self.runtime.spawn(closing.run()));
+        }
+    }
+}
+
+/// The Redis half's parts, taken out of a [`Global`] to be closed.
+struct Closing {
+    shared: Arc<Shared>,
+    redis: Arc<Redis>,
+    /// The publisher first: it is stopped only after the flush.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Closing {
+    async fn run(self) -> Result<(), BusError> {
         let shared = &self.shared;
-        shared.closing.store(true, SeqCst);
-        publisher::wake_always(shared);
-        let flushed = tokio::time::timeout(FLUSH_LIMIT, self.flush()).await;
+        let flushed = tokio::time::timeout(FLUSH_LIMIT, shared.flush()).await;
         let result = match flushed {
             Ok(Ok(())) => Ok(()),
             _ => {
@@ -398,36 +438,22 @@ impl Global {
                 )))
             }
         };
-        if let Some(publisher) = self.publisher.lock().take() {
-            publisher.abort();
-        }
-        for task in self.tasks.lock().drain(..) {
-            task.abort();
-        }
+        self.abort();
         self.redis.close(CLOSE_STEP_LIMIT).await;
         result
     }
+
+    fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
-impl Drop for Global {
-    /// A bus dropped without `shutdown`: close in the background, so that what was posted
-    /// still goes out (within the same bounds as `shutdown`).
+impl Drop for Closing {
+    /// Closing cancelled (its runtime shut down): the tasks stop all the same.
     fn drop(&mut self) {
-        if self.closed.load(Acquire) {
-            return;
-        }
-        let global = Global {
-            shared: self.shared.clone(),
-            redis: self.redis.clone(),
-            tasks: Mutex::new(std::mem::take(&mut *self.tasks.lock())),
-            publisher: Mutex::new(self.publisher.lock().take()),
-            runtime: self.runtime.clone(),
-            closed: AtomicBool::new(false),
-        };
-        self.closed.store(true, Release);
-        drop(self.runtime.spawn(async move {
-            let _ = global.close().await;
-        }));
+        self.abort();
     }
 }
 

@@ -54,12 +54,6 @@ pub(super) fn wake(shared: &Shared) {
     }
 }
 
-/// Wakes the publisher whether or not it sleeps (closing).
-pub(super) fn wake_always(shared: &Shared) {
-    shared.publisher_parked.store(false, Release);
-    shared.publisher_waker.wake();
-}
-
 /// The publisher task.
 pub(super) async fn run(shared: Arc<Shared>, redis: Arc<Redis>) {
     let mut sequencer = Sequencer::new();

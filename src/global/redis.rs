@@ -181,14 +181,16 @@ impl Redis {
             .collect()
     }
 
-    /// SUBSCRIBEs to `channels`; returns once Redis confirmed them.
+    /// SUBSCRIBEs to `channels`; returns once Redis has applied it (see [`applied`]).
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
-        self.subscriber.subscribe(channels).await.map_err(failure)
+        self.subscriber.subscribe(channels).await.map_err(failure)?;
+        applied(&self.subscriber).await
     }
 
-    /// UNSUBSCRIBEs from `channels`; returns once Redis confirmed it.
+    /// UNSUBSCRIBEs from `channels`; returns once Redis has applied it.
     pub(crate) async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
-        self.subscriber.unsubscribe(channels).await.map_err(failure)
+        self.subscriber.unsubscribe(channels).await.map_err(failure)?;
+        applied(&self.subscriber).await
     }
 
     /// The messages the subscriber connection receives from now on.
@@ -247,6 +249,17 @@ impl Redis {
     }
 }
 
+/// Returns once Redis has applied every command sent before on `subscriber`'s connection.
+///
+/// fred resolves SUBSCRIBE and UNSUBSCRIBE as soon as they are written and drops Redis's
+/// confirmations (their replies come out of band), so their futures say nothing about Redis.
+/// Redis answers a connection's commands in order, and allows PING in subscribed mode: when
+/// the PING's reply arrives, the commands before it are applied. Without this, a post right
+/// after `subscriptions_ready` could miss the subscriber (Serverpod's issue 5248, again).
+async fn applied(subscriber: &SubscriberClient) -> Result<(), Failure> {
+    subscriber.ping::<Value>(None).await.map(drop).map_err(failure)
+}
+
 /// What [`Redis::watch`] needs of either client.
 trait ClientEvents: Send + Sync + 'static {
     fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)>;
@@ -282,7 +295,10 @@ impl ClientEvents for SubscriberClient {
                 .iter()
                 .map(|channel| channel.to_string())
                 .collect();
-            channels.is_empty() || self.subscribe(channels).await.is_ok()
+            if channels.is_empty() {
+                return true;
+            }
+            self.subscribe(channels).await.is_ok() && applied(self).await.is_ok()
         })
     }
 }
