@@ -189,7 +189,10 @@ impl Redis {
 
     /// UNSUBSCRIBEs from `channels`; returns once Redis has applied it.
     pub(crate) async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
-        self.subscriber.unsubscribe(channels).await.map_err(failure)?;
+        self.subscriber
+            .unsubscribe(channels)
+            .await
+            .map_err(failure)?;
         applied(&self.subscriber).await
     }
 
@@ -257,7 +260,11 @@ impl Redis {
 /// the PING's reply arrives, the commands before it are applied. Without this, a post right
 /// after `subscriptions_ready` could miss the subscriber (Serverpod's issue 5248, again).
 async fn applied(subscriber: &SubscriberClient) -> Result<(), Failure> {
-    subscriber.ping::<Value>(None).await.map(drop).map_err(failure)
+    subscriber
+        .ping::<Value>(None)
+        .await
+        .map(drop)
+        .map_err(failure)
 }
 
 /// What [`Redis::watch`] needs of either client.
