@@ -284,7 +284,9 @@ impl Default for BusBuilder {
 
 impl BusBuilder {
     /// Redis to pass global messages through: `redis://[user:pass@]host:port[/db]`, or
-    /// `rediss://` for TLS. Without it the bus is local.
+    /// `rediss://` for TLS, which needs this crate's `tls` feature (rustls; the server's
+    /// certificate is checked against the system's roots, or the file in `SSL_CERT_FILE`).
+    /// Without a URL the bus is local.
     pub fn redis_url(mut self, url: &str) -> Self {
         self.redis_url = Some(url.to_string());
         self

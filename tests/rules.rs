@@ -948,6 +948,12 @@ fn builder_refuses_settings_out_of_range_with_clear_errors() {
         matches!(&error, BusError::Redis(text) if text.contains("invalid Redis URL")),
         "{error}"
     );
+    if cfg!(not(feature = "tls")) {
+        let error = rt
+            .block_on(Bus::builder().redis_url("rediss://127.0.0.1:1").build())
+            .unwrap_err();
+        assert!(error.to_string().contains("`tls` feature"), "{error}");
+    }
     // Nothing listens on a port just freed: building fails at once, saying so.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

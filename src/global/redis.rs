@@ -128,6 +128,12 @@ impl Redis {
     ///
     /// A text for `BusError::Redis`: the URL is invalid, or Redis is unreachable now.
     pub(crate) async fn connect(url: &str) -> Result<Redis, String> {
+        if cfg!(not(feature = "tls")) && (url.starts_with("rediss") || url.starts_with("valkeys")) {
+            return Err(format!(
+                "{url:?} asks for TLS, which needs evbus's `tls` feature \
+                 (evbus = {{ features = [\"tls\"] }})"
+            ));
+        }
         let config =
             Config::from_url(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
         let mut builder = Builder::from_config(config);
