@@ -88,11 +88,17 @@ struct Progress {
     abandoned: bool,
 }
 
-/// A subscription change, in the order the registry made it.
-pub(crate) struct Change {
-    channel: String,
-    subscribe: bool,
-    ticket: u64,
+/// Work for the subscription task, in the order it was asked for.
+pub(crate) enum Change {
+    /// A channel got its first receiver (`subscribe`) or lost its last, as the registry
+    /// reported it; `ticket` counts it for `subscriptions_ready`.
+    Subscription {
+        channel: String,
+        subscribe: bool,
+        ticket: u64,
+    },
+    /// The subscriber connection is back: subscribe every channel with receivers again (G08).
+    Restore,
 }
 
 /// What the post path, the tasks and the bus share.
@@ -143,7 +149,7 @@ impl Shared {
     /// (`true`) or loses its last (`false`). Never blocks.
     pub(crate) fn subscription_changed(&self, name: &str, subscribe: bool) {
         let ticket = self.changes_issued.fetch_add(1, AcqRel) + 1;
-        let change = Change {
+        let change = Change::Subscription {
             channel: self.redis_channel(name),
             subscribe,
             ticket,
@@ -159,7 +165,7 @@ impl Shared {
     /// A change of one connection (from [`Redis::watch`]): emits `Disconnected` when the
     /// first link drops, `Connected` when every link is connected again, `Reconnected` when
     /// every link has also restored its subscriptions (G08).
-    fn link_changed(&self, link: Link, state: LinkState) {
+    pub(crate) fn link_changed(&self, link: Link, state: LinkState) {
         let bit = match link {
             Link::Publisher => 1,
             Link::Subscriber => 2,
@@ -185,6 +191,16 @@ impl Shared {
                     *down &= !bit;
                     if *down == 0 {
                         events.push(BusEvent::Connected);
+                    }
+                    match link {
+                        // The publisher has nothing to restore.
+                        Link::Publisher => *unrestored &= !bit,
+                        // In order with the subscription changes (see `apply_changes`),
+                        // which reports `Restored` when done.
+                        Link::Subscriber => _ = self.changes.send(Change::Restore),
+                    }
+                    if *unrestored == 0 && *down == 0 {
+                        events.push(BusEvent::Reconnected);
                     }
                 }
                 LinkState::Restored => {

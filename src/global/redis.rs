@@ -11,7 +11,6 @@
 //! a slow reader misses; evbus raises it to [`SUBSCRIBER_BUFFER`] and counts every
 //! `Lagged(n)` it reports ([`Incoming::Lagged`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +84,8 @@ pub(crate) enum LinkState {
     Down,
     /// It is connected again.
     Connected,
-    /// It has restored what it had (for the subscriber: every tracked subscription).
+    /// It has restored what it had (for the subscriber: every subscription the bus wants;
+    /// reported by the subscription task, not by [`Redis::watch`]).
     Restored,
 }
 
@@ -208,44 +208,40 @@ impl Redis {
     }
 
     /// Reports every change of either connection to `report`: `Down` on a connection error,
-    /// `Connected` on a reconnect, then `Restored` once the subscriber subscribed every
-    /// tracked channel again. The tasks run until aborted.
+    /// `Connected` on a reconnect. What a reconnected subscriber must restore is the caller's
+    /// to restore (fred's own set of tracked channels can be stale: it is changed only by
+    /// commands that succeeded). The tasks run until aborted.
     pub(crate) fn watch<F>(&self, report: F) -> Vec<tokio::task::JoinHandle<()>>
     where
         F: Fn(Link, LinkState) + Send + Sync + 'static,
     {
         let report = Arc::new(report);
-        let clients: [(Link, Box<dyn ClientEvents>); 2] = [
-            (Link::Publisher, Box::new(self.publisher.clone())),
-            (Link::Subscriber, Box::new(self.subscriber.clone())),
+        let links = [
+            (
+                Link::Publisher,
+                self.publisher.error_rx(),
+                self.publisher.reconnect_rx(),
+            ),
+            (
+                Link::Subscriber,
+                self.subscriber.error_rx(),
+                self.subscriber.reconnect_rx(),
+            ),
         ];
         let mut tasks = Vec::new();
-        for (link, client) in clients {
-            let mut errors = client.errors();
-            let report_down = report.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    match errors.recv().await {
-                        Ok(_) | Err(RecvError::Lagged(_)) => report_down(link, LinkState::Down),
-                        Err(RecvError::Closed) => return,
-                    }
-                }
-            }));
-            let mut reconnects = client.reconnects();
-            let report_up = report.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    match reconnects.recv().await {
-                        Ok(_) | Err(RecvError::Lagged(_)) => {
-                            report_up(link, LinkState::Connected);
-                            if client.restore().await {
-                                report_up(link, LinkState::Restored);
-                            }
-                        }
-                        Err(RecvError::Closed) => return,
-                    }
-                }
-            }));
+        for (link, errors, reconnects) in links {
+            tasks.push(tokio::spawn(forward(
+                errors,
+                link,
+                LinkState::Down,
+                report.clone(),
+            )));
+            tasks.push(tokio::spawn(forward(
+                reconnects,
+                link,
+                LinkState::Connected,
+                report.clone(),
+            )));
         }
         tasks
     }
@@ -273,45 +269,17 @@ async fn applied(subscriber: &SubscriberClient) -> Result<(), Failure> {
         .map_err(failure)
 }
 
-/// What [`Redis::watch`] needs of either client.
-trait ClientEvents: Send + Sync + 'static {
-    fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)>;
-    fn reconnects(&self) -> Receiver<fred::types::config::Server>;
-    /// After a reconnect: restores what the connection had (subscriptions); false when the
-    /// connection dropped again meanwhile (the next reconnect restores it).
-    fn restore(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>;
-}
-
-impl ClientEvents for Client {
-    fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)> {
-        self.error_rx()
-    }
-    fn reconnects(&self) -> Receiver<fred::types::config::Server> {
-        self.reconnect_rx()
-    }
-    fn restore(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(async { true })
-    }
-}
-
-impl ClientEvents for SubscriberClient {
-    fn errors(&self) -> Receiver<(fred::error::Error, Option<fred::types::config::Server>)> {
-        self.error_rx()
-    }
-    fn reconnects(&self) -> Receiver<fred::types::config::Server> {
-        self.reconnect_rx()
-    }
-    fn restore(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(async {
-            let channels: Vec<String> = self
-                .tracked_channels()
-                .iter()
-                .map(|channel| channel.to_string())
-                .collect();
-            if channels.is_empty() {
-                return true;
-            }
-            self.subscribe(channels).await.is_ok() && applied(self).await.is_ok()
-        })
+/// Reports `state` of `link` for every event `events` carries, until it closes.
+async fn forward<T: Clone>(
+    mut events: Receiver<T>,
+    link: Link,
+    state: LinkState,
+    report: Arc<impl Fn(Link, LinkState)>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => report(link, state),
+            Err(RecvError::Closed) => return,
+        }
     }
 }

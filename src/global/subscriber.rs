@@ -21,7 +21,7 @@
 //! [`BusEvent::DecodeFailed`], and skipped; the rest of the frame and the subscription go
 //! on. Nothing panics: the decoders are total ([`super::envelope`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::codec::{Codec, Payload};
 use super::envelope::{self, Origin};
-use super::redis::{Incoming, Messages, Redis};
+use super::redis::{Incoming, Link, LinkState, Messages, Redis};
 use super::{Change, Shared};
 use crate::bus::{BusInner, WireFormat};
 use crate::events::BusEvent;
@@ -44,25 +44,46 @@ pub(super) type Sequences = HashMap<String, HashMap<Origin, (u64, u64)>>;
 /// Most origins remembered per channel; past it the least recently seen is forgotten.
 const MAX_ORIGINS: usize = 1024;
 
-/// The task that applies subscription changes, in the order the registry made them.
+/// The task that applies subscription changes, in the order the registry made them, and
+/// restores the subscriptions after the subscriber connection came back.
+///
+/// The set of channels to be subscribed is this task's own, changed only here, in order: a
+/// restore subscribes exactly the channels that have receivers at that point of the
+/// sequence, so an UNSUBSCRIBE queued during an outage is never undone by the restore.
 pub(super) async fn apply_changes(
     shared: Arc<Shared>,
     redis: Arc<Redis>,
     mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
+    let mut wanted: HashSet<String> = HashSet::new();
     let mut pending = Vec::new();
     while changes.recv_many(&mut pending, 4096).await > 0 {
         // The last change of each channel wins; the others cancel out.
-        let mut last: HashMap<&str, bool> = HashMap::new();
-        for change in &pending {
-            last.insert(&change.channel, change.subscribe);
+        let mut last: HashMap<String, bool> = HashMap::new();
+        let mut restore = false;
+        let mut confirmed = None;
+        for change in pending.drain(..) {
+            match change {
+                Change::Subscription {
+                    channel,
+                    subscribe,
+                    ticket,
+                } => {
+                    last.insert(channel, subscribe);
+                    confirmed = Some(ticket);
+                }
+                Change::Restore => restore = true,
+            }
         }
-        let (subscribe, unsubscribe): (Vec<_>, Vec<_>) = last.into_iter().partition(|&(_, s)| s);
-        let subscribe: Vec<String> = subscribe.into_iter().map(|(c, _)| c.to_string()).collect();
-        let unsubscribe: Vec<String> = unsubscribe
-            .into_iter()
-            .map(|(c, _)| c.to_string())
-            .collect();
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for (channel, on) in last {
+            if on && wanted.insert(channel.clone()) {
+                subscribe.push(channel);
+            } else if !on && wanted.remove(&channel) {
+                unsubscribe.push(channel);
+            }
+        }
         {
             // A channel subscribed afresh learns its origins' sequences afresh.
             let mut sequences = shared.sequences.lock();
@@ -70,19 +91,24 @@ pub(super) async fn apply_changes(
                 sequences.remove(channel);
             }
         }
+        if restore {
+            // The new connection has no subscriptions: subscribe everything wanted.
+            subscribe = wanted.iter().cloned().collect();
+        }
         if !subscribe.is_empty() {
             until_done(|| redis.subscribe(subscribe.clone())).await;
         }
-        if !unsubscribe.is_empty() {
+        if !unsubscribe.is_empty() && !restore {
             until_done(|| redis.unsubscribe(unsubscribe.clone())).await;
         }
-        if let Some(change) = pending.last() {
-            let ticket = change.ticket;
+        if let Some(ticket) = confirmed {
             shared
                 .changes_confirmed
                 .send_modify(|c| *c = (*c).max(ticket));
         }
-        pending.clear();
+        if restore {
+            shared.link_changed(Link::Subscriber, LinkState::Restored);
+        }
     }
 }
 

@@ -231,15 +231,33 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-/// A port nobody listened on a moment ago (never 6379: the OS hands out ephemeral ports).
+/// A port nobody listens on, for a server that may be stopped and restarted on it.
+///
+/// Taken below the kernel's ephemeral range (32768 and up here), from a range no other
+/// process of ours picks from, so that while a server is stopped its port is not handed to an
+/// outgoing connection (a client's local port) or to another test's `bind(0)`; and never twice
+/// in one test process. The start in the range depends on the process id, so test binaries
+/// that run at the same time start far apart.
 fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if port != 6379 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let taken = taken.get_or_insert_with(HashSet::new);
+    let start = (std::process::id().wrapping_mul(2_654_435_761)) % SPAN;
+    for offset in 0..SPAN {
+        let port = (FIRST + (start + offset * 7) % SPAN) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
             return port;
         }
     }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Spawns redis-server on `port` and waits until it answers PING; `Err` with the log if it
