@@ -91,12 +91,8 @@ struct Progress {
 /// Work for the subscription task, in the order it was asked for.
 pub(crate) enum Change {
     /// A channel got its first receiver (`subscribe`) or lost its last, as the registry
-    /// reported it; `ticket` counts it for `subscriptions_ready`.
-    Subscription {
-        channel: String,
-        subscribe: bool,
-        ticket: u64,
-    },
+    /// reported it.
+    Subscription { channel: String, subscribe: bool },
     /// The subscriber connection is back: subscribe every channel with receivers again (G08).
     Restore,
 }
@@ -147,12 +143,16 @@ impl Shared {
 
     /// Called by the registry, under the channel's lock, when `name` gets its first receiver
     /// (`true`) or loses its last (`false`). Never blocks.
+    ///
+    /// `subscriptions_ready` counts: `changes_issued` is raised before the send and
+    /// `changes_confirmed` counts the changes applied, in the channel's FIFO order. A caller's
+    /// own changes were sent before it read `changes_issued = n`, so they are among the first
+    /// `n` in the queue, and `changes_confirmed >= n` means they are applied.
     pub(crate) fn subscription_changed(&self, name: &str, subscribe: bool) {
-        let ticket = self.changes_issued.fetch_add(1, AcqRel) + 1;
+        self.changes_issued.fetch_add(1, AcqRel);
         let change = Change::Subscription {
             channel: self.redis_channel(name),
             subscribe,
-            ticket,
         };
         // The receiver lives as long as the bus's tasks; after close nothing listens.
         let _ = self.changes.send(change);

@@ -61,16 +61,12 @@ pub(super) async fn apply_changes(
         // The last change of each channel wins; the others cancel out.
         let mut last: HashMap<String, bool> = HashMap::new();
         let mut restore = false;
-        let mut confirmed = None;
+        let mut applied = 0;
         for change in pending.drain(..) {
             match change {
-                Change::Subscription {
-                    channel,
-                    subscribe,
-                    ticket,
-                } => {
+                Change::Subscription { channel, subscribe } => {
                     last.insert(channel, subscribe);
-                    confirmed = Some(ticket);
+                    applied += 1;
                 }
                 Change::Restore => restore = true,
             }
@@ -101,10 +97,8 @@ pub(super) async fn apply_changes(
         if !unsubscribe.is_empty() && !restore {
             until_done(|| redis.unsubscribe(unsubscribe.clone())).await;
         }
-        if let Some(ticket) = confirmed {
-            shared
-                .changes_confirmed
-                .send_modify(|c| *c = (*c).max(ticket));
+        if applied > 0 {
+            shared.changes_confirmed.send_modify(|c| *c += applied);
         }
         if restore {
             shared.link_changed(Link::Subscriber, LinkState::Restored);
@@ -162,11 +156,12 @@ impl Reader {
 
     fn receive(&self, channel: &[u8], payload: &[u8]) {
         let shared = &self.shared;
-        let Some(name) = std::str::from_utf8(channel)
-            .ok()
-            .and_then(|c| c.strip_prefix(shared.namespace.as_str()))
-        else {
-            return; // not a channel of ours
+        // Not a channel of ours: we subscribe only UTF-8 names in our namespace.
+        let Ok(channel) = std::str::from_utf8(channel) else {
+            return;
+        };
+        let Some(name) = channel.strip_prefix(shared.namespace.as_str()) else {
+            return;
         };
         let Some(bus) = self.bus.upgrade() else {
             return;
@@ -186,27 +181,22 @@ impl Reader {
             );
         }
         let snapshot = slot.snapshot();
+        let snapshot = snapshot.as_deref();
         let mut tally = Tally::default();
         match shared.codec.format {
             WireFormat::Serverpod => match envelope::decode_serverpod(payload) {
                 Ok(message) => {
                     let payload = Payload::Json(message.data);
-                    self.deliver(
-                        name,
-                        snapshot.as_deref(),
-                        &message.class,
-                        payload,
-                        &mut tally,
-                    );
+                    self.deliver(name, snapshot, &message.class, payload, &mut tally);
                 }
                 Err(error) => self.refuse(name, error.to_string()),
             },
             _ => match envelope::decode_frame(payload) {
                 Ok(frame) => {
-                    let skip = self.sequence(std::str::from_utf8(channel).unwrap_or(name), &frame);
-                    for record in frame.records.iter().skip(skip) {
+                    let skip = self.sequence(channel, &frame);
+                    for record in &frame.records[skip..] {
                         let payload = Payload::Native(record.payload);
-                        self.deliver(name, snapshot.as_deref(), record.class, payload, &mut tally);
+                        self.deliver(name, snapshot, record.class, payload, &mut tally);
                     }
                 }
                 Err(error) => self.refuse(name, error.to_string()),
