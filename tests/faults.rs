@@ -351,6 +351,30 @@ fn check_order(received: &[u64], posted: u64) -> Result<(), String> {
     }
 }
 
+/// The end of a fault test: waits until both buses received messages posted `extra` after
+/// `from`, stops the poster, flushes A, and checks both buses' accounting; returns
+/// `(posted, refused, on A, on B)`.
+async fn finish_and_account(
+    what: &str,
+    poster: Poster,
+    (a, got_a, log_a): (&Bus, &Received, &EventLog),
+    (b, got_b, log_b): (&Bus, &Received, &EventLog),
+    from: u64,
+    extra: u64,
+) -> (u64, u64, (u64, u64, u64), (u64, u64, u64)) {
+    wait_until(what, DEADLINE, || {
+        got_b.last().is_some_and(|n| n >= from + extra)
+            && got_a.last().is_some_and(|n| n >= from + extra)
+    })
+    .await;
+    let (posted, refused) = poster.finish().await;
+    flush(a).await;
+    assert_eq!(a.stats().global_posted, posted);
+    let on_b = assert_accounted("B", b, got_b, log_b, posted).await;
+    let on_a = assert_accounted("A", a, got_a, log_a, posted).await;
+    (posted, refused, on_a, on_b)
+}
+
 /// Waits until `bus` has received or reported missed every one of the `posted` messages, then
 /// checks the accounting is exact: each message once and in order, or counted in
 /// `global_missed`, and the `MessagesMissed` events add up to `global_missed`. Returns what it
@@ -530,21 +554,15 @@ async fn kill_and_restart_redis_mid_stream() {
     let recovery = outage.elapsed();
     wait_numsub(&server, CHANNEL, 2).await;
     let resumed_at = poster.posted();
-    wait_until(
+    let (posted, refused, on_a, on_b) = finish_and_account(
         "A and B receive messages posted after the reconnect",
-        DEADLINE,
-        || {
-            got_b.last().is_some_and(|n| n >= resumed_at + 1_000)
-                && got_a.last().is_some_and(|n| n >= resumed_at + 1_000)
-        },
+        poster,
+        (&a, &got_a, &log_a),
+        (&b, &got_b, &log_b),
+        resumed_at,
+        1_000,
     )
     .await;
-
-    let (posted, refused) = poster.finish().await;
-    flush(&a).await;
-    assert_eq!(a.stats().global_posted, posted);
-    let on_b = assert_accounted("B", &b, &got_b, &log_b, posted).await;
-    let on_a = assert_accounted("A", &a, &got_a, &log_a, posted).await;
     eprintln!(
         "kill_and_restart_redis_mid_stream: {:?}; posted {posted} (killed at {killed_at}, \
          {posted_while_down} when restarted, held {held}, Backpressure {refused_while_down} \
@@ -608,20 +626,15 @@ async fn client_kill_type_pubsub() {
         rounds.push((killed, cut.elapsed()));
     }
     let at = poster.posted();
-    wait_until(
+    let (posted, refused, on_a, on_b) = finish_and_account(
         "A and B receive messages posted after the last cut",
-        DEADLINE,
-        || {
-            got_b.last().is_some_and(|n| n >= at + 500)
-                && got_a.last().is_some_and(|n| n >= at + 500)
-        },
+        poster,
+        (&a, &got_a, &log_a),
+        (&b, &got_b, &log_b),
+        at,
+        500,
     )
     .await;
-
-    let (posted, refused) = poster.finish().await;
-    flush(&a).await;
-    let on_b = assert_accounted("B", &b, &got_b, &log_b, posted).await;
-    let on_a = assert_accounted("A", &a, &got_a, &log_a, posted).await;
     eprintln!(
         "client_kill_type_pubsub: {:?}; posted {posted} (Backpressure {refused}); rounds \
          (killed, cut to re-subscribed) {rounds:?}; B (received, missed, duplicates) {on_b:?}; \
@@ -1108,19 +1121,15 @@ async fn flapping_redis() {
     .await;
     wait_numsub(&server, CHANNEL, 2).await;
     let resumed_at = poster.posted();
-    wait_until(
+    let (posted, refused, on_a, on_b) = finish_and_account(
         "A and B receive messages posted after the last restart",
-        DEADLINE,
-        || {
-            got_b.last().is_some_and(|n| n >= resumed_at + 500)
-                && got_a.last().is_some_and(|n| n >= resumed_at + 500)
-        },
+        poster,
+        (&a, &got_a, &log_a),
+        (&b, &got_b, &log_b),
+        resumed_at,
+        500,
     )
     .await;
-    let (posted, refused) = poster.finish().await;
-    flush(&a).await;
-    let on_b = assert_accounted("B", &b, &got_b, &log_b, posted).await;
-    let on_a = assert_accounted("A", &a, &got_a, &log_a, posted).await;
     assert!(
         log_a.back_up() && log_b.back_up(),
         "still connected at the end: A {}, B {}",
