@@ -220,33 +220,34 @@ impl Shared {
     /// Waits until Redis acknowledged every post made before the call.
     async fn flush(&self) -> Result<(), BusError> {
         let last = self.tickets.load(Acquire) - 1;
-        let mut progress = self.progress.subscribe();
-        let settled = progress
-            .wait_for(|p| p.acked >= last || p.abandoned)
-            .await
-            .map(|p| *p);
-        match settled {
-            Ok(p) if p.acked >= last => Ok(()),
-            _ => Err(BusError::ShutDown),
+        if self.reached(last).await {
+            Ok(())
+        } else {
+            Err(BusError::ShutDown)
         }
     }
 
     /// Waits until ticket `ticket` is settled: Ok when Redis acknowledged it.
     async fn settled(&self, ticket: u64) -> Result<(), PostError> {
+        if !self.reached(ticket).await {
+            return Err(PostError::Redis(
+                "the bus shut down before Redis acknowledged the message".into(),
+            ));
+        }
+        match self.refused.lock().get(&ticket) {
+            Some(reason) => Err(PostError::Redis(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every ticket up to `ticket` is settled (true), or the bus gave up on
+    /// them at shutdown (false).
+    async fn reached(&self, ticket: u64) -> bool {
         let mut progress = self.progress.subscribe();
         let settled = progress
             .wait_for(|p| p.acked >= ticket || p.abandoned)
-            .await
-            .map(|p| *p);
-        match settled {
-            Ok(p) if p.acked >= ticket => match self.refused.lock().get(&ticket) {
-                Some(reason) => Err(PostError::Redis(reason.clone())),
-                None => Ok(()),
-            },
-            _ => Err(PostError::Redis(
-                "the bus shut down before Redis acknowledged the message".into(),
-            )),
-        }
+            .await;
+        settled.is_ok_and(|p| p.acked >= ticket)
     }
 }
 
