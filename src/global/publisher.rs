@@ -177,12 +177,9 @@ async fn send(shared: &Shared, redis: &Redis, mut commands: Vec<Command>, settle
     if !refused.is_empty() {
         shared.refused.lock().extend(refused);
     }
-    let count = settled.len() as u64;
+    shared.waiting.fetch_sub(settled.len() as u64, AcqRel);
     if let Some(acked) = settler.settle(settled) {
-        shared.waiting.fetch_sub(count, AcqRel);
         shared.progress.send_modify(|p| p.acked = acked);
-    } else {
-        shared.waiting.fetch_sub(count, AcqRel);
     }
 }
 
