@@ -255,8 +255,8 @@ impl Shared {
 pub(crate) struct Global {
     shared: Arc<Shared>,
     redis: Arc<Redis>,
+    /// The publisher, the reader, the subscription task and the connection watch.
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    publisher: Mutex<Option<JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
     closed: AtomicBool,
 }
@@ -303,7 +303,6 @@ impl Global {
             shared,
             redis: Arc::new(redis),
             tasks: Mutex::new(Vec::new()),
-            publisher: Mutex::new(None),
             runtime,
             closed: AtomicBool::new(false),
         };
@@ -317,11 +316,11 @@ impl Global {
     /// Starts the tasks: publisher, subscription changes, reader, connection watch.
     pub(crate) fn start(&self, bus: Weak<BusInner>, changes: mpsc::UnboundedReceiver<Change>) {
         let shared = &self.shared;
-        let publisher = self
-            .runtime
-            .spawn(publisher::run(shared.clone(), self.redis.clone()));
-        *self.publisher.lock() = Some(publisher);
         let mut tasks = self.tasks.lock();
+        tasks.push(
+            self.runtime
+                .spawn(publisher::run(shared.clone(), self.redis.clone())),
+        );
         let reader = subscriber::Reader::new(shared.clone(), bus);
         tasks.push(self.runtime.spawn(reader.run(self.redis.messages())));
         tasks.push(self.runtime.spawn(subscriber::apply_changes(
@@ -411,12 +410,10 @@ impl Global {
         if self.closed.swap(true, AcqRel) {
             return None;
         }
-        let mut tasks = std::mem::take(&mut *self.tasks.lock());
-        tasks.extend(self.publisher.lock().take());
         Some(Closing {
             shared: self.shared.clone(),
             redis: self.redis.clone(),
-            tasks,
+            tasks: std::mem::take(&mut *self.tasks.lock()),
         })
     }
 }
@@ -436,7 +433,7 @@ impl Drop for Global {
 struct Closing {
     shared: Arc<Shared>,
     redis: Arc<Redis>,
-    /// The publisher first: it is stopped only after the flush.
+    /// Stopped after the flush (the publisher does the flushing).
     tasks: Vec<JoinHandle<()>>,
 }
 
