@@ -269,13 +269,15 @@ impl Reader {
                 None => mismatches += group.len as u64,
                 Some(Ok(())) => taken = true,
                 Some(Err(reason)) => {
-                    return self
-                        .refuse(name, format!("{class}: payload does not decode: {reason}"));
+                    let reason =
+                        format!("{}: payload does not decode: {reason:.256}", short(class));
+                    return self.refuse(name, reason);
                 }
             }
         }
         if !taken && !codec.knows(class) {
-            return self.refuse(name, format!("unknown class {class:?}"));
+            // At most 64 characters of it: the class comes from the wire.
+            return self.refuse(name, format!("unknown class {:?}", short(class)));
         }
         tally.mismatches += mismatches;
         self.shared.received.fetch_add(1, Relaxed);
@@ -307,6 +309,13 @@ pub(crate) fn deliver_wire<M: crate::Message>(
     };
     post::deliver_to(group, root, message, tally);
     Some(Ok(()))
+}
+
+/// At most the first 64 characters of `text`.
+fn short(text: &str) -> &str {
+    text.char_indices()
+        .nth(64)
+        .map_or(text, |(at, _)| &text[..at])
 }
 
 fn hex(origin: &Origin) -> String {
