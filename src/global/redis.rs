@@ -91,10 +91,25 @@ pub(crate) enum LinkState {
 
 /// What the subscriber connection received.
 pub(crate) enum Incoming {
-    /// A message: its Redis channel and payload.
-    Message { channel: Vec<u8>, payload: Vec<u8> },
+    /// A message, borrowed from fred's buffer as it arrived (no copy).
+    Message(Received),
     /// fred's buffer overflowed and it dropped this many messages.
     Lagged(u64),
+}
+
+/// One message from the subscriber connection.
+pub(crate) struct Received(fred::types::Message);
+
+impl Received {
+    /// The Redis channel it came on.
+    pub(crate) fn channel(&self) -> &[u8] {
+        self.0.channel.as_bytes()
+    }
+
+    /// Its payload; empty when Redis sent something other than a string.
+    pub(crate) fn payload(&self) -> &[u8] {
+        self.0.value.as_bytes().unwrap_or_default()
+    }
 }
 
 /// The subscriber connection's messages, from [`Redis::messages`].
@@ -104,17 +119,7 @@ impl Messages {
     /// The next message; `None` once the connection is gone for good.
     pub(crate) async fn next(&mut self) -> Option<Incoming> {
         match self.0.recv().await {
-            Ok(message) => {
-                let payload = match &message.value {
-                    Value::Bytes(bytes) => bytes.to_vec(),
-                    Value::String(text) => text.as_bytes().to_vec(),
-                    other => other.as_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
-                };
-                Some(Incoming::Message {
-                    channel: message.channel.as_bytes().to_vec(),
-                    payload,
-                })
-            }
+            Ok(message) => Some(Incoming::Message(Received(message))),
             Err(RecvError::Lagged(n)) => Some(Incoming::Lagged(n)),
             Err(RecvError::Closed) => None,
         }

@@ -134,7 +134,7 @@ impl Reader {
     pub(super) async fn run(self, mut messages: Messages) {
         while let Some(incoming) = messages.next().await {
             match incoming {
-                Incoming::Message { channel, payload } => self.receive(&channel, &payload),
+                Incoming::Message(message) => self.receive(message.channel(), message.payload()),
                 Incoming::Lagged(count) => self.lagged(count),
             }
         }
@@ -183,11 +183,18 @@ impl Reader {
         let snapshot = slot.snapshot();
         let snapshot = snapshot.as_deref();
         let mut tally = Tally::default();
+        let mut received = 0;
         match shared.codec.format {
             WireFormat::Serverpod => match envelope::decode_serverpod(payload) {
                 Ok(message) => {
                     let payload = Payload::Json(message.data);
-                    self.deliver(name, snapshot, &message.class, payload, &mut tally);
+                    received += u64::from(self.deliver(
+                        name,
+                        snapshot,
+                        &message.class,
+                        payload,
+                        &mut tally,
+                    ));
                 }
                 Err(error) => self.refuse(name, error.to_string()),
             },
@@ -196,12 +203,19 @@ impl Reader {
                     let skip = self.sequence(channel, &frame);
                     for record in &frame.records[skip..] {
                         let payload = Payload::Native(record.payload);
-                        self.deliver(name, snapshot, record.class, payload, &mut tally);
+                        received += u64::from(self.deliver(
+                            name,
+                            snapshot,
+                            record.class,
+                            payload,
+                            &mut tally,
+                        ));
                     }
                 }
                 Err(error) => self.refuse(name, error.to_string()),
             },
         }
+        shared.received.fetch_add(received, Relaxed);
         bus.registry.counters.record_received(&tally);
     }
 
@@ -251,7 +265,7 @@ impl Reader {
     }
 
     /// Hands one message to every receiver type that takes its class, decoding it once per
-    /// type (G03).
+    /// type (G03); false when it was refused.
     fn deliver(
         &self,
         name: &str,
@@ -259,7 +273,7 @@ impl Reader {
         class: &str,
         payload: Payload<'_>,
         tally: &mut Tally,
-    ) {
+    ) -> bool {
         let codec = &self.shared.codec;
         let groups = snapshot.map_or(&[][..], |s| &s.groups[..]);
         let mut taken = false;
@@ -271,16 +285,18 @@ impl Reader {
                 Some(Err(reason)) => {
                     let reason =
                         format!("{}: payload does not decode: {reason:.256}", short(class));
-                    return self.refuse(name, reason);
+                    self.refuse(name, reason);
+                    return false;
                 }
             }
         }
         if !taken && !codec.knows(class) {
             // At most 64 characters of it: the class comes from the wire.
-            return self.refuse(name, format!("unknown class {:?}", short(class)));
+            self.refuse(name, format!("unknown class {:?}", short(class)));
+            return false;
         }
         tally.mismatches += mismatches;
-        self.shared.received.fetch_add(1, Relaxed);
+        true
     }
 
     fn refuse(&self, channel: &str, reason: String) {
