@@ -497,6 +497,37 @@ impl Poster {
     }
 }
 
+/// Buses A and B on one server, both listening for numbered `u64`s on one channel,
+/// subscribed, and recording their events: the setup of most fault tests.
+struct Pair {
+    a: Bus,
+    b: Bus,
+    log_a: EventLog,
+    log_b: EventLog,
+    got_a: Received,
+    got_b: Received,
+}
+
+impl Pair {
+    async fn listening(server: &RedisServer, channel: &str, outage_buffer: usize) -> Pair {
+        let a = connect(server, outage_buffer).await;
+        let b = connect(server, outage_buffer).await;
+        let (log_a, log_b) = (EventLog::record(&a), EventLog::record(&b));
+        let got_a = Received::listen(&a, channel, |n: &u64| *n);
+        let got_b = Received::listen(&b, channel, |n: &u64| *n);
+        ready(&a).await;
+        ready(&b).await;
+        Pair {
+            a,
+            b,
+            log_a,
+            log_b,
+            got_a,
+            got_b,
+        }
+    }
+}
+
 // ---- the tests ------------------------------------------------------------------------------
 
 /// G07, G08, G06: redis-server is SIGKILLed while bus A posts a numbered stream, and started
@@ -509,13 +540,14 @@ async fn kill_and_restart_redis_mid_stream() {
     const OUTAGE_BUFFER: usize = 2_000;
     let started = Instant::now();
     let mut server = RedisServer::start();
-    let a = connect(&server, OUTAGE_BUFFER).await;
-    let b = connect(&server, OUTAGE_BUFFER).await;
-    let (log_a, log_b) = (EventLog::record(&a), EventLog::record(&b));
-    let got_a = Received::listen(&a, CHANNEL, |n: &u64| *n);
-    let got_b = Received::listen(&b, CHANNEL, |n: &u64| *n);
-    ready(&a).await;
-    ready(&b).await;
+    let Pair {
+        a,
+        b,
+        log_a,
+        log_b,
+        got_a,
+        got_b,
+    } = Pair::listening(&server, CHANNEL, OUTAGE_BUFFER).await;
     assert_eq!(blocking(|| numsub(&server, CHANNEL)), 2);
 
     let poster = Poster::start(a.clone(), CHANNEL);
@@ -584,13 +616,14 @@ async fn client_kill_type_pubsub() {
     const CHANNEL: &str = "killed-subscribers";
     let started = Instant::now();
     let server = RedisServer::start();
-    let a = connect(&server, 10_000).await;
-    let b = connect(&server, 10_000).await;
-    let (log_a, log_b) = (EventLog::record(&a), EventLog::record(&b));
-    let got_a = Received::listen(&a, CHANNEL, |n: &u64| *n);
-    let got_b = Received::listen(&b, CHANNEL, |n: &u64| *n);
-    ready(&a).await;
-    ready(&b).await;
+    let Pair {
+        a,
+        b,
+        log_a,
+        log_b,
+        got_a,
+        got_b,
+    } = Pair::listening(&server, CHANNEL, 10_000).await;
 
     let poster = Poster::start(a.clone(), CHANNEL);
     let mut rounds = Vec::new();
@@ -864,13 +897,14 @@ async fn held_posts_survive_an_outage_in_order() {
     const HELD: u64 = 200;
     let started = Instant::now();
     let mut server = RedisServer::start();
-    let a = connect(&server, HELD as usize).await;
-    let b = connect(&server, HELD as usize).await;
-    let (log_a, log_b) = (EventLog::record(&a), EventLog::record(&b));
-    let got_a = Received::listen(&a, CHANNEL, |n: &u64| *n);
-    let got_b = Received::listen(&b, CHANNEL, |n: &u64| *n);
-    ready(&a).await;
-    ready(&b).await;
+    let Pair {
+        a,
+        b,
+        log_a,
+        log_b,
+        got_a,
+        got_b,
+    } = Pair::listening(&server, CHANNEL, HELD as usize).await;
     // B must know A's sequence before the outage, or a loss of the first held posts would be
     // undetectable (a gap shows only between two messages it has).
     let mut seq = 0;
@@ -1091,13 +1125,14 @@ async fn flapping_redis() {
     const CHANNEL: &str = "flapping";
     let started = Instant::now();
     let mut server = RedisServer::start();
-    let a = connect(&server, 5_000).await;
-    let b = connect(&server, 5_000).await;
-    let (log_a, log_b) = (EventLog::record(&a), EventLog::record(&b));
-    let got_a = Received::listen(&a, CHANNEL, |n: &u64| *n);
-    let got_b = Received::listen(&b, CHANNEL, |n: &u64| *n);
-    ready(&a).await;
-    ready(&b).await;
+    let Pair {
+        a,
+        b,
+        log_a,
+        log_b,
+        got_a,
+        got_b,
+    } = Pair::listening(&server, CHANNEL, 5_000).await;
     let poster = Poster::start(a.clone(), CHANNEL);
     wait_until("B receives the stream", DEADLINE, || got_b.len() >= 500).await;
     let (mark_a, mark_b) = (log_a.mark(), log_b.mark());
