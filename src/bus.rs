@@ -3,78 +3,21 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::channel::Channel;
-use crate::error::{BusError, PostError};
+use crate::error::BusError;
 use crate::events::{BusEvents, EventHub};
-use crate::global::codec::Codec;
-use crate::global::{envelope::MAX_CLASS_LEN, Global, Settings};
-use crate::message::{Message, MessageScope};
-use crate::registry::Registry;
+use crate::inner::{BusInner, Config, Global};
+use crate::local::registry::{Interest, Registry};
+use crate::message::Message;
+use crate::redis::{RedisTransport, Settings};
 use crate::session::{Messages, Session};
 use crate::stats::Stats;
-
-/// How global messages are encoded on Redis.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum WireFormat {
-    /// evbus's binary frame: origin bus id, sequence numbers, class names and MessagePack
-    /// payloads; the messages of one channel queued together share one PUBLISH. Receivers
-    /// drop duplicates and report gaps (G06).
-    #[default]
-    Native,
-    /// Exactly Serverpod's JSON, `{"className": "...", "data": {...}}`, one message per
-    /// PUBLISH, so a Rust server can share a Redis with Serverpod servers (G11). It carries
-    /// no sequence numbers, so duplicates and gaps cannot be seen; only messages this bus
-    /// read too slowly are counted as missed.
-    Serverpod,
-}
-
-/// Settings a running bus reads.
-pub(crate) struct Config {
-    pub(crate) stream_capacity: usize,
-}
-
-/// The state all handles of one bus share.
-pub(crate) struct BusInner {
-    pub(crate) registry: Registry,
-    pub(crate) config: Config,
-    /// Registration ids, shared by listeners and streams.
-    pub(crate) next_id: AtomicU64,
-    events: Arc<EventHub>,
-    /// The Redis half, on a bus built with a Redis URL.
-    pub(crate) global: Option<Global>,
-}
-
-impl BusInner {
-    /// The scope check of every post: `Ok(None)` when the post is to be delivered locally,
-    /// `Ok(Some(global))` when it goes through Redis (G01, G02).
-    #[inline]
-    pub(crate) fn route(&self, scope: MessageScope) -> Result<Option<&Global>, PostError> {
-        if self.registry.is_closed() {
-            return Err(PostError::ShutDown);
-        }
-        match (scope, &self.global) {
-            (MessageScope::Local, _) | (MessageScope::Auto, None) => Ok(None),
-            (MessageScope::Global, None) => Err(PostError::RedisNotEnabled),
-            (_, Some(global)) => Ok(Some(global)),
-        }
-    }
-
-    /// A global post, counted as a post when accepted.
-    #[inline(never)]
-    pub(crate) fn post_global<M: Message>(
-        &self,
-        global: &Global,
-        channel: &str,
-        message: &M,
-    ) -> Result<crate::Delivery, PostError> {
-        let delivery = global.post(channel, message)?;
-        self.registry.counters.record_post(&Default::default());
-        Ok(delivery)
-    }
-}
+use crate::transport::Receive;
+use crate::wire::codec::Codec;
+use crate::wire::frame::MAX_CLASS_LEN;
+use crate::wire::WireFormat;
 
 /// An event bus: a cheap handle; all clones are the same bus.
 ///
@@ -103,17 +46,28 @@ impl Bus {
         let config = Config {
             stream_capacity: DEFAULT_STREAM_CAPACITY,
         };
-        Bus::with(config, Arc::new(EventHub::new()), None)
+        Bus::with(config, Arc::new(EventHub::new()), None, None)
     }
 
-    fn with(config: Config, events: Arc<EventHub>, global: Option<Global>) -> Bus {
+    /// A bus with `config`; with a transport, wired both ways: the registry reports
+    /// subscription interest to it, and it delivers what it receives to the bus.
+    fn with(
+        config: Config,
+        events: Arc<EventHub>,
+        global: Option<Global>,
+        interest: Option<Arc<dyn Interest>>,
+    ) -> Bus {
         let inner = Arc::new(BusInner {
-            registry: Registry::new(global.as_ref().map(|g| g.shared().clone())),
+            registry: Registry::new(interest),
             config,
             next_id: AtomicU64::new(1),
             events,
             global,
         });
+        if let Some(global) = &inner.global {
+            let local: Weak<dyn Receive> = Arc::downgrade(&inner) as Weak<BusInner>;
+            global.transport.start(local);
+        }
         Bus {
             messages: Messages::new(inner),
         }
@@ -165,7 +119,7 @@ impl Bus {
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner().registry.counters.snapshot();
         if let Some(global) = &self.inner().global {
-            global.fill(&mut stats);
+            global.transport.fill(&mut stats);
         }
         stats
     }
@@ -186,7 +140,7 @@ impl Bus {
     /// [`BusError::ShutDown`] when the bus shut down before Redis acknowledged everything.
     pub async fn flush(&self) -> Result<(), BusError> {
         match &self.inner().global {
-            Some(global) => global.flush().await,
+            Some(global) => global.transport.flush().await,
             None => Ok(()),
         }
     }
@@ -203,7 +157,7 @@ impl Bus {
     /// [`BusError::ShutDown`] when the bus shut down meanwhile.
     pub async fn subscriptions_ready(&self) -> Result<(), BusError> {
         match &self.inner().global {
-            Some(global) => global.subscriptions_ready().await,
+            Some(global) => global.transport.subscriptions_ready().await,
             None => Ok(()),
         }
     }
@@ -226,7 +180,7 @@ impl Bus {
         let inner = self.inner();
         inner.registry.close();
         let result = match &inner.global {
-            Some(global) => global.close().await,
+            Some(global) => global.transport.close().await,
             None => Ok(()),
         };
         inner.events.close();
@@ -390,24 +344,26 @@ impl BusBuilder {
         };
         let events = Arc::new(EventHub::new());
         let Some(url) = self.redis_url else {
-            return Ok(Bus::with(config, events, None));
+            return Ok(Bus::with(config, events, None, None));
         };
         let names = self
             .class_names
             .into_iter()
             .map(|(type_id, (_, class))| (type_id, Arc::from(class)))
             .collect();
+        let codec = Arc::new(Codec::new(self.wire_format, self.max_message_bytes, names));
         let settings = Settings {
             url,
             namespace: self.namespace,
             outage_buffer: self.outage_buffer,
-            codec: Codec::new(self.wire_format, self.max_message_bytes, names),
+            codec: codec.clone(),
         };
-        let (global, changes) = Global::connect(settings, events.clone()).await?;
-        let bus = Bus::with(config, events, Some(global));
-        if let Some(global) = &bus.inner().global {
-            global.start(Arc::downgrade(&bus.messages.bus), changes);
-        }
+        let redis = Arc::new(RedisTransport::connect(settings, events.clone()).await?);
+        let global = Global {
+            codec,
+            transport: redis.clone(),
+        };
+        let bus = Bus::with(config, events, Some(global), Some(redis));
         Ok(bus)
     }
 }

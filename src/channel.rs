@@ -3,11 +3,11 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::bus::BusInner;
 use crate::delivery::Delivery;
 use crate::error::PostError;
+use crate::inner::BusInner;
+use crate::local::registry::Topic;
 use crate::message::{Message, MessageScope};
-use crate::registry::Slot;
 
 /// A typed handle on one channel, from [`Bus::channel`](crate::Bus::channel).
 ///
@@ -17,23 +17,23 @@ use crate::registry::Slot;
 /// last handle, listener and stream of a channel are gone, the channel is forgotten (L13).
 pub struct Channel<M> {
     bus: Arc<BusInner>,
-    slot: Arc<Slot>,
+    topic: Arc<Topic>,
     _message: PhantomData<fn(M)>,
 }
 
 impl<M: Message> Channel<M> {
     pub(crate) fn new(bus: Arc<BusInner>, name: &str) -> Self {
-        let slot = bus.registry.hold(name);
+        let topic = bus.registry.hold(name);
         Channel {
             bus,
-            slot,
+            topic,
             _message: PhantomData,
         }
     }
 
     /// The channel's name.
     pub fn name(&self) -> &str {
-        self.slot.name()
+        self.topic.name()
     }
 
     /// Posts `message` on this channel: the same contract as
@@ -47,19 +47,19 @@ impl<M: Message> Channel<M> {
     pub fn post(&self, message: M, scope: MessageScope) -> Result<Delivery, PostError> {
         match self.bus.route(scope)? {
             None => Ok(Delivery::local(
-                self.slot.post(message, &self.bus.registry.counters),
+                self.topic.post(message, &self.bus.registry.counters),
             )),
-            Some(global) => self.bus.post_global(global, self.slot.name(), &message),
+            Some(global) => self.bus.post_global(global, self.topic.name(), &message),
         }
     }
 }
 
 impl<M> Clone for Channel<M> {
     fn clone(&self) -> Self {
-        self.bus.registry.hold_again(&self.slot);
+        self.bus.registry.hold_again(&self.topic);
         Channel {
             bus: self.bus.clone(),
-            slot: self.slot.clone(),
+            topic: self.topic.clone(),
             _message: PhantomData,
         }
     }
@@ -67,14 +67,14 @@ impl<M> Clone for Channel<M> {
 
 impl<M> Drop for Channel<M> {
     fn drop(&mut self) {
-        self.bus.registry.release(&self.slot);
+        self.bus.registry.release(&self.topic);
     }
 }
 
 impl<M> std::fmt::Debug for Channel<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("name", &self.slot.name())
+            .field("name", &self.topic.name())
             .finish()
     }
 }

@@ -4,10 +4,8 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use std::sync::Arc;
-
 use crate::error::PostError;
-use crate::global::{self, Settled, Shared};
+use crate::transport::{BoxFuture, Ticket};
 
 /// What a post did.
 ///
@@ -15,8 +13,8 @@ use crate::global::{self, Settled, Shared};
 /// global post is already queued then and goes out whether or not the `Delivery` is awaited.
 pub struct Delivery {
     local_receivers: usize,
-    /// A global post's ticket, and where its settlement is published.
-    global: Option<(u64, Arc<Shared>)>,
+    /// A global post's ticket.
+    global: Option<Ticket>,
 }
 
 impl Delivery {
@@ -27,10 +25,10 @@ impl Delivery {
         }
     }
 
-    pub(crate) fn global(ticket: u64, shared: Arc<Shared>) -> Self {
+    pub(crate) fn global(ticket: Ticket) -> Self {
         Delivery {
             local_receivers: 0,
-            global: Some((ticket, shared)),
+            global: Some(ticket),
         }
     }
 
@@ -66,7 +64,7 @@ impl IntoFuture for Delivery {
         DeliveryFuture {
             state: match self.global {
                 None => State::Ready,
-                Some((ticket, shared)) => State::Waiting(global::settled(ticket, shared)),
+                Some(ticket) => State::Waiting(ticket.settled()),
             },
         }
     }
@@ -80,7 +78,7 @@ pub struct DeliveryFuture {
 
 enum State {
     Ready,
-    Waiting(Settled),
+    Waiting(BoxFuture<'static, Result<(), PostError>>),
     Done(Result<(), PostError>),
 }
 

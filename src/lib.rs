@@ -66,37 +66,48 @@
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+// Layers, each using only those above it in this list (see `docs::internal`):
+// leaves and wire formats; the local core; the transport boundary; the Redis transport;
+// the facade.
+mod error;
+mod events;
+mod message;
+mod revocation;
+mod stats;
+mod trie;
+mod wire;
+
+mod local;
+
+mod transport;
+
+mod redis;
+
 mod bus;
 mod channel;
 mod delivery;
-mod error;
-mod events;
-mod global;
-mod message;
-mod post;
-mod registry;
-mod revocation;
+mod inner;
 mod session;
-mod stats;
-mod stream;
-mod subscribers;
 
 pub mod docs;
 
-pub use bus::{Bus, BusBuilder, WireFormat};
+pub use bus::{Bus, BusBuilder};
 pub use channel::Channel;
 pub use delivery::{Delivery, DeliveryFuture};
 pub use error::{BusError, PostError};
 pub use events::{BusEvent, BusEvents, EVENT_BUFFER};
+pub use local::stream::MessageStream;
 pub use message::{Message, MessageScope};
 pub use revocation::{revoked_authentication_channel, RevokedAuthentication};
 pub use session::{ListenerId, Messages, Session};
 pub use stats::Stats;
-pub use stream::MessageStream;
+pub use wire::WireFormat;
 
 /// Decoders of untrusted bytes, for the fuzz targets in `fuzz/` only.
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::global::envelope::*;
+    pub use crate::wire::error::DecodeError;
+    pub use crate::wire::frame::*;
+    pub use crate::wire::serverpod::*;
 }

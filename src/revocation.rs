@@ -3,14 +3,10 @@
 //! When a user's sign-in is revoked, every server must close that user's affected
 //! connections. Serverpod does it with messages: a revocation is posted on the user's own
 //! channel, [`revoked_authentication_channel`], and each connection of that user listens
-//! there and checks [`RevokedAuthentication::affects`] against itself.
+//! there and checks [`RevokedAuthentication::affects`] against itself. Posting one is
+//! [`Messages::revoke_authentication`](crate::Messages::revoke_authentication).
 
 use serde::{Deserialize, Serialize};
-
-use crate::delivery::Delivery;
-use crate::error::PostError;
-use crate::message::MessageScope;
-use crate::session::Messages;
 
 /// A revocation of a user's authentication, as Serverpod has it.
 ///
@@ -61,41 +57,4 @@ impl RevokedAuthentication {
 /// `_serverpod_revoked_authentication_{user_identifier}`, Serverpod's name.
 pub fn revoked_authentication_channel(user_identifier: &str) -> String {
     format!("_serverpod_revoked_authentication_{user_identifier}")
-}
-
-impl Messages {
-    /// Revokes `user_identifier`'s authentication: posts `revocation` on
-    /// [`revoked_authentication_channel`]`(user_identifier)` with [`MessageScope::Auto`], that is
-    /// through Redis when the bus has it, locally otherwise (R01).
-    ///
-    /// # Errors
-    ///
-    /// As [`Messages::post_message`].
-    ///
-    /// ```
-    /// use evbus::{revoked_authentication_channel, Bus, RevokedAuthentication};
-    ///
-    /// let bus = Bus::local();
-    /// // A connection of user 42, authenticated as "a1", on an endpoint requiring "chat".
-    /// let connection = bus.session();
-    /// connection.messages().add_listener(
-    ///     &revoked_authentication_channel("42"),
-    ///     |revoked: &RevokedAuthentication| {
-    ///         if revoked.affects(Some("a1"), &["chat"]) {
-    ///             println!("closing the connection");
-    ///         }
-    ///     },
-    /// );
-    /// let delivery = bus.messages().revoke_authentication("42", RevokedAuthentication::User)?;
-    /// assert_eq!(delivery.local_receivers(), 1);
-    /// # Ok::<(), evbus::PostError>(())
-    /// ```
-    pub fn revoke_authentication(
-        &self,
-        user_identifier: &str,
-        revocation: RevokedAuthentication,
-    ) -> Result<Delivery, PostError> {
-        let channel = revoked_authentication_channel(user_identifier);
-        self.post_message(&channel, revocation, MessageScope::Auto)
-    }
 }

@@ -3,30 +3,24 @@
 //! # Ownership
 //!
 //! A [`Session`] owns the listeners and streams registered through its
-//! [`messages`](Session::messages): an [`Owner`] records their ids and (weakly) their channel
-//! slots. The bus's snapshots hold the closures and stream sinks; the owner holds nothing of
-//! the user's, so a session can never keep a closure alive (S03). Closing takes the record
-//! and removes every registration from its channel before returning (S01); dropping a
-//! session closes it.
-//!
-//! Lock order: a registration through a session takes the session's lock, then the channel's
-//! (so that it is either recorded before close takes the record, or refused). Everything else
-//! takes one lock at a time: close takes the session's, releases it, then each channel's;
-//! removals take the channel's, release it, then the session's.
+//! [`messages`](Session::messages): the registry's [`Owner`] records their ids and (weakly)
+//! their channels. The bus's snapshots hold the closures and stream sinks; the owner holds
+//! nothing of the user's, so a session can never keep a closure alive (S03). Closing takes
+//! the record and removes every registration from its channel before returning (S01);
+//! dropping a session closes it. The lock order is the registry's
+//! ([`Registry::register`](crate::local::registry::Registry::register)).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
-
-use crate::bus::BusInner;
 use crate::delivery::Delivery;
 use crate::error::PostError;
+use crate::inner::BusInner;
+use crate::local::post::Receiver;
+use crate::local::registry::{Kind, Owner, Topic};
+use crate::local::stream::MessageStream;
 use crate::message::{Message, MessageScope};
-use crate::post::Receiver;
-use crate::registry::{Kind, Slot};
-use crate::stream::MessageStream;
+use crate::revocation::{revoked_authentication_channel, RevokedAuthentication};
 
 /// Identifies one registered listener, for [`Messages::remove_listener`].
 ///
@@ -35,26 +29,6 @@ use crate::stream::MessageStream;
 /// recognise "the same listener" (this differs from Serverpod on purpose).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerId(pub(crate) u64);
-
-/// What a session registered: its ids and their channels. `None` once closed.
-pub(crate) struct Owner {
-    registrations: Mutex<Option<HashMap<u64, Weak<Slot>>>>,
-}
-
-impl Owner {
-    fn new() -> Self {
-        Owner {
-            registrations: Mutex::new(Some(HashMap::new())),
-        }
-    }
-
-    /// Forgets registration `id` (it was removed from its channel by other means).
-    pub(crate) fn forget(&self, id: u64) {
-        if let Some(registrations) = &mut *self.registrations.lock() {
-            registrations.remove(&id);
-        }
-    }
-}
 
 /// The messaging interface of a bus or a session: Serverpod's `session.messages`.
 ///
@@ -169,7 +143,7 @@ impl Messages {
         let registry = &self.bus.registry;
         registry
             .get(channel)
-            .is_some_and(|slot| registry.remove(&slot, id.0, Kind::Listener))
+            .is_some_and(|topic| registry.remove(&topic, id.0, Kind::Listener))
     }
 
     /// Creates a stream of the messages of type `M` posted on `channel` from now on.
@@ -180,46 +154,34 @@ impl Messages {
     /// buffered (S02); through a closed session, or after shutdown, it ends at once (S04).
     pub fn create_stream<M: Message>(&self, channel: &str) -> MessageStream<M> {
         let (sink, stream) = MessageStream::new(self.bus.config.stream_capacity);
-        let (id, slot) = self.register::<M>(channel, Receiver::Stream(sink));
-        let registration = slot.map(|slot| Registration {
-            bus: Arc::downgrade(&self.bus),
-            slot: Arc::downgrade(&slot),
-            id,
+        let (id, topic) = self.register::<M>(channel, Receiver::Stream(sink));
+        let registration = topic.map(|topic| -> Box<dyn Send + Sync> {
+            Box::new(Registration {
+                bus: Arc::downgrade(&self.bus),
+                topic: Arc::downgrade(&topic),
+                id,
+            })
         });
         stream.registered(registration)
     }
 
     /// Registers `receiver` on `channel` under a new id, owned by this session if any; returns
-    /// the id and, unless the registration is inert (closed session, shut-down bus), its slot.
-    /// An inert receiver is dropped at once, outside any lock.
+    /// the id and, unless the registration is inert (closed session, shut-down bus), its
+    /// channel. An inert receiver is dropped at once, outside any lock.
     fn register<M: Message>(
         &self,
         channel: &str,
         receiver: Receiver<M>,
-    ) -> (u64, Option<Arc<Slot>>) {
+    ) -> (u64, Option<Arc<Topic>>) {
         let id = self.bus.next_id.fetch_add(1, Relaxed);
         if let Some(global) = &self.bus.global {
-            global.shared().codec.learn::<M>();
+            global.codec.learn::<M>();
         }
-        let registry = &self.bus.registry;
-        let result = match &self.owner {
-            None => registry.subscribe(channel, id, receiver, None),
-            Some(owner) => {
-                let mut registrations = owner.registrations.lock();
-                match &mut *registrations {
-                    None => Err(receiver),
-                    Some(registrations) => {
-                        let owner = Some(Arc::downgrade(owner));
-                        let result = registry.subscribe(channel, id, receiver, owner);
-                        if let Ok(slot) = &result {
-                            registrations.insert(id, Arc::downgrade(slot));
-                        }
-                        result
-                    }
-                }
-            }
-        };
-        (id, result.ok())
+        let registered = self
+            .bus
+            .registry
+            .register(channel, id, receiver, self.owner.as_ref());
+        (id, registered.ok())
     }
 }
 
@@ -264,14 +226,8 @@ impl Session {
     /// Closes the session: removes its listeners and ends its streams (S01, S02). Idempotent.
     /// Registrations made through a closed session are inert (S04).
     pub fn close(&self) {
-        let Some(owner) = &self.messages.owner else {
-            return;
-        };
-        let registrations = owner.registrations.lock().take();
-        for (id, slot) in registrations.into_iter().flatten() {
-            if let Some(slot) = slot.upgrade() {
-                self.messages.bus.registry.unsubscribe(&slot, id, None);
-            }
+        if let Some(owner) = &self.messages.owner {
+            self.messages.bus.registry.close_owner(owner);
         }
     }
 
@@ -280,7 +236,7 @@ impl Session {
         self.messages
             .owner
             .as_ref()
-            .is_some_and(|owner| owner.registrations.lock().is_none())
+            .is_some_and(|owner| owner.is_closed())
     }
 }
 
@@ -299,16 +255,53 @@ impl std::fmt::Debug for Session {
 }
 
 /// Where a stream is registered, so that dropping it unregisters it (L12).
-pub(crate) struct Registration {
+struct Registration {
     bus: Weak<BusInner>,
-    slot: Weak<Slot>,
+    topic: Weak<Topic>,
     id: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let (Some(bus), Some(slot)) = (self.bus.upgrade(), self.slot.upgrade()) {
-            bus.registry.remove(&slot, self.id, Kind::Stream);
+        if let (Some(bus), Some(topic)) = (self.bus.upgrade(), self.topic.upgrade()) {
+            bus.registry.remove(&topic, self.id, Kind::Stream);
         }
+    }
+}
+
+impl Messages {
+    /// Revokes `user_identifier`'s authentication: posts `revocation` on
+    /// [`revoked_authentication_channel`]`(user_identifier)` with [`MessageScope::Auto`], that is
+    /// through Redis when the bus has it, locally otherwise (R01).
+    ///
+    /// # Errors
+    ///
+    /// As [`Messages::post_message`].
+    ///
+    /// ```
+    /// use evbus::{revoked_authentication_channel, Bus, RevokedAuthentication};
+    ///
+    /// let bus = Bus::local();
+    /// // A connection of user 42, authenticated as "a1", on an endpoint requiring "chat".
+    /// let connection = bus.session();
+    /// connection.messages().add_listener(
+    ///     &revoked_authentication_channel("42"),
+    ///     |revoked: &RevokedAuthentication| {
+    ///         if revoked.affects(Some("a1"), &["chat"]) {
+    ///             println!("closing the connection");
+    ///         }
+    ///     },
+    /// );
+    /// let delivery = bus.messages().revoke_authentication("42", RevokedAuthentication::User)?;
+    /// assert_eq!(delivery.local_receivers(), 1);
+    /// # Ok::<(), evbus::PostError>(())
+    /// ```
+    pub fn revoke_authentication(
+        &self,
+        user_identifier: &str,
+        revocation: RevokedAuthentication,
+    ) -> Result<Delivery, PostError> {
+        let channel = revoked_authentication_channel(user_identifier);
+        self.post_message(&channel, revocation, MessageScope::Auto)
     }
 }

@@ -19,7 +19,7 @@
 //! decode, a class that no receiver type of this bus takes, or a payload that does not
 //! decode as the receiver's type is counted in `Stats::global_decode_errors`, reported as
 //! [`BusEvent::DecodeFailed`], and skipped; the rest of the frame and the subscription go
-//! on. Nothing panics: the decoders are total ([`super::envelope`]).
+//! on. Nothing panics: the decoders are total ([`crate::wire`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::*;
@@ -28,21 +28,16 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::codec::{Codec, Payload};
-use super::envelope::{self, Origin};
-use super::redis::{Incoming, Link, LinkState, Messages, Redis};
-use super::{Change, Shared};
-use crate::bus::{BusInner, WireFormat};
+use super::connection::{Failure, Inbox, Incoming, Link, LinkState, Redis};
+use super::state::{Change, State};
 use crate::events::BusEvent;
-use crate::post::{self, Entry, Group, Snapshot};
+use crate::local::post::{self, Snapshot};
 use crate::stats::Tally;
-use crate::subscribers::Node;
-
-/// Per Redis channel, per origin: the last sequence number seen, and a recency stamp.
-pub(super) type Sequences = HashMap<String, HashMap<Origin, (u64, u64)>>;
-
-/// Most origins remembered per channel; past it the least recently seen is forgotten.
-const MAX_ORIGINS: usize = 1024;
+use crate::transport::Receive;
+use crate::wire::codec::Payload;
+use crate::wire::frame::{self, Frame, Origin};
+use crate::wire::serverpod;
+use crate::wire::WireFormat;
 
 /// The task that applies subscription changes, in the order the registry made them, and
 /// restores the subscriptions after the subscriber connection came back.
@@ -51,7 +46,7 @@ const MAX_ORIGINS: usize = 1024;
 /// restore subscribes exactly the channels that have receivers at that point of the
 /// sequence, so an UNSUBSCRIBE queued during an outage is never undone by the restore.
 pub(super) async fn apply_changes(
-    shared: Arc<Shared>,
+    state: Arc<State>,
     redis: Arc<Redis>,
     mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
@@ -82,9 +77,9 @@ pub(super) async fn apply_changes(
         }
         {
             // A channel subscribed afresh learns its origins' sequences afresh.
-            let mut sequences = shared.sequences.lock();
+            let mut sequences = state.sequences.lock();
             for channel in subscribe.iter().chain(&unsubscribe) {
-                sequences.remove(channel);
+                sequences.forget(channel);
             }
         }
         if restore {
@@ -98,10 +93,10 @@ pub(super) async fn apply_changes(
             until_done(|| redis.unsubscribe(unsubscribe.clone())).await;
         }
         if applied > 0 {
-            shared.changes_confirmed.send_modify(|c| *c += applied);
+            state.changes_confirmed.send_modify(|c| *c += applied);
         }
         if restore {
-            shared.link_changed(Link::Subscriber, LinkState::Restored);
+            state.link_changed(Link::Subscriber, LinkState::Restored);
         }
     }
 }
@@ -111,7 +106,7 @@ pub(super) async fn apply_changes(
 async fn until_done<F, Fut>(mut command: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), super::redis::Failure>>,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
 {
     let mut pause = Duration::from_millis(20);
     while command().await.is_err() {
@@ -122,17 +117,18 @@ where
 
 /// The task that reads the subscriber connection.
 pub(super) struct Reader {
-    shared: Arc<Shared>,
-    bus: Weak<BusInner>,
+    state: Arc<State>,
+    /// The bus: where received messages go.
+    local: Weak<dyn Receive>,
 }
 
 impl Reader {
-    pub(super) fn new(shared: Arc<Shared>, bus: Weak<BusInner>) -> Self {
-        Reader { shared, bus }
+    pub(super) fn new(state: Arc<State>, local: Weak<dyn Receive>) -> Self {
+        Reader { state, local }
     }
 
-    pub(super) async fn run(self, mut messages: Messages) {
-        while let Some(incoming) = messages.next().await {
+    pub(super) async fn run(self, mut inbox: Inbox) {
+        while let Some(incoming) = inbox.next().await {
             match incoming {
                 Incoming::Message(message) => self.receive(message.channel(), message.payload()),
                 Incoming::Lagged(count) => self.lagged(count),
@@ -145,9 +141,9 @@ impl Reader {
     /// of each origin arrives; in the Serverpod format each PUBLISH is one message and is
     /// counted here.
     fn lagged(&self, count: u64) {
-        if self.shared.codec.format == WireFormat::Serverpod {
-            self.shared.missed.fetch_add(count, Relaxed);
-            self.shared.emit(BusEvent::MessagesMissed {
+        if self.state.codec.format == WireFormat::Serverpod {
+            self.state.missed.fetch_add(count, Relaxed);
+            self.state.emit(BusEvent::MessagesMissed {
                 origin: "this bus's Redis subscriber (too slow)".into(),
                 count,
             });
@@ -155,22 +151,22 @@ impl Reader {
     }
 
     fn receive(&self, channel: &[u8], payload: &[u8]) {
-        let shared = &self.shared;
+        let state = &self.state;
         // Not a channel of ours: we subscribe only UTF-8 names in our namespace.
         let Ok(channel) = std::str::from_utf8(channel) else {
             return;
         };
-        let Some(name) = channel.strip_prefix(shared.namespace.as_str()) else {
+        let Some(name) = channel.strip_prefix(state.namespace.as_str()) else {
             return;
         };
-        let Some(bus) = self.bus.upgrade() else {
+        let Some(local) = self.local.upgrade() else {
             return;
         };
         // No receivers: nothing to deliver (and no sequence to track).
-        let Some(slot) = bus.registry.get(name) else {
+        let Some(topic) = local.topic(name) else {
             return;
         };
-        let max = shared.codec.max_message_bytes;
+        let max = state.codec.max_message_bytes;
         if payload.len() > max {
             return self.refuse(
                 name,
@@ -180,12 +176,12 @@ impl Reader {
                 ),
             );
         }
-        let snapshot = slot.snapshot();
+        let snapshot = topic.snapshot();
         let snapshot = snapshot.as_deref();
         let mut tally = Tally::default();
         let mut received = 0;
-        match shared.codec.format {
-            WireFormat::Serverpod => match envelope::decode_serverpod(payload) {
+        match state.codec.format {
+            WireFormat::Serverpod => match serverpod::decode_serverpod(payload) {
                 Ok(message) => {
                     let payload = Payload::Json(message.data);
                     received += u64::from(self.deliver(
@@ -198,7 +194,7 @@ impl Reader {
                 }
                 Err(error) => self.refuse(name, error.to_string()),
             },
-            _ => match envelope::decode_frame(payload) {
+            WireFormat::Native => match frame::decode_frame(payload) {
                 Ok(frame) => {
                     let skip = self.sequence(channel, &frame);
                     for record in &frame.records[skip..] {
@@ -215,48 +211,22 @@ impl Reader {
                 Err(error) => self.refuse(name, error.to_string()),
             },
         }
-        shared.received.fetch_add(received, Relaxed);
-        bus.registry.counters.record_received(&tally);
+        state.received.fetch_add(received, Relaxed);
+        local.received(&tally);
     }
 
     /// Checks `frame`'s sequence numbers against what was seen on `channel` (G06); returns
     /// how many of its leading records are duplicates.
-    fn sequence(&self, channel: &str, frame: &envelope::Frame<'_>) -> usize {
-        let shared = &self.shared;
-        let count = frame.records.len() as u64;
-        let last_seq = frame.first_seq + (count - 1);
-        let mut sequences = shared.sequences.lock();
-        if !sequences.contains_key(channel) {
-            sequences.insert(channel.to_string(), HashMap::new());
-        }
-        let Some(origins) = sequences.get_mut(channel) else {
-            return 0;
-        };
-        let (skip, gap) = match origins.get(&frame.origin) {
-            None => (0, 0),
-            Some(&(seen, _)) if last_seq <= seen => (count, 0),
-            Some(&(seen, _)) if frame.first_seq <= seen => (seen - frame.first_seq + 1, 0),
-            Some(&(seen, _)) => (0, frame.first_seq - seen - 1),
-        };
-        if origins.len() >= MAX_ORIGINS && !origins.contains_key(&frame.origin) {
-            let oldest = origins
-                .iter()
-                .min_by_key(|(_, &(_, at))| at)
-                .map(|(o, _)| *o);
-            if let Some(oldest) = oldest {
-                origins.remove(&oldest);
-            }
-        }
-        let tick = shared.received.load(Relaxed);
-        let seen = origins.get(&frame.origin).map_or(0, |&(seen, _)| seen);
-        origins.insert(frame.origin, (seen.max(last_seq), tick));
-        drop(sequences);
+    fn sequence(&self, channel: &str, frame: &Frame<'_>) -> usize {
+        let state = &self.state;
+        let tick = state.received.load(Relaxed);
+        let (skip, gap) = state.sequences.lock().check(channel, frame, tick);
         if skip > 0 {
-            shared.duplicates.fetch_add(skip, Relaxed);
+            state.duplicates.fetch_add(skip, Relaxed);
         }
         if gap > 0 {
-            shared.missed.fetch_add(gap, Relaxed);
-            shared.emit(BusEvent::MessagesMissed {
+            state.missed.fetch_add(gap, Relaxed);
+            state.emit(BusEvent::MessagesMissed {
                 origin: hex(&frame.origin),
                 count: gap,
             });
@@ -274,64 +244,22 @@ impl Reader {
         payload: Payload<'_>,
         tally: &mut Tally,
     ) -> bool {
-        let codec = &self.shared.codec;
-        let groups = snapshot.map_or(&[][..], |s| &s.groups[..]);
-        let mut taken = false;
-        let mut mismatches = 0;
-        for group in groups {
-            match (group.wire)(group, codec, class, payload, tally) {
-                None => mismatches += group.len as u64,
-                Some(Ok(())) => taken = true,
-                Some(Err(reason)) => {
-                    let reason =
-                        format!("{}: payload does not decode: {reason:.256}", short(class));
-                    self.refuse(name, reason);
-                    return false;
-                }
+        match post::receive(snapshot, &self.state.codec, class, payload, tally) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.refuse(name, reason);
+                false
             }
         }
-        if !taken && !codec.knows(class) {
-            // At most 64 characters of it: the class comes from the wire.
-            self.refuse(name, format!("unknown class {:?}", short(class)));
-            return false;
-        }
-        tally.mismatches += mismatches;
-        true
     }
 
     fn refuse(&self, channel: &str, reason: String) {
-        self.shared.decode_errors.fetch_add(1, Relaxed);
-        self.shared.emit(BusEvent::DecodeFailed {
+        self.state.decode_errors.fetch_add(1, Relaxed);
+        self.state.emit(BusEvent::DecodeFailed {
             channel: channel.to_string(),
             reason,
         });
     }
-}
-
-/// Decodes one received message as the group's type `M` and delivers it to the group: the
-/// group's `wire` entry, made by the registry for each receiver type. `None` when `M` does
-/// not take `class`.
-pub(crate) fn deliver_wire<M: crate::Message>(
-    group: &Group,
-    codec: &Codec,
-    class: &str,
-    payload: Payload<'_>,
-    tally: &mut Tally,
-) -> Option<Result<(), String>> {
-    let root = group.root.downcast_ref::<Node<Entry<M>>>()?;
-    let message = match codec.decode::<M>(class, payload)? {
-        Ok(message) => message,
-        Err(reason) => return Some(Err(reason)),
-    };
-    post::deliver_to(group, root, message, tally);
-    Some(Ok(()))
-}
-
-/// At most the first 64 characters of `text`.
-fn short(text: &str) -> &str {
-    text.char_indices()
-        .nth(64)
-        .map_or(text, |(at, _)| &text[..at])
 }
 
 fn hex(origin: &Origin) -> String {

@@ -1,4 +1,4 @@
-//! The only file that names `fred`: two connections per bus and what evbus asks of them.
+//! The only file of the crate that names `fred`: two connections per bus and what evbus asks of them.
 //!
 //! - The *publisher* connection ([`fred::clients::Client`]) carries every PUBLISH, in
 //!   pipelined writes, in order.
@@ -112,10 +112,10 @@ impl Received {
     }
 }
 
-/// The subscriber connection's messages, from [`Redis::messages`].
-pub(crate) struct Messages(Receiver<fred::types::Message>);
+/// The subscriber connection's messages, from [`Redis::inbox`].
+pub(crate) struct Inbox(Receiver<fred::types::Message>);
 
-impl Messages {
+impl Inbox {
     /// The next message; `None` once the connection is gone for good.
     pub(crate) async fn next(&mut self) -> Option<Incoming> {
         match self.0.recv().await {
@@ -208,8 +208,8 @@ impl Redis {
     }
 
     /// The messages the subscriber connection receives from now on.
-    pub(crate) fn messages(&self) -> Messages {
-        Messages(self.subscriber.message_rx())
+    pub(crate) fn inbox(&self) -> Inbox {
+        Inbox(self.subscriber.message_rx())
     }
 
     /// Reports every change of either connection to `report`: `Down` on a connection error,

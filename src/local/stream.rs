@@ -30,10 +30,8 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
 use futures_core::Stream;
 
-use crate::session::Registration;
-
 /// What the stream and its sink share.
-struct Shared<M> {
+struct Buffer<M> {
     queue: SegQueue<Arc<M>>,
     len: AtomicUsize,
     capacity: usize,
@@ -43,7 +41,7 @@ struct Shared<M> {
     waker: AtomicWaker,
 }
 
-impl<M> Shared<M> {
+impl<M> Buffer<M> {
     fn wake_if_parked(&self) {
         if self.parked.load(SeqCst) && self.parked.swap(false, SeqCst) {
             self.waker.wake();
@@ -52,7 +50,7 @@ impl<M> Shared<M> {
 }
 
 /// The producer side, held by the channel's snapshots.
-pub(crate) struct StreamSink<M>(Arc<Shared<M>>);
+pub(crate) struct StreamSink<M>(Arc<Buffer<M>>);
 
 impl<M> StreamSink<M> {
     /// Queues `message`; returns true when the buffer was full and dropped its oldest (L11).
@@ -99,35 +97,34 @@ impl<M> Drop for StreamSink<M> {
 /// what it had buffered (S02). It works with any executor; waking costs a producer nothing
 /// unless this stream is waiting.
 ///
+/// Read it with [`recv`](Self::recv) (or [`try_recv`](Self::try_recv) without waiting), or
+/// as a `futures::Stream` with any stream combinator.
+///
 /// ```
 /// # use evbus::{Bus, MessageScope};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use futures_core::Stream;
-/// use std::future::poll_fn;
-/// use std::pin::Pin;
-///
 /// let bus = Bus::local();
 /// let session = bus.session();
 /// let mut stream = session.messages().create_stream::<String>("news");
 /// bus.messages().post_message("news", "hello".to_string(), MessageScope::Local)?;
 /// session.close();
-/// let next = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx));
-/// assert_eq!(next.await.as_deref().map(String::as_str), Some("hello"));
-/// let next = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx));
-/// assert!(next.await.is_none()); // the session closed: the stream ended
+/// assert_eq!(stream.recv().await.as_deref().map(String::as_str), Some("hello"));
+/// assert!(stream.recv().await.is_none()); // the session closed: the stream ended
 /// # Ok::<(), evbus::PostError>(())
 /// # }).unwrap();
 /// ```
+#[must_use = "a stream receives nothing unless it is read; dropping it unregisters it"]
 pub struct MessageStream<M> {
-    shared: Arc<Shared<M>>,
-    /// Unregisters on drop; `None` for an inert stream.
-    _registration: Option<Registration>,
+    shared: Arc<Buffer<M>>,
+    /// Unregisters the stream (and whatever else it owns) when dropped; `None` for an inert
+    /// stream. Opaque here: the facade decides what a stream owns.
+    _registration: Option<Box<dyn Send + Sync>>,
 }
 
 impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
     pub(crate) fn new(capacity: usize) -> (Arc<StreamSink<M>>, Self) {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Buffer {
             queue: SegQueue::new(),
             len: AtomicUsize::new(0),
             capacity,
@@ -146,7 +143,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     }
 
     /// Ties the stream to its registration, so that dropping it unregisters it.
-    pub(crate) fn registered(mut self, registration: Option<Registration>) -> Self {
+    pub(crate) fn registered(mut self, registration: Option<Box<dyn Send + Sync>>) -> Self {
         self._registration = registration;
         self
     }
@@ -154,6 +151,21 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     /// Messages dropped because this stream's buffer was full (L11).
     pub fn missed(&self) -> u64 {
         self.shared.missed.load(Relaxed)
+    }
+
+    /// The next message; `None` once the stream has ended (its session closed, or the bus
+    /// shut down) and everything it buffered was yielded (S02).
+    ///
+    /// Cancel-safe: a message is taken only when this returns it, so dropping the future
+    /// (in a `select!` or a timeout) loses nothing.
+    pub async fn recv(&mut self) -> Option<Arc<M>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The next message if one is buffered now; `None` when none is (whether or not the
+    /// stream has ended). Never waits.
+    pub fn try_recv(&mut self) -> Option<Arc<M>> {
+        self.pop()
     }
 
     fn pop(&self) -> Option<Arc<M>> {

@@ -1,27 +1,27 @@
-//! Interning channel names to slots, and forgetting unused ones.
+//! Interning channel names to topics, and forgetting unused ones.
 //!
 //! # Algorithm
 //!
-//! The registry maps a channel name to its [`Slot`] in a lock-free hash map (`papaya`), so a
-//! post by name is one lock-free lookup followed by the slot's snapshot load: no lock on the
-//! post path (L10). A [`Channel`](crate::Channel) handle holds its slot directly and skips the
+//! The registry maps a channel name to its [`Topic`] in a lock-free hash map (`papaya`), so a
+//! post by name is one lock-free lookup followed by the topic's snapshot load: no lock on the
+//! post path (L10). A [`Channel`](crate::Channel) handle holds its topic directly and skips the
 //! lookup.
 //!
-//! A slot holds the published [`Snapshot`] (in an `ArcSwapOption`) and, behind a
+//! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`) and, behind a
 //! `parking_lot` mutex, the writer's state: per message type a persistent trie of receivers
-//! ([`crate::subscribers`]), an index from registration id to (type, trie slot, owner), and the
+//! ([`crate::trie`]), an index from registration id to (type, trie slot, owner), and the
 //! number of live handles. Every registration change takes that one mutex, edits one trie
 //! (copying `O(log n)`), and publishes a new snapshot before returning: a post that starts
 //! afterwards sees the change (L09).
 //!
 //! # Forgetting (L13)
 //!
-//! Posting interns nothing: a post to an unknown name is a map miss. A slot exists while it
+//! Posting interns nothing: a post to an unknown name is a map miss. A topic exists while it
 //! has a listener, a stream or a live handle. The change that removes the last of them marks
-//! the slot *forgotten* and removes it from the map, both under the slot's mutex; a
-//! registration that found the slot in the map just before locks it, sees the mark, and looks
-//! the name up again (finding nothing, it inserts a fresh slot). So a forgotten slot never
-//! gains a subscriber, and at most one live slot per name is in the map.
+//! the topic *forgotten* and removes it from the map, both under the topic's mutex; a
+//! registration that found the topic in the map just before locks it, sees the mark, and looks
+//! the name up again (finding nothing, it inserts a fresh topic). So a forgotten topic never
+//! gains a subscriber, and at most one live topic per name is in the map.
 //!
 //! # Never drop user values under a lock
 //!
@@ -38,12 +38,52 @@ use std::sync::{Arc, Weak};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
-use crate::global::Shared;
+use super::post::{self, Entry, Group, Receiver, Snapshot};
 use crate::message::Message;
-use crate::post::{self, Entry, Group, Receiver, Snapshot};
-use crate::session::Owner;
 use crate::stats::{Counters, Tally};
-use crate::subscribers::Trie;
+use crate::trie::Trie;
+
+/// What the local core tells a transport: which channels have local receivers. The
+/// transport boundary ([`crate::transport::Transport`]) extends it; the core knows nothing
+/// more of transports.
+///
+/// Both are called under the channel's lock, so for one channel the calls alternate and
+/// arrive in the order the changes were made (G04). They must not block: a transport
+/// queues the change for a task of its own.
+pub(crate) trait Interest: Send + Sync {
+    /// `channel` got its first local receiver.
+    fn subscribe(&self, channel: &str);
+    /// `channel` lost its last local receiver.
+    fn unsubscribe(&self, channel: &str);
+}
+
+/// What a session registered: its ids and their channels. `None` once closed (S01).
+///
+/// The bus's snapshots hold the closures and stream sinks; the owner holds nothing of the
+/// user's, so a session can never keep a closure alive (S03).
+pub(crate) struct Owner {
+    registrations: Mutex<Option<HashMap<u64, Weak<Topic>>>>,
+}
+
+impl Owner {
+    pub(crate) fn new() -> Self {
+        Owner {
+            registrations: Mutex::new(Some(HashMap::new())),
+        }
+    }
+
+    /// Forgets registration `id` (it was removed from its channel by other means).
+    fn forget(&self, id: u64) {
+        if let Some(registrations) = &mut *self.registrations.lock() {
+            registrations.remove(&id);
+        }
+    }
+
+    /// Whether [`Registry::close_owner`] ran.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.registrations.lock().is_none()
+    }
+}
 
 /// What a registration is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +93,7 @@ pub(crate) enum Kind {
 }
 
 /// The writer's record of one registration.
-pub(crate) struct Record {
+pub(crate) struct Registered {
     slot: u64,
     kind: Kind,
     message: TypeId,
@@ -71,7 +111,7 @@ struct Garbage {
 }
 
 /// One interned channel.
-pub(crate) struct Slot {
+pub(crate) struct Topic {
     name: Arc<str>,
     /// The published snapshot: all the post path reads.
     subscribers: ArcSwapOption<Snapshot>,
@@ -82,7 +122,7 @@ pub(crate) struct Slot {
 struct Writer {
     /// One per message type with at least one receiver.
     groups: Vec<Box<dyn ErasedGroup>>,
-    index: HashMap<u64, Record>,
+    index: HashMap<u64, Registered>,
     handles: usize,
     forgotten: bool,
 }
@@ -138,7 +178,7 @@ impl<M: Message> ErasedGroup for GroupWriter<M> {
             root,
             len: self.trie.len(),
             streams: self.streams,
-            wire: crate::global::deliver_wire::<M>,
+            wire: post::deliver_wire::<M>,
         })
     }
 }
@@ -171,7 +211,7 @@ impl Writer {
     }
 }
 
-impl Slot {
+impl Topic {
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
@@ -205,29 +245,32 @@ impl Slot {
 
 /// The interning table and the gauges that go with it.
 pub(crate) struct Registry {
-    map: papaya::HashMap<Arc<str>, Arc<Slot>, foldhash::fast::RandomState>,
+    map: papaya::HashMap<Arc<str>, Arc<Topic>, foldhash::fast::RandomState>,
     pub(crate) counters: Counters,
     /// Set by [`Registry::close`] (bus shutdown): registrations are inert afterwards.
     closed: AtomicBool,
-    /// On a bus with Redis: told when a channel gets its first receiver or loses its last,
-    /// under the channel's lock, so the changes reach Redis in the order they were made (G04).
-    global: Option<Arc<Shared>>,
+    /// On a bus with a transport: told when a channel gets its first receiver or loses its
+    /// last, under the channel's lock, so the changes reach it in the order they were made
+    /// (G04).
+    interest: Option<Arc<dyn Interest>>,
 }
 
 impl Registry {
-    pub(crate) fn new(global: Option<Arc<Shared>>) -> Self {
+    pub(crate) fn new(interest: Option<Arc<dyn Interest>>) -> Self {
         Registry {
             map: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
-            global,
+            interest,
         }
     }
 
-    /// Under `slot`'s lock: tells Redis's side that `slot` now has receivers or has none.
-    fn receivers_changed(&self, slot: &Slot, some: bool) {
-        if let Some(global) = &self.global {
-            global.subscription_changed(&slot.name, some);
+    /// Under `topic`'s lock: tells the transport that `topic` now has receivers or has none.
+    fn receivers_changed(&self, topic: &Topic, some: bool) {
+        match &self.interest {
+            Some(interest) if some => interest.subscribe(&topic.name),
+            Some(interest) => interest.unsubscribe(&topic.name),
+            None => {}
         }
     }
 
@@ -236,12 +279,12 @@ impl Registry {
         self.closed.load(Acquire)
     }
 
-    /// Posts by name: one lock-free map lookup, then [`Slot::post`]. Interns nothing (L13).
+    /// Posts by name: one lock-free map lookup, then [`Topic::post`]. Interns nothing (L13).
     #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
         let map = self.map.pin();
         match map.get(name) {
-            Some(slot) => slot.post(message, &self.counters),
+            Some(topic) => topic.post(message, &self.counters),
             None => {
                 self.counters.record_post(&Tally::default());
                 0
@@ -249,50 +292,87 @@ impl Registry {
         }
     }
 
-    /// The live slot of `name`, if any.
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Slot>> {
+    /// The live topic of `name`, if any.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
         self.map.pin().get(name).cloned()
     }
 
-    /// Runs `f` on the live slot of `name` (interning it if needed) with its writer locked.
+    /// Runs `f` on the live topic of `name` (interning it if needed) with its writer locked.
     /// What `f` returns is dropped by the caller, after the lock (see `Garbage`).
-    fn with_slot<R>(&self, name: &str, f: impl FnOnce(&Arc<Slot>, &mut Writer) -> R) -> R {
+    fn with_topic<R>(&self, name: &str, f: impl FnOnce(&Arc<Topic>, &mut Writer) -> R) -> R {
         loop {
-            let slot = match self.get(name) {
-                Some(slot) => slot,
+            let topic = match self.get(name) {
+                Some(topic) => topic,
                 None => {
                     let name: Arc<str> = name.into();
-                    let fresh = Arc::new(Slot {
+                    let fresh = Arc::new(Topic {
                         name: name.clone(),
                         subscribers: ArcSwapOption::empty(),
                         writer: Mutex::default(),
                     });
                     let map = self.map.pin();
-                    let slot = map.get_or_insert(name, fresh.clone()).clone();
-                    if Arc::ptr_eq(&slot, &fresh) {
+                    let topic = map.get_or_insert(name, fresh.clone()).clone();
+                    if Arc::ptr_eq(&topic, &fresh) {
                         self.counters.channels.fetch_add(1, Relaxed);
                     }
-                    slot
+                    topic
                 }
             };
-            let mut writer = slot.writer.lock();
+            let mut writer = topic.writer.lock();
             if !writer.forgotten {
-                return f(&slot, &mut writer);
+                return f(&topic, &mut writer);
             }
         }
     }
 
-    /// Registers `receiver` on `name` under `id`. Gives it back when the bus is closed; the
-    /// caller drops it outside any lock.
-    pub(crate) fn subscribe<M: Message>(
+    /// Registers `receiver` on `name` under `id`, owned by `owner` when given (S01). Gives
+    /// the receiver back when the registration is inert: its owner is closed (S04), or the
+    /// registry is (after shutdown); the caller drops it outside any lock.
+    ///
+    /// Lock order: the owner's lock, then the channel's, so that a registration is either
+    /// recorded before [`Registry::close_owner`] takes the record, or refused. Everything else
+    /// takes one lock at a time: `close_owner` takes the owner's, releases it, then each
+    /// channel's; removals take the channel's, release it, then the owner's.
+    pub(crate) fn register<M: Message>(
+        &self,
+        name: &str,
+        id: u64,
+        receiver: Receiver<M>,
+        owner: Option<&Arc<Owner>>,
+    ) -> Result<Arc<Topic>, Receiver<M>> {
+        let Some(owner) = owner else {
+            return self.subscribe(name, id, receiver, None);
+        };
+        let mut registrations = owner.registrations.lock();
+        let Some(registrations) = &mut *registrations else {
+            return Err(receiver);
+        };
+        let topic = self.subscribe(name, id, receiver, Some(Arc::downgrade(owner)))?;
+        registrations.insert(id, Arc::downgrade(&topic));
+        Ok(topic)
+    }
+
+    /// Closes `owner`: removes every registration made through it from its channel (S01).
+    /// Idempotent; later registrations through it are inert (S04).
+    pub(crate) fn close_owner(&self, owner: &Owner) {
+        let registrations = owner.registrations.lock().take();
+        for (id, topic) in registrations.into_iter().flatten() {
+            if let Some(topic) = topic.upgrade() {
+                self.unsubscribe(&topic, id, None);
+            }
+        }
+    }
+
+    /// Registers `receiver` on `name` under `id`. Gives it back when the registry is closed.
+    fn subscribe<M: Message>(
         &self,
         name: &str,
         id: u64,
         receiver: Receiver<M>,
         owner: Option<Weak<Owner>>,
-    ) -> Result<Arc<Slot>, Receiver<M>> {
-        let registered = self.with_slot(name, move |slot, writer| {
-            // Checked under the slot's lock: `close` sets the flag before it sweeps the slots,
+    ) -> Result<Arc<Topic>, Receiver<M>> {
+        let registered = self.with_topic(name, move |topic, writer| {
+            // Checked under the topic's lock: `close` sets the flag before it sweeps the topics,
             // so a registration either sees the flag or is swept.
             if self.is_closed() {
                 return Err(receiver);
@@ -305,7 +385,7 @@ impl Registry {
             group.streams += usize::from(kind == Kind::Stream);
             let at = group.trie.push(Entry { id, receiver });
             let message = TypeId::of::<M>();
-            let record = Record {
+            let record = Registered {
                 slot: at,
                 kind,
                 message,
@@ -313,23 +393,23 @@ impl Registry {
             };
             writer.index.insert(id, record);
             if writer.index.len() == 1 {
-                self.receivers_changed(slot, true);
+                self.receivers_changed(topic, true);
             }
             self.gauge(kind).fetch_add(1, Relaxed);
             let garbage = Garbage {
-                _snapshot: slot.publish(writer),
+                _snapshot: topic.publish(writer),
                 _removed: Vec::new(),
             };
-            Ok((garbage, slot.clone()))
+            Ok((garbage, topic.clone()))
         });
-        // The garbage is dropped here, after `with_slot` released the lock.
-        registered.map(|(_garbage, slot)| slot)
+        // The garbage is dropped here, after `with_topic` released the lock.
+        registered.map(|(_garbage, topic)| topic)
     }
 
-    /// Removes registration `id` (of kind `kind`) from `slot`, and from its owning session's
+    /// Removes registration `id` (of kind `kind`) from `topic`, and from its owning session's
     /// record; false when unknown.
-    pub(crate) fn remove(&self, slot: &Slot, id: u64, kind: Kind) -> bool {
-        let Some(record) = self.unsubscribe(slot, id, Some(kind)) else {
+    pub(crate) fn remove(&self, topic: &Topic, id: u64, kind: Kind) -> bool {
+        let Some(record) = self.unsubscribe(topic, id, Some(kind)) else {
             return false;
         };
         if let Some(owner) = record.owner.and_then(|owner| owner.upgrade()) {
@@ -338,10 +418,10 @@ impl Registry {
         true
     }
 
-    /// Removes registration `id` from `slot` (only if it is of kind `only`, when given);
+    /// Removes registration `id` from `topic` (only if it is of kind `only`, when given);
     /// returns its record, `None` when unknown.
-    pub(crate) fn unsubscribe(&self, slot: &Slot, id: u64, only: Option<Kind>) -> Option<Record> {
-        let mut writer = slot.writer.lock();
+    fn unsubscribe(&self, topic: &Topic, id: u64, only: Option<Kind>) -> Option<Registered> {
+        let mut writer = topic.writer.lock();
         let record = writer.index.get(&id)?;
         if only.is_some_and(|kind| kind != record.kind) {
             return None;
@@ -359,7 +439,7 @@ impl Registry {
             groups.swap_remove(at);
         }
         if index.is_empty() {
-            self.receivers_changed(slot, false);
+            self.receivers_changed(topic, false);
         }
         // Keep the index within a constant factor of its size (amortized O(1)).
         if index.capacity() > 4 * index.len() + 64 {
@@ -367,70 +447,71 @@ impl Registry {
         }
         self.gauge(record.kind).fetch_sub(1, Relaxed);
         let garbage = Garbage {
-            _snapshot: slot.publish(&writer),
+            _snapshot: topic.publish(&writer),
             _removed: removed.into_iter().collect(),
         };
-        self.forget_if_unused(slot, &mut writer);
+        self.forget_if_unused(topic, &mut writer);
         drop(writer);
         drop(garbage);
         Some(record)
     }
 
-    /// A live handle on `name`: the slot stays interned while it lives.
-    pub(crate) fn hold(&self, name: &str) -> Arc<Slot> {
-        self.with_slot(name, |slot, writer| {
+    /// A live handle on `name`: the topic stays interned while it lives.
+    pub(crate) fn hold(&self, name: &str) -> Arc<Topic> {
+        self.with_topic(name, |topic, writer| {
             writer.handles += 1;
-            slot.clone()
+            topic.clone()
         })
     }
 
-    /// Another live handle on an already held slot.
-    pub(crate) fn hold_again(&self, slot: &Slot) {
-        slot.writer.lock().handles += 1;
+    /// Another live handle on an already held topic.
+    pub(crate) fn hold_again(&self, topic: &Topic) {
+        topic.writer.lock().handles += 1;
     }
 
     /// Releases a handle taken with [`Registry::hold`] or [`Registry::hold_again`].
-    pub(crate) fn release(&self, slot: &Slot) {
-        let mut writer = slot.writer.lock();
+    pub(crate) fn release(&self, topic: &Topic) {
+        let mut writer = topic.writer.lock();
         writer.handles -= 1;
-        self.forget_if_unused(slot, &mut writer);
+        self.forget_if_unused(topic, &mut writer);
     }
 
     /// Shuts the registry: registrations become inert and every receiver is removed (streams
     /// end once posts already running are done with them). Idempotent.
     pub(crate) fn close(&self) {
         self.closed.store(true, SeqCst);
-        let slots: Vec<Arc<Slot>> = self
+        let topics: Vec<Arc<Topic>> = self
             .map
             .pin()
             .iter()
-            .map(|(_, slot)| slot.clone())
+            .map(|(_, topic)| topic.clone())
             .collect();
-        for slot in slots {
-            let mut writer = slot.writer.lock();
+        for topic in topics {
+            let mut writer = topic.writer.lock();
             let groups: Box<dyn Any + Send> = Box::new(std::mem::take(&mut writer.groups));
             if !writer.index.is_empty() {
-                self.receivers_changed(&slot, false);
+                self.receivers_changed(&topic, false);
             }
             for record in std::mem::take(&mut writer.index).into_values() {
                 self.gauge(record.kind).fetch_sub(1, Relaxed);
             }
             let garbage = Garbage {
-                _snapshot: slot.publish(&writer),
+                _snapshot: topic.publish(&writer),
                 _removed: vec![groups],
             };
-            self.forget_if_unused(&slot, &mut writer);
+            self.forget_if_unused(&topic, &mut writer);
             drop(writer);
             drop(garbage);
         }
     }
 
-    /// Under `slot`'s lock: forgets the slot when nothing holds it any more (L13).
-    fn forget_if_unused(&self, slot: &Slot, writer: &mut Writer) {
+    /// Under `topic`'s lock: forgets the topic when nothing holds it any more (L13).
+    fn forget_if_unused(&self, topic: &Topic, writer: &mut Writer) {
         if writer.index.is_empty() && writer.handles == 0 && !writer.forgotten {
             writer.forgotten = true;
             let map = self.map.pin();
-            if let Ok(Some(_)) = map.remove_if(&*slot.name, |_, live| std::ptr::eq(&**live, slot)) {
+            if let Ok(Some(_)) = map.remove_if(&*topic.name, |_, live| std::ptr::eq(&**live, topic))
+            {
                 self.counters.channels.fetch_sub(1, Relaxed);
             }
         }

@@ -32,10 +32,10 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use super::envelope::{self, Origin, HEADER_LEN};
-use super::redis::{Failure, Outbound, Redis};
-use super::{Outgoing, Shared};
-use crate::bus::WireFormat;
+use super::connection::{Failure, Outbound, Redis};
+use super::state::{Outgoing, State};
+use crate::wire::frame::{self, Origin, HEADER_LEN};
+use crate::wire::WireFormat;
 
 /// Posts taken into one batch at most.
 const MAX_BATCH: usize = 1 << 16;
@@ -45,23 +45,23 @@ const MAX_SEQUENCED_CHANNELS: usize = 1 << 16;
 
 /// Wakes the publisher if it sleeps. Called after every push.
 #[inline]
-pub(super) fn wake(shared: &Shared) {
+pub(super) fn wake(state: &State) {
     // Pairs with the fence in `next_batch`: either the publisher sees our push, or we see
     // its flag.
     fence(SeqCst);
-    if shared.publisher_parked.load(Relaxed) && shared.publisher_parked.swap(false, AcqRel) {
-        shared.publisher_waker.wake();
+    if state.publisher_parked.load(Relaxed) && state.publisher_parked.swap(false, AcqRel) {
+        state.publisher_waker.wake();
     }
 }
 
 /// The publisher task.
-pub(super) async fn run(shared: Arc<Shared>, redis: Arc<Redis>) {
+pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
     let mut sequencer = Sequencer::new();
     let mut settler = Settler::default();
     let mut batch = Vec::new();
     loop {
-        next_batch(&shared, &mut batch).await;
-        let commands = match shared.codec.format {
+        next_batch(&state, &mut batch).await;
+        let commands = match state.codec.format {
             WireFormat::Serverpod => batch
                 .drain(..)
                 .map(|post| Command {
@@ -69,31 +69,31 @@ pub(super) async fn run(shared: Arc<Shared>, redis: Arc<Redis>) {
                     tickets: vec![post.ticket],
                 })
                 .collect(),
-            _ => frames(&mut batch, &mut sequencer, shared.codec.max_message_bytes),
+            WireFormat::Native => frames(&mut batch, &mut sequencer, state.codec.max_message_bytes),
         };
-        send(&shared, &redis, commands, &mut settler).await;
+        send(&state, &redis, commands, &mut settler).await;
     }
 }
 
 /// Waits until something is queued, then moves up to [`MAX_BATCH`] posts into `batch`.
-async fn next_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
+async fn next_batch(state: &State, batch: &mut Vec<Outgoing>) {
     poll_fn(|cx| {
-        if !shared.queue.is_empty() {
+        if !state.queue.is_empty() {
             return Poll::Ready(());
         }
-        shared.publisher_waker.register(cx.waker());
-        shared.publisher_parked.store(true, Relaxed);
+        state.publisher_waker.register(cx.waker());
+        state.publisher_parked.store(true, Relaxed);
         fence(SeqCst);
-        if shared.queue.is_empty() {
+        if state.queue.is_empty() {
             Poll::Pending
         } else {
-            shared.publisher_parked.store(false, Relaxed);
+            state.publisher_parked.store(false, Relaxed);
             Poll::Ready(())
         }
     })
     .await;
     while batch.len() < MAX_BATCH {
-        match shared.queue.pop() {
+        match state.queue.pop() {
             Some(post) => batch.push(post),
             None => break,
         }
@@ -134,13 +134,13 @@ fn frames(batch: &mut Vec<Outgoing>, sequencer: &mut Sequencer, max: usize) -> V
             let (now, later) = rest.split_at(count);
             rest = later;
             let first_seq = sequencer.next(&channel, count as u64);
-            let mut frame = Vec::with_capacity(size);
-            envelope::write_header(&mut frame, &sequencer.origin, first_seq, count as u32);
+            let mut bytes = Vec::with_capacity(size);
+            frame::write_header(&mut bytes, &sequencer.origin, first_seq, count as u32);
             for post in now {
-                frame.extend_from_slice(&post.bytes);
+                bytes.extend_from_slice(&post.bytes);
             }
             commands.push(Command {
-                outbound: Outbound::new(channel.clone(), frame),
+                outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
             });
         }
@@ -150,13 +150,13 @@ fn frames(batch: &mut Vec<Outgoing>, sequencer: &mut Sequencer, max: usize) -> V
 
 /// Sends `commands` as one pipelined write, again for those lost with a connection, and
 /// settles their tickets.
-async fn send(shared: &Shared, redis: &Redis, mut commands: Vec<Command>, settler: &mut Settler) {
+async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>, settler: &mut Settler) {
     let mut settled = Vec::new();
     let mut refused = Vec::new();
     while !commands.is_empty() {
         let outbound: Vec<Outbound> = commands.iter().map(|c| c.outbound.clone()).collect();
         let results = redis.publish(outbound).await;
-        shared.batches.fetch_add(1, Relaxed);
+        state.batches.fetch_add(1, Relaxed);
         let mut retry = Vec::new();
         for (command, result) in commands.into_iter().zip(results) {
             match result {
@@ -175,11 +175,11 @@ async fn send(shared: &Shared, redis: &Redis, mut commands: Vec<Command>, settle
         }
     }
     if !refused.is_empty() {
-        shared.refused.lock().extend(refused);
+        state.refuse(refused);
     }
-    shared.waiting.fetch_sub(settled.len() as u64, AcqRel);
+    state.waiting.fetch_sub(settled.len() as u64, AcqRel);
     if let Some(acked) = settler.settle(settled) {
-        shared.progress.send_modify(|p| p.acked = acked);
+        state.progress.send_modify(|p| p.acked = acked);
     }
 }
 

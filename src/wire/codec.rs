@@ -12,7 +12,7 @@
 //! tolerance of rolling deploys: a server that added an `Option` field with
 //! `#[serde(default)]` still reads, and is read by, the previous version.
 //!
-//! Serverpod payloads are serde_json, in Serverpod's envelope ([`envelope::encode_serverpod`]).
+//! Serverpod payloads are serde_json, in Serverpod's envelope ([`serverpod::encode_serverpod`]).
 //!
 //! # Class names
 //!
@@ -30,8 +30,9 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::envelope::{self, HEADER_LEN, MAX_CLASS_LEN};
-use crate::bus::WireFormat;
+use super::format::WireFormat;
+use super::frame::{self, HEADER_LEN, MAX_CLASS_LEN};
+use super::serverpod;
 use crate::error::PostError;
 use crate::message::Message;
 use crate::revocation::RevokedAuthentication;
@@ -156,13 +157,13 @@ impl Codec {
                 let json =
                     serde_json::to_vec(data).map_err(|e| PostError::Encode(e.to_string()))?;
                 let mut out = Vec::with_capacity(json.len() + 2 * class.len() + 48);
-                envelope::encode_serverpod(&mut out, class, &json);
+                serverpod::encode_serverpod(&mut out, class, &json);
                 let size = out.len();
                 (out, size)
             }
             WireFormat::Native => {
                 let mut out = Vec::with_capacity(64);
-                envelope::write_record(&mut out, class, |out| {
+                frame::write_record(&mut out, class, |out| {
                     rmp_serde::encode::write_named(out, data)
                 })
                 .map_err(|e| PostError::Encode(e.to_string()))?;
@@ -268,15 +269,15 @@ mod tests {
                 let bytes = codec.encode(&revocation).unwrap();
                 let back: RevokedAuthentication = match format {
                     WireFormat::Native => {
-                        let mut frame = Vec::new();
-                        envelope::write_header(&mut frame, &[0; 16], 1, 1);
-                        frame.extend_from_slice(&bytes);
-                        let frame = envelope::decode_frame(&frame).unwrap();
+                        let mut bytes_of_frame = Vec::new();
+                        frame::write_header(&mut bytes_of_frame, &[0; 16], 1, 1);
+                        bytes_of_frame.extend_from_slice(&bytes);
+                        let frame = frame::decode_frame(&bytes_of_frame).unwrap();
                         let record = frame.records[0];
                         codec.decode(record.class, Payload::Native(record.payload))
                     }
                     _ => {
-                        let message = envelope::decode_serverpod(&bytes).unwrap();
+                        let message = serverpod::decode_serverpod(&bytes).unwrap();
                         codec.decode(&message.class, Payload::Json(message.data))
                     }
                 }

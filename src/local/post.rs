@@ -1,10 +1,10 @@
 //! The post path: from a loaded snapshot to every receiver. This is the whole hot path.
 //!
 //! A channel's snapshot ([`Snapshot`]) holds one group per message type, and each group is a
-//! persistent trie ([`crate::subscribers`]) of that type's receivers in the order they were
+//! persistent trie ([`crate::trie`]) of that type's receivers in the order they were
 //! added. A local post of an `M` is:
 //!
-//! 1. one `ArcSwapOption::load` of the snapshot (by the caller, `Slot::post`);
+//! 1. one `ArcSwapOption::load` of the snapshot (by the caller, `Topic::post`);
 //! 2. per group, one `downcast_ref` (the type check): the group of type `M` is walked, the
 //!    others only count their receivers as type mismatches (L05);
 //! 3. per receiver, one indirect call: a listener's closure gets `&M`; a stream gets a clone
@@ -27,10 +27,10 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::global::codec::{Codec, Payload};
+use super::stream::StreamSink;
 use crate::stats::Tally;
-use crate::stream::StreamSink;
-use crate::subscribers::Node;
+use crate::trie::Node;
+use crate::wire::codec::{Codec, Payload};
 
 /// A listener's callback.
 pub(crate) type Callback<M> = Arc<dyn Fn(&M) + Send + Sync>;
@@ -76,8 +76,8 @@ pub(crate) struct Group {
     pub(crate) root: Arc<dyn Any + Send + Sync>,
     pub(crate) len: usize,
     pub(crate) streams: usize,
-    /// Delivers a message received from Redis: decodes it as `M` once, then walks the group
-    /// ([`crate::global::deliver_wire`]).
+    /// Delivers a message received through the transport: decodes it as `M` once, then walks
+    /// the group ([`deliver_wire`]).
     pub(crate) wire: Wire,
 }
 
@@ -104,7 +104,7 @@ pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M)
 
 /// Delivers `message` to `group`, whose root is `root`.
 #[inline]
-pub(crate) fn deliver_to<M>(group: &Group, root: &Node<Entry<M>>, message: M, tally: &mut Tally) {
+fn deliver_to<M>(group: &Group, root: &Node<Entry<M>>, message: M, tally: &mut Tally) {
     tally.delivered += group.len as u64;
     if group.streams == 0 {
         walk(root, &message, None, tally);
@@ -137,4 +137,67 @@ fn walk<M>(root: &Node<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &
             }
         }
     });
+}
+
+/// Delivers one message received through the transport to `snapshot`: decodes it once per
+/// receiver type that takes `class`, and hands it to that type's receivers (G03).
+///
+/// # Errors
+///
+/// Why the message was refused (G09), for `BusEvent::DecodeFailed`: its payload does not
+/// decode as a receiver's type, or no receiver type of this bus takes its class. At most 64
+/// characters of the class are quoted: it comes from the wire.
+pub(crate) fn receive(
+    snapshot: Option<&Snapshot>,
+    codec: &Codec,
+    class: &str,
+    payload: Payload<'_>,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let groups = snapshot.map_or(&[][..], |s| &s.groups[..]);
+    let mut taken = false;
+    let mut mismatches = 0;
+    for group in groups {
+        match (group.wire)(group, codec, class, payload, tally) {
+            None => mismatches += group.len as u64,
+            Some(Ok(())) => taken = true,
+            Some(Err(reason)) => {
+                return Err(format!(
+                    "{}: payload does not decode: {reason:.256}",
+                    short(class)
+                ))
+            }
+        }
+    }
+    if !taken && !codec.knows(class) {
+        return Err(format!("unknown class {:?}", short(class)));
+    }
+    tally.mismatches += mismatches;
+    Ok(())
+}
+
+/// Decodes one received message as the group's type `M` and delivers it to the group: the
+/// group's `wire` entry, made by the registry for each receiver type. `None` when `M` does
+/// not take `class`.
+pub(crate) fn deliver_wire<M: crate::Message>(
+    group: &Group,
+    codec: &Codec,
+    class: &str,
+    payload: Payload<'_>,
+    tally: &mut Tally,
+) -> Option<Result<(), String>> {
+    let root = group.root.downcast_ref::<Node<Entry<M>>>()?;
+    let message = match codec.decode::<M>(class, payload)? {
+        Ok(message) => message,
+        Err(reason) => return Some(Err(reason)),
+    };
+    deliver_to(group, root, message, tally);
+    Some(Ok(()))
+}
+
+/// At most the first 64 characters of `text`.
+fn short(text: &str) -> &str {
+    text.char_indices()
+        .nth(64)
+        .map_or(text, |(at, _)| &text[..at])
 }

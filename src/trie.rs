@@ -34,10 +34,10 @@ const MASK: u64 = WIDTH - 1;
 pub(crate) struct Node<T> {
     /// Which of the 32 positions under this node are present.
     bitmap: u32,
-    kind: Kind<T>,
+    body: Body<T>,
 }
 
-enum Kind<T> {
+enum Body<T> {
     Leaf(Box<[T]>),
     Branch(Box<[Arc<Node<T>>]>),
 }
@@ -53,9 +53,9 @@ impl<T> Node<T> {
     /// depth is the trie's height (at most 13 for 64-bit slots).
     #[inline]
     pub(crate) fn for_each_leaf<F: FnMut(&[T])>(&self, f: &mut F) {
-        match &self.kind {
-            Kind::Leaf(items) => f(items),
-            Kind::Branch(children) => children.iter().for_each(|child| child.for_each_leaf(f)),
+        match &self.body {
+            Body::Leaf(items) => f(items),
+            Body::Branch(children) => children.iter().for_each(|child| child.for_each_leaf(f)),
         }
     }
 }
@@ -101,7 +101,7 @@ impl<T: Clone> Trie<T> {
             self.root = self.root.take().map(|old| {
                 Arc::new(Node {
                     bitmap: 1,
-                    kind: Kind::Branch(Box::new([old])),
+                    body: Body::Branch(Box::new([old])),
                 })
             });
             self.height += 1;
@@ -169,27 +169,27 @@ fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> 
     let bitmap = node.map_or(0, |n| n.bitmap);
     let at = rank(bitmap, bit);
     debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
-    let kind = match (node.map(|n| &n.kind), height) {
-        (None, 0) => Kind::Leaf(Box::new([item])),
-        (Some(Kind::Leaf(items)), _) => {
+    let body = match (node.map(|n| &n.body), height) {
+        (None, 0) => Body::Leaf(Box::new([item])),
+        (Some(Body::Leaf(items)), _) => {
             let mut items = items.to_vec();
             items.insert(at, item);
-            Kind::Leaf(items.into())
+            Body::Leaf(items.into())
         }
-        (None, _) => Kind::Branch(Box::new([Arc::new(insert(None, height - 1, slot, item))])),
-        (Some(Kind::Branch(children)), _) => {
+        (None, _) => Body::Branch(Box::new([Arc::new(insert(None, height - 1, slot, item))])),
+        (Some(Body::Branch(children)), _) => {
             let mut children = children.to_vec();
             if bitmap & bit != 0 {
                 children[at] = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
             } else {
                 children.insert(at, Arc::new(insert(None, height - 1, slot, item)));
             }
-            Kind::Branch(children.into())
+            Body::Branch(children.into())
         }
     };
     Node {
         bitmap: bitmap | bit,
-        kind,
+        body,
     }
 }
 
@@ -202,17 +202,17 @@ fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<No
     }
     let at = rank(node.bitmap, bit);
     let bitmap = node.bitmap & !bit;
-    match &node.kind {
-        Kind::Leaf(items) => {
+    match &node.body {
+        Body::Leaf(items) => {
             let mut items = items.to_vec();
             let item = items.remove(at);
             let rest = (bitmap != 0).then(|| Node {
                 bitmap,
-                kind: Kind::Leaf(items.into()),
+                body: Body::Leaf(items.into()),
             });
             Some((rest, item))
         }
-        Kind::Branch(children) => {
+        Body::Branch(children) => {
             let (child, item) = remove(&children[at], height - 1, slot)?;
             let mut children = children.to_vec();
             let bitmap = match child {
@@ -227,7 +227,7 @@ fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<No
             };
             let rest = (bitmap != 0).then(|| Node {
                 bitmap,
-                kind: Kind::Branch(children.into()),
+                body: Body::Branch(children.into()),
             });
             Some((rest, item))
         }

@@ -1,0 +1,16 @@
+//! The local core: what a bus is without any transport.
+//!
+//! - [`registry`]: channel names interned to topics, each with its published snapshot of
+//!   receivers; registration, removal, session ownership, and forgetting unused channels. It
+//!   tells the transport, through the [`registry::Interest`] trait, which channels have
+//!   receivers, and knows nothing else of it.
+//! - [`post`]: the post path, from a loaded snapshot to every receiver, and the same for a
+//!   message received through the transport, decoded once per receiver type.
+//! - [`stream`]: a stream's bounded buffer and the consumer's side of it.
+//!
+//! It depends only on the leaves (errors, message, stats, the trie) and on [`crate::wire`]'s
+//! codec, never on a transport.
+
+pub(crate) mod post;
+pub(crate) mod registry;
+pub(crate) mod stream;

@@ -1,0 +1,265 @@
+//! What the post path, the transport's tasks and every `Delivery` share: the publish
+//! queue, the watermark of settled posts, the subscription changes in order, and the
+//! transport's counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::Arc;
+
+use crossbeam_queue::SegQueue;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use super::connection::{Link, LinkState};
+use super::sequences::Sequences;
+use crate::error::{BusError, PostError};
+use crate::events::{BusEvent, EventHub};
+use crate::transport::{BoxFuture, Settlement};
+use crate::wire::codec::Codec;
+
+/// A post waiting for the publisher.
+pub(crate) struct Outgoing {
+    /// The Redis channel: namespace and name.
+    pub(crate) channel: String,
+    /// A Native record, or a whole Serverpod payload.
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) ticket: u64,
+}
+
+/// How far the publisher got: every ticket up to `acked` is settled.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Progress {
+    pub(super) acked: u64,
+    /// Set when the bus closed before Redis acknowledged everything: the rest never will be.
+    pub(super) abandoned: bool,
+}
+
+/// Work for the subscription task, in the order it was asked for.
+pub(crate) enum Change {
+    /// A channel got its first receiver (`subscribe`) or lost its last, as the registry
+    /// reported it.
+    Subscription { channel: String, subscribe: bool },
+    /// The subscriber connection is back: subscribe every channel with receivers again (G08).
+    Restore,
+}
+
+/// What the post path, the tasks and the bus share.
+pub(crate) struct State {
+    pub(super) codec: Arc<Codec>,
+    pub(super) namespace: String,
+    pub(super) outage_buffer: u64,
+    pub(super) events: Arc<EventHub>,
+
+    pub(super) queue: SegQueue<Outgoing>,
+    /// Posts queued or in flight: the outage bound, and `Stats::global_buffered`.
+    pub(super) waiting: AtomicU64,
+    /// The next ticket; tickets start at 1.
+    pub(super) tickets: AtomicU64,
+    /// Set by the publisher before it sleeps; a post that finds it set wakes it.
+    pub(super) publisher_parked: AtomicBool,
+    pub(super) publisher_waker: atomic_waker::AtomicWaker,
+    pub(super) progress: watch::Sender<Progress>,
+    /// Tickets Redis refused, with its answer (rare: ACL errors and the like), until their
+    /// `Delivery` has read it or is dropped: bounded by the Deliveries the user holds.
+    pub(super) refused: Mutex<HashMap<u64, String>>,
+    /// `refused.len()`, so that dropping a `Delivery` takes no lock while nothing is refused.
+    pub(super) refused_len: AtomicUsize,
+
+    pub(super) changes: mpsc::UnboundedSender<Change>,
+    pub(super) changes_issued: AtomicU64,
+    pub(super) changes_confirmed: watch::Sender<u64>,
+    /// Per Redis channel subscribed, per origin: the last sequence seen, and when (G06).
+    pub(super) sequences: Mutex<Sequences>,
+    /// Bits per [`Link`]: (not connected, subscriptions not restored).
+    pub(super) links: Mutex<(u8, u8)>,
+
+    pub(super) posted: AtomicU64,
+    pub(super) batches: AtomicU64,
+    pub(super) received: AtomicU64,
+    pub(super) decode_errors: AtomicU64,
+    pub(super) missed: AtomicU64,
+    pub(super) duplicates: AtomicU64,
+}
+
+impl State {
+    /// The state of a new transport, and the receiving end of its subscription changes.
+    pub(super) fn new(
+        codec: Arc<Codec>,
+        namespace: String,
+        outage_buffer: usize,
+        events: Arc<EventHub>,
+    ) -> (State, mpsc::UnboundedReceiver<Change>) {
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let state = State {
+            codec,
+            namespace,
+            outage_buffer: outage_buffer as u64,
+            events,
+            queue: SegQueue::new(),
+            waiting: AtomicU64::new(0),
+            tickets: AtomicU64::new(1),
+            publisher_parked: AtomicBool::new(false),
+            publisher_waker: atomic_waker::AtomicWaker::new(),
+            progress: watch::Sender::new(Progress::default()),
+            refused: Mutex::new(HashMap::new()),
+            refused_len: AtomicUsize::new(0),
+            changes,
+            changes_issued: AtomicU64::new(0),
+            changes_confirmed: watch::Sender::new(0),
+            sequences: Mutex::new(Sequences::default()),
+            links: Mutex::new((0, 0)),
+            posted: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            decode_errors: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        };
+        (state, changes_rx)
+    }
+
+    /// The Redis channel of `name`.
+    pub(super) fn redis_channel(&self, name: &str) -> String {
+        let mut channel = String::with_capacity(self.namespace.len() + name.len());
+        channel.push_str(&self.namespace);
+        channel.push_str(name);
+        channel
+    }
+
+    /// Called by the registry, under the channel's lock, when `name` gets its first receiver
+    /// (`true`) or loses its last (`false`). Never blocks.
+    ///
+    /// `subscriptions_ready` counts: `changes_issued` is raised before the send and
+    /// `changes_confirmed` counts the changes applied, in the channel's FIFO order. A caller's
+    /// own changes were sent before it read `changes_issued = n`, so they are among the first
+    /// `n` in the queue, and `changes_confirmed >= n` means they are applied.
+    pub(super) fn subscription_changed(&self, name: &str, subscribe: bool) {
+        self.changes_issued.fetch_add(1, AcqRel);
+        let change = Change::Subscription {
+            channel: self.redis_channel(name),
+            subscribe,
+        };
+        // The receiver lives as long as the bus's tasks; after close nothing listens.
+        let _ = self.changes.send(change);
+    }
+
+    pub(super) fn emit(&self, event: BusEvent) {
+        self.events.emit(event);
+    }
+
+    /// A change of one connection (from [`Redis::watch`]): emits `Disconnected` when the
+    /// first link drops, `Connected` when every link is connected again, `Reconnected` when
+    /// every link has also restored its subscriptions (G08).
+    pub(super) fn link_changed(&self, link: Link, state: LinkState) {
+        let bit = match link {
+            Link::Publisher => 1,
+            Link::Subscriber => 2,
+        };
+        let mut events = Vec::new();
+        {
+            let mut links = self.links.lock();
+            let (down, unrestored) = &mut *links;
+            let mut drop_link = |down: &mut u8, unrestored: &mut u8| {
+                if *down == 0 && *unrestored == 0 {
+                    events.push(BusEvent::Disconnected);
+                }
+                *down |= bit;
+                *unrestored |= bit;
+            };
+            match state {
+                LinkState::Down => drop_link(down, unrestored),
+                LinkState::Connected => {
+                    if *down & bit == 0 {
+                        // A reconnect that no error announced: a disconnection all the same.
+                        drop_link(down, unrestored);
+                    }
+                    *down &= !bit;
+                    if *down == 0 {
+                        events.push(BusEvent::Connected);
+                    }
+                    match link {
+                        // The publisher has nothing to restore.
+                        Link::Publisher => *unrestored &= !bit,
+                        // In order with the subscription changes (see `apply_changes`),
+                        // which reports `Restored` when done.
+                        Link::Subscriber => _ = self.changes.send(Change::Restore),
+                    }
+                    if *unrestored == 0 && *down == 0 {
+                        events.push(BusEvent::Reconnected);
+                    }
+                }
+                LinkState::Restored => {
+                    let before = *unrestored;
+                    *unrestored &= !bit;
+                    if before != 0 && *unrestored == 0 && *down == 0 {
+                        events.push(BusEvent::Reconnected);
+                    }
+                }
+            }
+        }
+        for event in events {
+            self.emit(event);
+        }
+    }
+
+    /// Waits until Redis acknowledged every post made before the call.
+    pub(super) async fn flush(&self) -> Result<(), BusError> {
+        let last = self.tickets.load(Acquire) - 1;
+        if self.reached(last).await {
+            Ok(())
+        } else {
+            Err(BusError::ShutDown)
+        }
+    }
+
+    /// Waits until ticket `ticket` is settled: Ok when Redis acknowledged it.
+    pub(super) async fn outcome(&self, ticket: u64) -> Result<(), PostError> {
+        if !self.reached(ticket).await {
+            return Err(PostError::Redis(
+                "the bus shut down before Redis acknowledged the message".into(),
+            ));
+        }
+        match self.take_refusal(ticket) {
+            Some(reason) => Err(PostError::Redis(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every ticket up to `ticket` is settled (true), or the bus gave up on
+    /// them at shutdown (false).
+    pub(super) async fn reached(&self, ticket: u64) -> bool {
+        let mut progress = self.progress.subscribe();
+        let settled = progress
+            .wait_for(|p| p.acked >= ticket || p.abandoned)
+            .await;
+        settled.is_ok_and(|p| p.acked >= ticket)
+    }
+
+    /// Records that Redis refused `tickets` with `reason`.
+    pub(super) fn refuse(&self, tickets: impl IntoIterator<Item = (u64, String)>) {
+        let mut refused = self.refused.lock();
+        refused.extend(tickets);
+        self.refused_len.store(refused.len(), Release);
+    }
+
+    /// Takes the refusal of `ticket`, if Redis refused it.
+    fn take_refusal(&self, ticket: u64) -> Option<String> {
+        if self.refused_len.load(Acquire) == 0 {
+            return None;
+        }
+        let mut refused = self.refused.lock();
+        let reason = refused.remove(&ticket);
+        self.refused_len.store(refused.len(), Release);
+        reason
+    }
+}
+
+impl Settlement for State {
+    fn settled(self: Arc<Self>, number: u64) -> BoxFuture<'static, Result<(), PostError>> {
+        Box::pin(async move { self.outcome(number).await })
+    }
+
+    fn forget(&self, number: u64) {
+        self.take_refusal(number);
+    }
+}

@@ -1,0 +1,20 @@
+//! The Native frame's fixed numbers, shared by the frame's codec and its errors.
+
+/// A bus's origin id: random, 128 bits.
+pub type Origin = [u8; 16];
+
+/// Bytes of a Native frame header: magic "EVB", version, origin, first sequence, count.
+pub const HEADER_LEN: usize = 32;
+/// Bytes a record adds to its class name and payload: a u16 and a u32 length.
+pub const RECORD_OVERHEAD: usize = 6;
+/// Longest class name, in bytes, that evbus writes.
+///
+/// Callers validate class names against it (and refuse empty ones) before calling
+/// `frame::write_record`. The format itself allows up to `u16::MAX` bytes, and `frame::decode_frame`
+/// accepts what the format allows.
+pub const MAX_CLASS_LEN: usize = 1024;
+
+/// The frame magic.
+pub const MAGIC: &[u8; 3] = b"EVB";
+/// The frame version this build writes and reads.
+pub const VERSION: u8 = 1;

@@ -1,0 +1,19 @@
+//! The wire formats of global messages, and how a typed message becomes their bytes.
+//!
+//! Nothing here knows of a bus, a registry or a transport: these are pure functions of bytes
+//! and types, shared by every transport.
+//!
+//! - [`frame`]: the Native frame (origin id, sequence numbers, records of class and payload);
+//! - [`serverpod`]: Serverpod's JSON envelope;
+//! - [`error`]: `DecodeError`, why received bytes were refused, in either format;
+//! - [`codec`]: class names and typed payloads (MessagePack or JSON) of one bus;
+//! - [`format`]: [`WireFormat`], which of the two a bus uses.
+
+pub(crate) mod codec;
+pub(crate) mod error;
+pub(crate) mod format;
+pub(crate) mod frame;
+mod layout;
+pub(crate) mod serverpod;
+
+pub use format::WireFormat;
