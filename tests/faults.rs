@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use evbus::{Bus, BusBuilder, BusEvent, Delivery, MessageScope, PostError};
 use futures_core::Stream;
-use redis::{wait_until, RawSubscriber, RedisServer};
+use redis::{numsub, wait_until, RawSubscriber, RedisServer};
 use serde::{Deserialize, Serialize};
 
 /// Generous: the machine is a busy 2-core one. Only ever a bound on a wait for a condition.
@@ -105,16 +105,6 @@ async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> 
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// `PUBSUB NUMSUB channel`: how many connections Redis has subscribed to it.
-fn numsub(server: &RedisServer, channel: &str) -> u64 {
-    let reply = server.cli(&["PUBSUB", "NUMSUB", channel]);
-    reply
-        .lines()
-        .last()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("PUBSUB NUMSUB {channel}: unexpected reply {reply:?}"))
 }
 
 /// Ids of the connections Redis counts as pub/sub clients.

@@ -23,7 +23,7 @@ use evbus::{
     MessageScope, Messages, PostError, RevokedAuthentication, WireFormat,
 };
 use futures_core::Stream;
-use redis::{wait_until, RawSubscriber, RedisServer};
+use redis::{numsub, wait_until, RawSubscriber, RedisServer};
 use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 
@@ -162,15 +162,6 @@ fn snapshot<M: Clone>(log: &Log<M>) -> Vec<M> {
 /// runtime's worker: the bus's tasks keep running meanwhile.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     tokio::task::block_in_place(f)
-}
-
-/// Subscribers Redis has for `channel` (PUBSUB NUMSUB prints "channel\nN").
-fn numsub(server: &RedisServer, channel: &str) -> u64 {
-    let out = server.cli(&["PUBSUB", "NUMSUB", channel]);
-    out.lines()
-        .nth(1)
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("unexpected PUBSUB NUMSUB output {out:?}"))
 }
 
 /// Every payload `subscriber` receives until none came for [`QUIET`].

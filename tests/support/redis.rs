@@ -2,7 +2,8 @@
 //! loopback port (never 6379), so it can kill and restart it without touching anyone else's.
 //!
 //! Also a raw RESP subscriber (a plain `TcpStream`, no Redis client library) to check exactly
-//! what evbus publishes, and [`wait_until`] to wait on conditions instead of sleeping.
+//! what evbus publishes, [`numsub`] to see what Redis has subscribed, and [`wait_until`] to
+//! wait on conditions instead of sleeping.
 //!
 //! Without `redis-server` installed every user of this module panics with the fix: a global
 //! test never skips silently.
@@ -203,6 +204,29 @@ impl Drop for RedisServer {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `PUBSUB NUMSUB channel`: how many connections `server` has subscribed to `channel`. Read
+/// from the RESP reply (`[channel, count]`), not from redis-cli's printout.
+///
+/// # Panics
+/// If the server is unreachable or the reply is not `[channel, count]`.
+pub fn numsub(server: &RedisServer, channel: &str) -> u64 {
+    let mut connection = Connection::open(server.port, IO_TIMEOUT).unwrap_or_else(|error| {
+        panic!(
+            "PUBSUB NUMSUB: cannot connect to port {}: {error}",
+            server.port
+        )
+    });
+    let reply = connection.request(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]);
+    if let Ok(Resp::Array(Some(items))) = &reply {
+        if let [Resp::Bulk(Some(name)), Resp::Integer(count)] = &items[..] {
+            if name == channel.as_bytes() {
+                return *count as u64;
+            }
+        }
+    }
+    panic!("PUBSUB NUMSUB {channel}: unexpected reply {reply:?}")
 }
 
 impl std::fmt::Debug for RedisServer {
