@@ -7,8 +7,7 @@
 //! through `SSL_CERT_FILE` (this test binary holds only this test, so setting it is safe).
 #![cfg(feature = "tls")]
 
-#[path = "support/redis.rs"]
-mod redis;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evbus::{Bus, MessageScope};
-use redis::{wait_until, RedisServer};
+use support::bus::wait_until;
+use support::redis::RedisServer;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")

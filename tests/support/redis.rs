@@ -2,8 +2,7 @@
 //! loopback port (never 6379), so it can kill and restart it without touching anyone else's.
 //!
 //! Also a raw RESP subscriber (a plain `TcpStream`, no Redis client library) to check exactly
-//! what evbus publishes, [`numsub`] to see what Redis has subscribed, and [`wait_until`] to
-//! wait on conditions instead of sleeping.
+//! what evbus publishes, and [`numsub`] to see what Redis has subscribed.
 //!
 //! Without `redis-server` installed every user of this module panics with the fix: a global
 //! test never skips silently.
@@ -580,24 +579,4 @@ impl RawSubscriber {
 
 fn bulk(bytes: &[u8]) -> Resp {
     Resp::Bulk(Some(bytes.to_vec()))
-}
-
-// ---- waiting --------------------------------------------------------------------------------
-
-/// Polls `condition` every 5 ms until it is true.
-///
-/// # Panics
-/// With `what` once `deadline` has passed and the condition is still false.
-pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    loop {
-        if condition() {
-            return;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
