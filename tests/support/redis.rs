@@ -254,14 +254,15 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-/// A port nobody listens on, for a server that may be stopped and restarted on it.
+/// A port nobody listens on, for a server that may be stopped and restarted on it, or for a
+/// server's second port (`tests/tls.rs` gives it to `--tls-port`).
 ///
 /// Taken below the kernel's ephemeral range (32768 and up here), from a range no other
 /// process of ours picks from, so that while a server is stopped its port is not handed to an
 /// outgoing connection (a client's local port) or to another test's `bind(0)`; and never twice
 /// in one test process. The start in the range depends on the process id, so test binaries
 /// that run at the same time start far apart.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::collections::HashSet;
     use std::sync::Mutex;
     static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
