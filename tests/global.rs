@@ -1,4 +1,4 @@
-//! One test per global rule of the behaviour contract (shared/semantics.md, G03 to G12 and
+//! One test per global rule of the behaviour contract (`evbus::docs::guarantees`, G03 to G12 and
 //! R01 to R03 over Redis), named after it. The rules about a bus without Redis (G01, G02, and
 //! the local side of R01 to R03) are in `tests/rules.rs`.
 //!
