@@ -12,22 +12,21 @@
 //! receiving bus is then exact: (messages its listener got) + `Stats::global_missed` == posted,
 //! and the `MessagesMissed` events add up to `global_missed` (a loss is never silent).
 
-#[path = "support/redis.rs"]
-mod redis;
+mod support;
 
-use std::future::{poll_fn, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evbus::{Bus, BusBuilder, BusEvent, Delivery, MessageScope, PostError};
-use futures_core::Stream;
-use redis::{wait_until, RawSubscriber, RedisServer};
+use evbus::{Bus, BusEvent, MessageScope, PostError};
 use serde::{Deserialize, Serialize};
+use support::bus::{
+    blocking, build, delivered, eventually, flush, global, next, ready, shutdown, wait_until,
+    DEADLINE,
+};
+use support::redis::{numsub, RawSubscriber, RedisServer};
 
-/// Generous: the machine is a busy 2-core one. Only ever a bound on a wait for a condition.
-const DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on the wait for the final accounting (thousands of messages still on their way).
 const ACCOUNTING_DEADLINE: Duration = Duration::from_secs(60);
 /// Messages the continuous poster posts between two 1 ms sleeps.
@@ -35,19 +34,7 @@ const BURST: usize = 5;
 
 // ---- helpers --------------------------------------------------------------------------------
 
-/// Runs a blocking call (a redis-cli process, a server kill or restart, a raw socket) without
-/// stalling the runtime's other worker, which runs the buses' tasks.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    tokio::task::block_in_place(f)
-}
-
-async fn build(builder: BusBuilder) -> Bus {
-    tokio::time::timeout(DEADLINE, builder.build())
-        .await
-        .expect("build() did not return in time")
-        .expect("the bus connects to the test's redis-server")
-}
-
+/// A bus on `server` that holds up to `outage_buffer` global posts while Redis is down.
 async fn connect(server: &RedisServer, outage_buffer: usize) -> Bus {
     build(
         Bus::builder()
@@ -55,66 +42,6 @@ async fn connect(server: &RedisServer, outage_buffer: usize) -> Bus {
             .outage_buffer(outage_buffer),
     )
     .await
-}
-
-async fn ready(bus: &Bus) {
-    tokio::time::timeout(DEADLINE, bus.subscriptions_ready())
-        .await
-        .expect("subscriptions_ready() did not return in time")
-        .expect("subscriptions_ready()");
-}
-
-async fn flush(bus: &Bus) {
-    tokio::time::timeout(DEADLINE, bus.flush())
-        .await
-        .expect("flush() did not return in time")
-        .expect("flush()");
-}
-
-async fn shutdown(bus: &Bus) {
-    tokio::time::timeout(DEADLINE, bus.shutdown())
-        .await
-        .expect("shutdown() did not return in time")
-        .expect("shutdown() with Redis up");
-}
-
-fn post<M: evbus::Message>(bus: &Bus, channel: &str, message: M) -> Delivery {
-    let delivery = bus
-        .messages()
-        .post_message(channel, message, MessageScope::Global)
-        .expect("global post");
-    assert!(delivery.is_global());
-    assert_eq!(
-        delivery.local_receivers(),
-        0,
-        "a global post reaches nobody synchronously"
-    );
-    delivery
-}
-
-/// Polls `condition` every 5 ms until it holds or `deadline` passes; whether it held. For
-/// waits whose failure wants a detailed message (`wait_until` panics with a fixed one).
-async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if condition() {
-            return true;
-        }
-        if started.elapsed() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// `PUBSUB NUMSUB channel`: how many connections Redis has subscribed to it.
-fn numsub(server: &RedisServer, channel: &str) -> u64 {
-    let reply = server.cli(&["PUBSUB", "NUMSUB", channel]);
-    reply
-        .lines()
-        .last()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("PUBSUB NUMSUB {channel}: unexpected reply {reply:?}"))
 }
 
 /// Ids of the connections Redis counts as pub/sub clients.
@@ -221,7 +148,7 @@ impl EventLog {
         let sink = log.0.clone();
         let mut events = bus.events();
         tokio::spawn(async move {
-            while let Some(event) = poll_fn(|cx| Pin::new(&mut events).poll_next(cx)).await {
+            while let Some(event) = next(&mut events).await {
                 sink.lock().unwrap().push(event);
             }
         });
@@ -721,7 +648,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
 
     let mut seq = 0;
     for _ in 0..50 {
-        post(&a, CHANNEL, padded(seq, 100));
+        global(&a, CHANNEL, padded(seq, 100));
         seq += 1;
     }
     flush(&a).await;
@@ -733,7 +660,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
     let before = blocking(|| pubsub_client_ids(&server));
     let (mark_a, mark_b) = (log_a.mark(), log_b.mark());
     let big = seq;
-    let delivery = post(&a, CHANNEL, padded(big, BIG));
+    let delivery = global(&a, CHANNEL, padded(big, BIG));
     seq += 1;
     tokio::time::timeout(DEADLINE, delivery.into_future())
         .await
@@ -767,7 +694,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
     );
 
     for _ in 0..50 {
-        post(&a, CHANNEL, padded(seq, 100));
+        global(&a, CHANNEL, padded(seq, 100));
         seq += 1;
     }
     flush(&a).await;
@@ -806,17 +733,14 @@ async fn duplicates_after_replay_are_dropped() {
     let a = connect(&server, 1_000).await;
     // Some alone in their frame, the rest in a burst (batched as the publisher sees fit).
     for n in 0..10u64 {
-        tokio::time::timeout(DEADLINE, post(&a, CHANNEL, n).into_future())
-            .await
-            .expect("acknowledged in time")
-            .expect("acknowledged");
+        delivered(global(&a, CHANNEL, n)).await;
     }
     for n in 10..MESSAGES {
-        post(&a, CHANNEL, n);
+        global(&a, CHANNEL, n);
     }
     flush(&a).await;
     // A's PUBLISHes reach Redis in order on one connection: the frame on END comes last.
-    post(&a, END, 0u64);
+    global(&a, END, 0u64);
     flush(&a).await;
     let frames: Vec<Vec<u8>> = blocking(|| {
         let mut frames = Vec::new();
@@ -849,7 +773,7 @@ async fn duplicates_after_replay_are_dropped() {
         }
     });
     // A fresh message after every replay: once B has it, B has handled every replay.
-    post(&a, CHANNEL, MESSAGES);
+    global(&a, CHANNEL, MESSAGES);
     flush(&a).await;
     wait_until("B receives the fresh message", DEADLINE, || {
         got_b.last() == Some(MESSAGES)
@@ -909,7 +833,7 @@ async fn held_posts_survive_an_outage_in_order() {
     // undetectable (a gap shows only between two messages it has).
     let mut seq = 0;
     for _ in 0..10 {
-        post(&a, CHANNEL, seq);
+        global(&a, CHANNEL, seq);
         seq += 1;
     }
     flush(&a).await;
@@ -926,7 +850,7 @@ async fn held_posts_survive_an_outage_in_order() {
     .await;
     let mut deliveries = Vec::new();
     for _ in 0..HELD {
-        deliveries.push(post(&a, CHANNEL, seq));
+        deliveries.push(global(&a, CHANNEL, seq));
         seq += 1;
     }
     assert_eq!(
@@ -955,7 +879,7 @@ async fn held_posts_survive_an_outage_in_order() {
     assert_eq!(a.stats().global_buffered, 0);
     wait_numsub(&server, CHANNEL, 2).await;
     // A later message closes any gap at the end of the held posts.
-    post(&a, CHANNEL, seq);
+    global(&a, CHANNEL, seq);
     seq += 1;
     flush(&a).await;
     let on_b = assert_accounted("B", &b, &got_b, &log_b, seq).await;
@@ -999,11 +923,11 @@ async fn subscription_changes_and_posts_during_a_long_outage() {
     ready(&b).await;
     let mut seq = 0;
     for _ in 0..5 {
-        post(&a, KEPT, seq);
+        global(&a, KEPT, seq);
         seq += 1;
     }
     flush(&a).await;
-    post(&a, DROPPED, seq);
+    global(&a, DROPPED, seq);
     seq += 1;
     flush(&a).await;
     let first = eventually(DEADLINE, || got.len() >= 6).await;
@@ -1046,7 +970,7 @@ async fn subscription_changes_and_posts_during_a_long_outage() {
     );
     let mut deliveries = Vec::new();
     for _ in 0..100 {
-        deliveries.push(post(&a, KEPT, seq));
+        deliveries.push(global(&a, KEPT, seq));
         seq += 1;
     }
     tokio::time::sleep(OUTAGE).await;
@@ -1089,11 +1013,11 @@ async fn subscription_changes_and_posts_during_a_long_outage() {
         monitor.subscriptions()
     );
     // A later message on KEPT closes any gap at the end of the held posts.
-    post(&a, KEPT, seq);
+    global(&a, KEPT, seq);
     seq += 1;
     flush(&a).await;
     for _ in 0..10 {
-        post(&a, ADDED, seq);
+        global(&a, ADDED, seq);
         seq += 1;
     }
     flush(&a).await;

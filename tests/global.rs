@@ -1,4 +1,4 @@
-//! One test per global rule of the behaviour contract (shared/semantics.md, G03 to G12 and
+//! One test per global rule of the behaviour contract (`evbus::docs::guarantees`, G03 to G12 and
 //! R01 to R03 over Redis), named after it. The rules about a bus without Redis (G01, G02, and
 //! the local side of R01 to R03) are in `tests/rules.rs`.
 //!
@@ -7,11 +7,10 @@
 //! package to install. Everything waits on conditions with generous deadlines, never on fixed
 //! sleeps: the machine is a busy 2-core one.
 
-#[path = "support/redis.rs"]
-mod redis;
+mod support;
 
-use std::future::{poll_fn, Future, IntoFuture};
-use std::pin::{pin, Pin};
+use std::future::{Future, IntoFuture};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -19,16 +18,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use evbus::{
-    revoked_authentication_channel, Bus, BusBuilder, BusEvent, BusEvents, Delivery, Message,
-    MessageScope, Messages, PostError, RevokedAuthentication, WireFormat,
+    revoked_authentication_channel, Bus, BusEvent, BusEvents, Delivery, Message, MessageScope,
+    Messages, PostError, RevokedAuthentication, WireFormat,
 };
 use futures_core::Stream;
-use redis::{wait_until, RawSubscriber, RedisServer};
 use serde::{Deserialize, Serialize};
+use support::bus::{
+    blocking, build, delivered, flush, global, next, ready, redis_bus, wait_until, DEADLINE,
+};
+use support::redis::{numsub, RawSubscriber, RedisServer};
 use tokio::time::timeout;
 
-/// Generous: the machine is a busy 2-core one. Only ever a bound on a wait for a condition.
-const DEADLINE: Duration = Duration::from_secs(30);
 /// How long a RawSubscriber waits for one more payload once the expected ones have come.
 const QUIET: Duration = Duration::from_millis(500);
 /// `shutdown()` must return within this, even with Redis down (G12).
@@ -42,63 +42,12 @@ struct SimpleData {
 
 // ---- helpers --------------------------------------------------------------------------------
 
-async fn build(builder: BusBuilder) -> Bus {
-    timeout(DEADLINE, builder.build())
-        .await
-        .expect("building a bus with Redis timed out")
-        .unwrap_or_else(|error| panic!("building a bus with Redis failed: {error}"))
-}
-
-async fn redis_bus(server: &RedisServer) -> Bus {
-    build(Bus::builder().redis_url(&server.url())).await
-}
-
-async fn ready(bus: &Bus) {
-    timeout(DEADLINE, bus.subscriptions_ready())
-        .await
-        .expect("subscriptions_ready timed out")
-        .expect("subscriptions_ready failed");
-}
-
-async fn flush(bus: &Bus) {
-    timeout(DEADLINE, bus.flush())
-        .await
-        .expect("flush timed out")
-        .expect("flush failed");
-}
-
-/// A global post that must be accepted.
-fn global<M: Message>(bus: &Bus, channel: &str, message: M) -> Delivery {
-    let delivery = bus
-        .messages()
-        .post_message(channel, message, MessageScope::Global)
-        .unwrap_or_else(|error| panic!("global post on {channel} refused: {error}"));
-    assert_eq!(
-        (delivery.local_receivers(), delivery.is_global()),
-        (0, true),
-        "a global post reaches nobody synchronously"
-    );
-    delivery
-}
-
-/// Awaits a Delivery that must resolve Ok.
-async fn delivered(delivery: Delivery) {
-    timeout(DEADLINE, delivery.into_future())
-        .await
-        .expect("the Delivery did not resolve in time")
-        .expect("the Delivery resolved to an error");
-}
-
 /// Polls a Delivery's future once: what it holds right now. Unconstrained, so tokio's
 /// cooperative budget (which makes a resource return Pending after a task polled 128 of them
 /// without yielding) does not turn a settled Delivery into Pending.
 fn poll_once(delivery: Delivery) -> Poll<Result<(), PostError>> {
     let future = pin!(tokio::task::unconstrained(delivery.into_future()));
     future.poll(&mut Context::from_waker(Waker::noop()))
-}
-
-async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
-    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 
 /// The next item of `stream`; panics if it ends or nothing comes within the deadline.
@@ -156,21 +105,6 @@ fn recorder<M: Message + Clone>(messages: &Messages, channel: &str) -> Log<M> {
 
 fn snapshot<M: Clone>(log: &Log<M>) -> Vec<M> {
     log.lock().unwrap().clone()
-}
-
-/// Runs blocking I/O (redis-cli, a raw socket, killing a server) without stalling the
-/// runtime's worker: the bus's tasks keep running meanwhile.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    tokio::task::block_in_place(f)
-}
-
-/// Subscribers Redis has for `channel` (PUBSUB NUMSUB prints "channel\nN").
-fn numsub(server: &RedisServer, channel: &str) -> u64 {
-    let out = server.cli(&["PUBSUB", "NUMSUB", channel]);
-    out.lines()
-        .nth(1)
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("unexpected PUBSUB NUMSUB output {out:?}"))
 }
 
 /// Every payload `subscriber` receives until none came for [`QUIET`].

@@ -7,8 +7,7 @@
 //! through `SSL_CERT_FILE` (this test binary holds only this test, so setting it is safe).
 #![cfg(feature = "tls")]
 
-#[path = "support/redis.rs"]
-mod redis;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evbus::{Bus, MessageScope};
-use redis::{wait_until, RedisServer};
+use support::bus::{build, flush, ready, shutdown, wait_until};
+use support::redis::{free_port, RedisServer};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")
@@ -30,11 +30,6 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&status.stderr)
     );
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,18 +117,18 @@ async fn a_bus_posts_and_receives_over_tls() {
     std::env::set_var("SSL_CERT_FILE", &ca);
 
     let url = format!("rediss://127.0.0.1:{tls_port}");
-    let bus = Bus::builder().redis_url(&url).build().await.unwrap();
+    let bus = build(Bus::builder().redis_url(&url)).await;
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     bus.messages()
         .add_listener("secure", move |n: &u64| _ = counter.fetch_add(*n, SeqCst));
-    bus.subscriptions_ready().await.unwrap();
+    ready(&bus).await;
     for n in 1..=10u64 {
         bus.messages()
             .post_message("secure", n, MessageScope::Global)
             .unwrap();
     }
-    bus.flush().await.unwrap();
+    flush(&bus).await;
     wait_until(
         "the posts to come back over TLS",
         Duration::from_secs(30),
@@ -144,7 +139,7 @@ async fn a_bus_posts_and_receives_over_tls() {
     let clients = server.cli(&["CLIENT", "LIST"]);
     let on_tls = format!("laddr=127.0.0.1:{tls_port} ");
     assert_eq!(clients.matches(&on_tls).count(), 2, "{clients}");
-    bus.shutdown().await.unwrap();
+    shutdown(&bus).await;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,7 @@
 //! loopback port (never 6379), so it can kill and restart it without touching anyone else's.
 //!
 //! Also a raw RESP subscriber (a plain `TcpStream`, no Redis client library) to check exactly
-//! what evbus publishes, and [`wait_until`] to wait on conditions instead of sleeping.
+//! what evbus publishes, and [`numsub`] to see what Redis has subscribed.
 //!
 //! Without `redis-server` installed every user of this module panics with the fix: a global
 //! test never skips silently.
@@ -205,6 +205,29 @@ impl Drop for RedisServer {
     }
 }
 
+/// `PUBSUB NUMSUB channel`: how many connections `server` has subscribed to `channel`. Read
+/// from the RESP reply (`[channel, count]`), not from redis-cli's printout.
+///
+/// # Panics
+/// If the server is unreachable or the reply is not `[channel, count]`.
+pub fn numsub(server: &RedisServer, channel: &str) -> u64 {
+    let mut connection = Connection::open(server.port, IO_TIMEOUT).unwrap_or_else(|error| {
+        panic!(
+            "PUBSUB NUMSUB: cannot connect to port {}: {error}",
+            server.port
+        )
+    });
+    let reply = connection.request(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]);
+    if let Ok(Resp::Array(Some(items))) = &reply {
+        if let [Resp::Bulk(Some(name)), Resp::Integer(count)] = &items[..] {
+            if name == channel.as_bytes() {
+                return *count as u64;
+            }
+        }
+    }
+    panic!("PUBSUB NUMSUB {channel}: unexpected reply {reply:?}")
+}
+
 impl std::fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisServer")
@@ -231,14 +254,15 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-/// A port nobody listens on, for a server that may be stopped and restarted on it.
+/// A port nobody listens on, for a server that may be stopped and restarted on it, or for a
+/// server's second port (`tests/tls.rs` gives it to `--tls-port`).
 ///
 /// Taken below the kernel's ephemeral range (32768 and up here), from a range no other
 /// process of ours picks from, so that while a server is stopped its port is not handed to an
 /// outgoing connection (a client's local port) or to another test's `bind(0)`; and never twice
 /// in one test process. The start in the range depends on the process id, so test binaries
 /// that run at the same time start far apart.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::collections::HashSet;
     use std::sync::Mutex;
     static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -556,24 +580,4 @@ impl RawSubscriber {
 
 fn bulk(bytes: &[u8]) -> Resp {
     Resp::Bulk(Some(bytes.to_vec()))
-}
-
-// ---- waiting --------------------------------------------------------------------------------
-
-/// Polls `condition` every 5 ms until it is true.
-///
-/// # Panics
-/// With `what` once `deadline` has passed and the condition is still false.
-pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    loop {
-        if condition() {
-            return;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

@@ -1,0 +1,392 @@
+//! The behaviour contract: what evbus promises, one section per rule id.
+//!
+//! The code and its comments cite these rules by id (`L02`, `S03`, `G06`, ...); this is where
+//! an id is looked up. `L` rules are about local delivery in one process, `S` about sessions,
+//! `G` about global messages through Redis, `R` about authentication revocation. Where a rule
+//! differs from Serverpod's server events on purpose, it says so.
+//!
+//! Every id has at least one test named after it, lowercased (`l02_...` for L02), listed at
+//! the end of its section with the file it is in: `tests/rules.rs` has one test per rule;
+//! `tests/model.rs` compares the bus with a reference model over random operation sequences;
+//! `tests/stress.rs` runs rules under many threads (its `_large` variants are `#[ignore]`d:
+//! `cargo test --release -- --ignored`); `tests/global.rs` checks the Redis rules against
+//! `redis-server` processes the tests start themselves. `tests/faults.rs` puts G04 and G06 to
+//! G08 through Redis faults (a killed server, cut connections, replayed frames); its tests are
+//! named after the fault and open by citing the rules they check.
+//!
+//! # Local delivery
+//!
+//! ## L01
+//!
+//! A post to a channel that has no listener and no stream succeeds and reaches nobody: its
+//! [`Delivery::local_receivers`] is 0.
+//!
+//! Test: `tests/rules.rs`, `l01_post_without_listeners_reaches_nobody`.
+//!
+//! ## L02
+//!
+//! A local post calls each listener of the channel exactly once, on the posting thread, and
+//! all of them before [`Messages::post_message`] returns. They are called in the order they
+//! were added with [`Messages::add_listener`].
+//!
+//! Tests: `tests/rules.rs`, `l02_listeners_called_once_on_posting_thread_in_add_order`;
+//! `tests/model.rs`, `l02_model_listeners_called_in_add_order_exactly_once` and
+//! `l02_model_order_kept_across_trie_growth_and_repack`.
+//!
+//! ## L03
+//!
+//! By the time a local post returns, every [`MessageStream`] of the channel has the message
+//! in its buffer. The messages one thread posts come out of a stream in the order it posted
+//! them.
+//!
+//! Test: `tests/rules.rs`, `l03_streams_have_the_message_before_post_returns_in_post_order`.
+//!
+//! ## L04
+//!
+//! The local path never serializes. Every listener is handed a `&M` to the one posted value,
+//! and every stream yields an `Arc<M>` clone of one shared allocation.
+//!
+//! Test: `tests/rules.rs`, `l04_every_receiver_gets_the_same_value_unserialized`.
+//!
+//! ## L05
+//!
+//! Receivers are typed: a listener or stream of `M` gets only messages of type `M`. A message
+//! of another type on the same channel passes it by, is counted in
+//! [`Stats::type_mismatches`], and is not counted in [`Delivery::local_receivers`]; nothing
+//! panics.
+//!
+//! Test: `tests/rules.rs`, `l05_receivers_of_another_type_are_skipped_and_counted`.
+//!
+//! ## L06
+//!
+//! A post works on the channel as it stood when the post began. From inside a listener one may
+//! add or remove listeners (the running one included), post again, or close sessions: nothing
+//! deadlocks and no listener of that post is skipped; changes take effect for later posts.
+//! Serverpod's issue 2754 was a bug of exactly this kind.
+//!
+//! Test: `tests/rules.rs`, `l06_listeners_may_change_the_channel_and_post_during_a_post`.
+//!
+//! ## L07
+//!
+//! A listener that panics is caught. The remaining listeners still run, the post still returns
+//! `Ok`, the panic is counted in [`Stats::listener_panics`], and the bus goes on working.
+//!
+//! Test: `tests/rules.rs`, `l07_a_panicking_listener_does_not_stop_others`.
+//!
+//! ## L08
+//!
+//! Each [`Messages::add_listener`] call returns a fresh [`ListenerId`], even when the same
+//! closure is added twice: Rust closures have no identity to compare, unlike Dart functions,
+//! so this differs from Serverpod on purpose. [`Messages::remove_listener`] returns false for
+//! an id that is unknown on that channel, or a channel that is unknown.
+//!
+//! Test: `tests/rules.rs`, `l08_every_add_returns_a_new_id_and_unknown_ids_are_refused`.
+//!
+//! ## L09
+//!
+//! Once [`Messages::remove_listener`] has returned, no post that starts afterwards calls the
+//! listener. A post already under way on another thread may still call it one last time; the
+//! closure is kept alive for that post and dropped as soon as it is done (see S03).
+//!
+//! Tests: `tests/rules.rs`,
+//! `l09_removed_listener_is_not_called_by_later_posts_but_may_finish_a_running_one`;
+//! `tests/stress.rs`, `l09_removed_listener_closure_released_after_inflight_posts` (and
+//! `_large`).
+//!
+//! ## L10
+//!
+//! Posting does not block and does not wait for any other thread: the post path takes no lock,
+//! whatever registrations, removals or session closes run beside it. The exact progress
+//! guarantee of each step, and the one once-per-thread exception, are in
+//! [`performance`](super::performance).
+//!
+//! Tests: `tests/rules.rs`, `l10_posts_never_wait_for_running_posts_or_registrations`;
+//! `tests/stress.rs`, `l10_post_while_registering_and_removing` (and `_large`).
+//!
+//! ## L11
+//!
+//! A stream buffers at most [`BusBuilder::stream_capacity`] messages. When a post finds it
+//! full, the oldest buffered message is dropped and counted in [`MessageStream::missed`] and
+//! [`Stats::stream_dropped`]; the poster is not slowed down. Each message posted to a stream
+//! is either yielded or counted as missed: yielded + missed == sent.
+//!
+//! Tests: `tests/rules.rs`, `l11_a_full_stream_drops_its_oldest_and_counts_it`;
+//! `tests/stress.rs`, `l11_stream_accounting_under_concurrent_posts` (and `_large`);
+//! `tests/model.rs`, `l11_model_streams_drop_oldest_and_count_missed` and
+//! `l11_model_stream_keeps_newest_and_ends_after_close`.
+//!
+//! ## L12
+//!
+//! Dropping a [`MessageStream`] removes it from its channel, and the bus keeps nothing of it.
+//!
+//! Test: `tests/rules.rs`, `l12_dropping_a_stream_unregisters_it_and_frees_its_buffer`.
+//!
+//! ## L13
+//!
+//! Channel names are interned only while something holds the channel: a listener, a stream or
+//! a live [`Channel`] handle. When the last of them goes, the channel is forgotten at once, and
+//! posting to a name interns nothing. So any number of short-lived channels (one per user)
+//! leave no memory behind, and [`Stats::channels`] is back to where it was.
+//!
+//! Tests: `tests/rules.rs`, `l13_a_million_short_lived_channels_leave_nothing_behind`;
+//! `tests/model.rs`, `l13_model_channels_forgotten_with_last_registration`.
+//!
+//! # Sessions
+//!
+//! ## S01
+//!
+//! Listeners and streams registered through a session's [`Session::messages`] belong to it.
+//! [`Session::close`], or dropping the session, removes every one of them; closing twice is
+//! the same as closing once.
+//!
+//! Test: `tests/rules.rs`, `s01_closing_a_session_removes_what_it_registered_idempotently`.
+//!
+//! ## S02
+//!
+//! When its session closes, a stream first yields what it had buffered and then ends
+//! (`None`). A consumer waiting on the stream is woken by the close.
+//!
+//! Tests: `tests/rules.rs`, `s02_a_closed_sessions_streams_yield_their_buffer_then_end` and
+//! `s02_a_waiting_stream_is_woken_by_the_close`.
+//!
+//! ## S03
+//!
+//! Once a session is closed and dropped, the bus holds no strong reference to anything
+//! registered through it. A closure that captured an `Arc` lets go of it as soon as the posts
+//! that began before the close have finished, without waiting for a later post or a timer.
+//! Serverpod's issue 5502 was a leak of this kind. L09 and L12 release in the same way.
+//!
+//! Test: `tests/rules.rs`, `s03_a_closed_session_releases_captures_once_running_posts_finish`.
+//!
+//! ## S04
+//!
+//! Registering through a session that is already closed does nothing lasting: the listener is
+//! never called and its closure is dropped at once, the stream ends at once. Posting through a
+//! closed session still works.
+//!
+//! Tests: `tests/rules.rs`, `s04_registrations_through_a_closed_session_are_inert`;
+//! `tests/model.rs`, `s04_model_closed_session_registrations_are_inert`.
+//!
+//! ## S05
+//!
+//! What is registered through [`Bus::messages`] belongs to no session: it stays until it is
+//! removed (or its stream dropped) or until [`Bus::shutdown`].
+//!
+//! Test: `tests/rules.rs`, `s05_bus_level_registrations_live_until_removed_or_shutdown`.
+//!
+//! ## S06
+//!
+//! Sessions may be closed while other threads post to their channels: that is safe, and
+//! afterwards nothing is leaked (no captured value, listener, stream or channel left).
+//!
+//! Tests: `tests/rules.rs`, `s06_closing_sessions_while_another_thread_posts_is_safe`;
+//! `tests/stress.rs`, `s06_close_sessions_while_posting` (and `_large`).
+//!
+//! # Global delivery through Redis
+//!
+//! ## G01
+//!
+//! A [`MessageScope::Global`] post on a bus built without a Redis URL fails at once with
+//! [`PostError::RedisNotEnabled`], whose text is "Redis needs to be enabled to post global
+//! messages". Nothing is delivered and nothing is counted as posted.
+//!
+//! Test: `tests/rules.rs`, `g01_global_post_without_redis_fails_at_once`.
+//!
+//! ## G02
+//!
+//! [`MessageScope::Auto`], the default scope, means Global on a bus with Redis
+//! ([`Bus::has_redis`]) and Local on a bus without.
+//!
+//! Test: `tests/rules.rs`, `g02_auto_is_local_on_a_bus_without_redis`; the bus with Redis is
+//! checked in `tests/global.rs`, `g03_global_post_reaches_every_subscribed_bus_only_through_redis`.
+//!
+//! ## G03
+//!
+//! A global post goes only through Redis, as in Serverpod: nothing is called before
+//! [`Messages::post_message`] returns, and every bus subscribed to the channel, the posting
+//! bus included, hands the message to its own listeners and streams when Redis delivers it. A
+//! bus decodes each message once per receiver type, not once per receiver.
+//!
+//! Test: `tests/global.rs`, `g03_global_post_reaches_every_subscribed_bus_only_through_redis`.
+//!
+//! ## G04
+//!
+//! A bus subscribes a channel on Redis when the channel gets its first local listener or
+//! stream, and unsubscribes when its last one goes. [`Bus::subscriptions_ready`] returns once
+//! Redis has confirmed every subscription change made before the call; a global post made
+//! after that, from any bus, is received. Serverpod's issue 5248 was a race here.
+//!
+//! Test: `tests/global.rs`,
+//! `g04_subscribe_on_first_receiver_unsubscribe_on_last_and_ready_means_received`; under a
+//! long outage, `tests/faults.rs`, `subscription_changes_and_posts_during_a_long_outage`.
+//!
+//! ## G05
+//!
+//! Global posts are batched: whatever is queued when the publisher gets to it (up to a cap)
+//! goes out in one pipelined write, so more load means larger batches, while a lone post
+//! leaves at once (there is no timer to wait for). In [`WireFormat::Native`] the batched
+//! messages of one channel are packed into as few PUBLISH frames as
+//! [`BusBuilder::max_message_bytes`] allows; no frame is larger.
+//!
+//! Test: `tests/global.rs`, `g05_posts_are_batched_under_load_and_a_lone_post_leaves_at_once`.
+//!
+//! ## G06
+//!
+//! In [`WireFormat::Native`] every message carries the id of the bus that posted it and a
+//! sequence number counted per origin and channel. A receiver drops a message it has already
+//! had and counts it in [`Stats::global_duplicates`]; it reports a gap, once the next message
+//! from that origin shows it, as [`BusEvent::MessagesMissed`] and in [`Stats::global_missed`].
+//! A lost message is never silent. ([`WireFormat::Serverpod`] has no sequence numbers: there
+//! only messages the bus itself read too slowly are counted as missed.)
+//!
+//! Tests: `tests/global.rs`,
+//! `g06_native_frames_carry_origin_and_sequence_duplicates_dropped_gaps_reported`; under
+//! faults, `tests/faults.rs`, `duplicates_after_replay_are_dropped`,
+//! `kill_and_restart_redis_mid_stream`, `client_kill_type_pubsub`,
+//! `subscriber_cut_off_by_output_buffer_limit` and `flapping_redis`.
+//!
+//! ## G07
+//!
+//! While Redis cannot be reached, global posts are held, up to
+//! [`BusBuilder::outage_buffer`] of them ([`Stats::global_buffered`]), and sent once the bus
+//! has reconnected, in the order they were posted (per channel and posting thread, as
+//! always). A post beyond that bound fails with
+//! [`PostError::Backpressure`]. A [`Delivery`] whose message can never be sent (the bus shut
+//! down first) resolves to an error: nothing is dropped without a trace.
+//!
+//! Tests: `tests/global.rs`, `g07_posts_are_held_during_an_outage_sent_in_order_after_and_bounded`;
+//! under faults, `tests/faults.rs`, `kill_and_restart_redis_mid_stream`,
+//! `held_posts_survive_an_outage_in_order` and
+//! `subscription_changes_and_posts_during_a_long_outage`.
+//!
+//! ## G08
+//!
+//! The bus reconnects by itself. Afterwards every channel that has local receivers at that
+//! moment is subscribed again, including channels that got their first receiver during the
+//! outage, with no call from the user; then [`BusEvent::Reconnected`] is emitted (after
+//! [`BusEvent::Disconnected`] and [`BusEvent::Connected`]).
+//!
+//! Tests: `tests/global.rs`,
+//! `g08_after_a_reconnect_every_channel_is_resubscribed_and_reconnected_emitted`; under faults,
+//! every test in `tests/faults.rs` but `duplicates_after_replay_are_dropped`.
+//!
+//! ## G09
+//!
+//! Everything that comes from Redis is untrusted. A payload that does not decode, names a
+//! class no receiver of the bus takes, or is larger than [`BusBuilder::max_message_bytes`] is
+//! counted in [`Stats::global_decode_errors`], reported as [`BusEvent::DecodeFailed`], and
+//! skipped. The subscription keeps working, and nothing panics.
+//!
+//! Test: `tests/global.rs`,
+//! `g09_undecodable_unknown_and_oversized_payloads_are_counted_reported_and_skipped`.
+//!
+//! ## G10
+//!
+//! [`BusBuilder::namespace`] puts a prefix before every Redis channel name the bus uses, so
+//! applications that share one Redis under different prefixes never see each other's
+//! messages. Channel names in the API and in [`BusEvent`]s stay without the prefix.
+//!
+//! Test: `tests/global.rs`, `g10_namespaces_keep_applications_apart`.
+//!
+//! ## G11
+//!
+//! With [`WireFormat::Serverpod`] the bus writes exactly the JSON payloads Serverpod writes,
+//! one message per PUBLISH, and reads them (also Serverpod 2.x's, without `__className__`), so
+//! Rust and Serverpod servers can share one Redis. A message's class name is its type's name
+//! without the module path, unless set with [`BusBuilder::class_name`].
+//!
+//! Test: `tests/global.rs`, `g11_serverpod_format_reads_and_writes_serverpods_exact_payloads`.
+//!
+//! ## G12
+//!
+//! [`Bus::flush`] returns once Redis has acknowledged every global post made before the call.
+//! [`Bus::shutdown`] flushes, unsubscribes, closes the Redis connections, removes every
+//! listener, and ends every stream (after what it buffered) and every [`BusEvents`]; it
+//! returns within a bounded time even when Redis cannot be reached, then with an error saying
+//! how many posts were never acknowledged. From then on every post fails with
+//! [`PostError::ShutDown`]. A bus whose last handle is dropped without `shutdown` is closed
+//! the same way in the background, so what it posted still goes out.
+//!
+//! Tests: `tests/global.rs`, `g12_flush_and_shutdown_are_bounded_and_final` and
+//! `g12_a_bus_dropped_without_shutdown_closes_in_the_background`.
+//!
+//! # Authentication revocation
+//!
+//! ## R01
+//!
+//! [`Messages::revoke_authentication`]`(id, r)` posts `r` on
+//! [`revoked_authentication_channel`]`(id)`, which is Serverpod's
+//! `_serverpod_revoked_authentication_{id}`, with [`MessageScope::Auto`]: through Redis on a
+//! bus that has it, locally on one that does not.
+//!
+//! Tests: `tests/rules.rs`, `r01_revoke_posts_on_the_users_channel_with_auto_scope`;
+//! `tests/global.rs`, `r01_revocation_goes_through_redis_on_a_bus_with_redis`.
+//!
+//! ## R02
+//!
+//! The three kinds of [`RevokedAuthentication`] travel under Serverpod's class names and
+//! fields (`serverpod.RevokedAuthenticationUser`, `serverpod.RevokedAuthenticationAuthId` with
+//! `authId`, `serverpod.RevokedAuthenticationScope` with `scopes`), in both wire formats. Every
+//! bus receives them as [`RevokedAuthentication`], through
+//! `create_stream::<RevokedAuthentication>` and `add_listener` alike.
+//!
+//! Tests: `tests/rules.rs`, `r02_revocations_arrive_typed_to_streams_and_listeners`;
+//! `tests/global.rs`, `r02_revocations_use_serverpods_classes_in_both_wire_formats`.
+//!
+//! ## R03
+//!
+//! [`RevokedAuthentication::affects`] is Serverpod's rule for which connections a revocation
+//! closes: `User` affects every authenticated connection, `AuthId(a)` only the one
+//! authenticated as `a`, `Scope(s)` one whose endpoint requires any scope in `s`; a connection
+//! that is not authenticated is never affected.
+//!
+//! Tests: `tests/rules.rs`, `r03_affects_follows_serverpods_rule`; `tests/global.rs`,
+//! `r03_a_revocation_through_redis_closes_exactly_the_affected_connections`.
+//!
+//! [`Bus::flush`]: crate::Bus::flush
+//! [`Bus::has_redis`]: crate::Bus::has_redis
+//! [`Bus::messages`]: crate::Bus::messages
+//! [`Bus::shutdown`]: crate::Bus::shutdown
+//! [`Bus::subscriptions_ready`]: crate::Bus::subscriptions_ready
+//! [`BusBuilder::class_name`]: crate::BusBuilder::class_name
+//! [`BusBuilder::max_message_bytes`]: crate::BusBuilder::max_message_bytes
+//! [`BusBuilder::namespace`]: crate::BusBuilder::namespace
+//! [`BusBuilder::outage_buffer`]: crate::BusBuilder::outage_buffer
+//! [`BusBuilder::stream_capacity`]: crate::BusBuilder::stream_capacity
+//! [`BusEvent`]: crate::BusEvent
+//! [`BusEvent::Connected`]: crate::BusEvent::Connected
+//! [`BusEvent::DecodeFailed`]: crate::BusEvent::DecodeFailed
+//! [`BusEvent::Disconnected`]: crate::BusEvent::Disconnected
+//! [`BusEvent::MessagesMissed`]: crate::BusEvent::MessagesMissed
+//! [`BusEvent::Reconnected`]: crate::BusEvent::Reconnected
+//! [`BusEvents`]: crate::BusEvents
+//! [`Channel`]: crate::Channel
+//! [`Delivery`]: crate::Delivery
+//! [`Delivery::local_receivers`]: crate::Delivery::local_receivers
+//! [`ListenerId`]: crate::ListenerId
+//! [`MessageScope::Auto`]: crate::MessageScope::Auto
+//! [`MessageScope::Global`]: crate::MessageScope::Global
+//! [`MessageStream`]: crate::MessageStream
+//! [`MessageStream::missed`]: crate::MessageStream::missed
+//! [`Messages::add_listener`]: crate::Messages::add_listener
+//! [`Messages::post_message`]: crate::Messages::post_message
+//! [`Messages::remove_listener`]: crate::Messages::remove_listener
+//! [`Messages::revoke_authentication`]: crate::Messages::revoke_authentication
+//! [`PostError::Backpressure`]: crate::PostError::Backpressure
+//! [`PostError::RedisNotEnabled`]: crate::PostError::RedisNotEnabled
+//! [`PostError::ShutDown`]: crate::PostError::ShutDown
+//! [`revoked_authentication_channel`]: crate::revoked_authentication_channel
+//! [`RevokedAuthentication`]: crate::RevokedAuthentication
+//! [`RevokedAuthentication::affects`]: crate::RevokedAuthentication::affects
+//! [`Session::close`]: crate::Session::close
+//! [`Session::messages`]: crate::Session::messages
+//! [`Stats::channels`]: crate::Stats::channels
+//! [`Stats::global_buffered`]: crate::Stats::global_buffered
+//! [`Stats::global_decode_errors`]: crate::Stats::global_decode_errors
+//! [`Stats::global_duplicates`]: crate::Stats::global_duplicates
+//! [`Stats::global_missed`]: crate::Stats::global_missed
+//! [`Stats::listener_panics`]: crate::Stats::listener_panics
+//! [`Stats::stream_dropped`]: crate::Stats::stream_dropped
+//! [`Stats::type_mismatches`]: crate::Stats::type_mismatches
+//! [`WireFormat::Native`]: crate::WireFormat::Native
+//! [`WireFormat::Serverpod`]: crate::WireFormat::Serverpod
