@@ -11,7 +11,7 @@ use crate::events::{BusEvents, EventHub};
 use crate::inner::{BusInner, Config, Global};
 use crate::local::registry::{Interest, Registry};
 use crate::message::Message;
-use crate::redis::{RedisTransport, Settings};
+use crate::redis::{redact, RedisTransport, Settings};
 use crate::session::{Messages, Session};
 use crate::stats::Stats;
 use crate::transport::Receive;
@@ -211,7 +211,6 @@ const MIN_MESSAGE_BYTES: usize = 256;
 /// # Ok::<(), evbus::BusError>(())
 /// # }).unwrap();
 /// ```
-#[derive(Debug)]
 pub struct BusBuilder {
     redis_url: Option<String>,
     namespace: String,
@@ -220,6 +219,24 @@ pub struct BusBuilder {
     max_message_bytes: usize,
     outage_buffer: usize,
     class_names: HashMap<TypeId, (&'static str, String)>,
+}
+
+/// Shows the Redis URL without its password.
+impl std::fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field("namespace", &self.namespace)
+            .field("wire_format", &self.wire_format)
+            .field("stream_capacity", &self.stream_capacity)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("outage_buffer", &self.outage_buffer)
+            .field(
+                "class_names",
+                &self.class_names.values().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Default for BusBuilder {
@@ -241,16 +258,16 @@ impl BusBuilder {
     /// `rediss://` for TLS, which needs this crate's `tls` feature (rustls; the server's
     /// certificate is checked against the system's roots, or the file in `SSL_CERT_FILE`).
     /// Without a URL the bus is local.
-    pub fn redis_url(mut self, url: &str) -> Self {
-        self.redis_url = Some(url.to_string());
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
         self
     }
 
     /// Prefix of every Redis channel name; default `""`, as Serverpod. With
     /// `namespace("app1:")` channel `chat` is `app1:chat` on Redis, so two applications
     /// sharing a Redis never see each other's messages (G10).
-    pub fn namespace(mut self, prefix: &str) -> Self {
-        self.namespace = prefix.to_string();
+    pub fn namespace(mut self, prefix: impl Into<String>) -> Self {
+        self.namespace = prefix.into();
         self
     }
 
@@ -284,11 +301,9 @@ impl BusBuilder {
     }
 
     /// The wire class name of `M`, instead of its type name (see [`Message`]).
-    pub fn class_name<M: Message>(mut self, name: &str) -> Self {
-        self.class_names.insert(
-            TypeId::of::<M>(),
-            (std::any::type_name::<M>(), name.to_string()),
-        );
+    pub fn class_name<M: Message>(mut self, name: impl Into<String>) -> Self {
+        self.class_names
+            .insert(TypeId::of::<M>(), (std::any::type_name::<M>(), name.into()));
         self
     }
 

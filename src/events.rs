@@ -2,11 +2,14 @@
 //!
 //! Each [`Bus::events`](crate::Bus::events) call makes a new [`BusEvents`] that sees the
 //! events emitted after its creation. Its buffer is bounded ([`EVENT_BUFFER`] events, the
-//! oldest dropped) so a forgotten `BusEvents` never grows without bound. Events are rare, so
-//! this side uses a mutex; it is never on the post path. A local bus emits none; every
+//! oldest dropped) so a forgotten `BusEvents` never grows without bound; a reader that fell
+//! behind is told how many it lost, as tokio's broadcast receivers are: the next item is
+//! [`BusEvent::Lagged`], and [`BusEvents::missed`] counts them all. Events are rare, so this
+//! side uses a mutex; it is never on the post path. A local bus emits none; every
 //! `BusEvents` ends when the bus shuts down.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -48,11 +51,46 @@ pub enum BusEvent {
         /// Why it was refused.
         reason: String,
     },
+    /// This [`BusEvents`] fell behind: its buffer was full and it dropped its `count` oldest
+    /// events. Each `BusEvents` has its own; the next item after it is the oldest event kept.
+    Lagged {
+        /// How many events were dropped since the last `Lagged`.
+        count: u64,
+    },
+}
+
+impl fmt::Display for BusEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusEvent::Connected => f.write_str("connected to Redis again"),
+            BusEvent::Disconnected => f.write_str("lost a Redis connection; reconnecting"),
+            BusEvent::Reconnected => f.write_str("reconnected to Redis; subscriptions restored"),
+            BusEvent::MessagesMissed { origin, count } => {
+                write!(f, "{count} global messages from {origin} were lost")
+            }
+            BusEvent::DecodeFailed { channel, reason } => {
+                write!(f, "a message on {channel:?} was refused: {reason}")
+            }
+            BusEvent::Lagged { count } => {
+                write!(f, "this event reader fell behind and lost {count} events")
+            }
+        }
+    }
 }
 
 struct Queue {
-    buffer: Mutex<(VecDeque<BusEvent>, bool)>,
+    buffer: Mutex<Buffer>,
     waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct Buffer {
+    events: VecDeque<BusEvent>,
+    /// Dropped since the last `Lagged` was yielded.
+    lagged: u64,
+    /// Dropped in all.
+    missed: u64,
+    closed: bool,
 }
 
 /// The bus's side: where events are emitted.
@@ -70,7 +108,7 @@ impl EventHub {
 
     pub(crate) fn subscribe(&self) -> BusEvents {
         let queue = Arc::new(Queue {
-            buffer: Mutex::new((VecDeque::new(), false)),
+            buffer: Mutex::new(Buffer::default()),
             waker: AtomicWaker::new(),
         });
         match &mut *self.queues.lock() {
@@ -78,7 +116,7 @@ impl EventHub {
                 queues.retain(|q| q.strong_count() > 0);
                 queues.push(Arc::downgrade(&queue));
             }
-            None => queue.buffer.lock().1 = true,
+            None => queue.buffer.lock().closed = true,
         }
         BusEvents { queue }
     }
@@ -88,10 +126,12 @@ impl EventHub {
         let queues = self.queues.lock();
         for queue in queues.iter().flatten().filter_map(Weak::upgrade) {
             let mut buffer = queue.buffer.lock();
-            if buffer.0.len() == EVENT_BUFFER {
-                buffer.0.pop_front();
+            if buffer.events.len() == EVENT_BUFFER {
+                buffer.events.pop_front();
+                buffer.lagged += 1;
+                buffer.missed += 1;
             }
-            buffer.0.push_back(event.clone());
+            buffer.events.push_back(event.clone());
             drop(buffer);
             queue.waker.wake();
         }
@@ -101,7 +141,7 @@ impl EventHub {
     pub(crate) fn close(&self) {
         let queues = self.queues.lock().take();
         for queue in queues.into_iter().flatten().filter_map(|q| q.upgrade()) {
-            queue.buffer.lock().1 = true;
+            queue.buffer.lock().closed = true;
             queue.waker.wake();
         }
     }
@@ -109,8 +149,52 @@ impl EventHub {
 
 /// A stream of [`BusEvent`]s, from [`Bus::events`](crate::Bus::events). Ends when the bus
 /// shuts down.
+///
+/// It keeps up to [`EVENT_BUFFER`] events that were not read yet; past that it drops the
+/// oldest, and the next item read is [`BusEvent::Lagged`] with how many (never silent).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = evbus::Bus::local();
+/// let mut events = bus.events();
+/// assert_eq!(events.try_recv(), None); // nothing happened yet
+/// bus.shutdown().await?;
+/// assert_eq!(events.recv().await, None); // the bus shut down: the stream ended
+/// # Ok::<(), evbus::BusError>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "a BusEvents receives nothing unless it is read"]
 pub struct BusEvents {
     queue: Arc<Queue>,
+}
+
+impl BusEvents {
+    /// The next event; `None` once the bus has shut down and every buffered event was read.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<BusEvent> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The next event if one is buffered now; `None` when none is. Never waits.
+    pub fn try_recv(&mut self) -> Option<BusEvent> {
+        self.queue.buffer.lock().next()
+    }
+
+    /// Events this reader lost because it fell behind (its buffer was full), in all.
+    pub fn missed(&self) -> u64 {
+        self.queue.buffer.lock().missed
+    }
+}
+
+impl Buffer {
+    /// `Lagged` first if events were dropped, then the oldest event kept.
+    fn next(&mut self) -> Option<BusEvent> {
+        if self.lagged > 0 {
+            let count = std::mem::take(&mut self.lagged);
+            return Some(BusEvent::Lagged { count });
+        }
+        self.events.pop_front()
+    }
 }
 
 impl Stream for BusEvents {
@@ -120,9 +204,9 @@ impl Stream for BusEvents {
         let queue = &self.queue;
         queue.waker.register(cx.waker());
         let mut buffer = queue.buffer.lock();
-        match buffer.0.pop_front() {
+        match buffer.next() {
             Some(event) => Poll::Ready(Some(event)),
-            None if buffer.1 => Poll::Ready(None),
+            None if buffer.closed => Poll::Ready(None),
             None => Poll::Pending,
         }
     }
@@ -152,14 +236,25 @@ mod tests {
         for _ in 0..EVENT_BUFFER + 5 {
             hub.emit(BusEvent::Disconnected);
         }
-        // `early` lost its oldest (Connected) and five more; it holds exactly EVENT_BUFFER.
+        // `early` lost its oldest (Connected) and five more, and says so first; then it
+        // holds exactly EVENT_BUFFER.
+        assert_eq!(
+            next(&mut early),
+            Poll::Ready(Some(BusEvent::Lagged { count: 6 }))
+        );
+        assert_eq!(early.missed(), 6);
         let mut seen = 0;
         while let Poll::Ready(Some(event)) = next(&mut early) {
             assert_eq!(event, BusEvent::Disconnected);
             seen += 1;
         }
         assert_eq!(seen, EVENT_BUFFER);
+        assert_eq!(
+            next(&mut late),
+            Poll::Ready(Some(BusEvent::Lagged { count: 5 }))
+        );
         assert_eq!(next(&mut late), Poll::Ready(Some(BusEvent::Disconnected)));
+        assert_eq!(late.missed(), 5);
         hub.close();
         assert!(matches!(next(&mut early), Poll::Ready(None)));
         assert!(matches!(next(&mut hub.subscribe()), Poll::Ready(None)));

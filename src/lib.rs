@@ -64,6 +64,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
 // Layers, each using only those above it in this list (see `docs::internal`):
@@ -94,7 +95,7 @@ pub mod docs;
 pub use bus::{Bus, BusBuilder};
 pub use channel::Channel;
 pub use delivery::{Delivery, DeliveryFuture};
-pub use error::{BusError, PostError};
+pub use error::{BusError, PostError, Reason};
 pub use events::{BusEvent, BusEvents, EVENT_BUFFER};
 pub use local::stream::MessageStream;
 pub use message::{Message, MessageScope};

@@ -185,6 +185,19 @@ impl Messages {
     }
 }
 
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("Messages");
+        match &self.owner {
+            None => debug.field("owner", &"bus"),
+            Some(owner) => debug
+                .field("owner", &"session")
+                .field("closed", &owner.is_closed()),
+        };
+        debug.finish_non_exhaustive()
+    }
+}
+
 /// A unit of work (a request, a connection) that owns what it registers.
 ///
 /// Not `Clone`; dropping it closes it. Listeners and streams made through

@@ -38,7 +38,7 @@ const BURST: usize = 5;
 async fn connect(server: &RedisServer, outage_buffer: usize) -> Bus {
     build(
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .outage_buffer(outage_buffer),
     )
     .await
@@ -635,7 +635,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
     assert!(limits.contains("pubsub 32768 0 0"), "{limits}");
     let builder = || {
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .max_message_bytes(1 << 20)
     };
     let a = build(builder()).await;

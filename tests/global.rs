@@ -345,7 +345,7 @@ async fn g05_posts_are_batched_under_load_and_a_lone_post_leaves_at_once() {
     // messages, and none of them exceeds max_message_bytes.
     let small = build(
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .max_message_bytes(4096),
     )
     .await;
@@ -479,7 +479,7 @@ async fn g07_posts_are_held_during_an_outage_sent_in_order_after_and_bounded() {
     let mut server = RedisServer::start();
     let a = build(
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .outage_buffer(HELD as usize),
     )
     .await;
@@ -629,7 +629,7 @@ async fn g09_undecodable_unknown_and_oversized_payloads_are_counted_reported_and
     let server = RedisServer::start();
     let namespaced = |format: WireFormat| {
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .namespace("g09:")
             .wire_format(format)
     };
@@ -753,7 +753,7 @@ async fn g09_undecodable_unknown_and_oversized_payloads_are_counted_reported_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g10_namespaces_keep_applications_apart() {
     let server = RedisServer::start();
-    let in_namespace = |prefix: &str| Bus::builder().redis_url(&server.url()).namespace(prefix);
+    let in_namespace = |prefix: &str| Bus::builder().redis_url(server.url()).namespace(prefix);
     let app1 = build(in_namespace("app1:")).await;
     let app2 = build(in_namespace("app2:")).await;
     let plain = redis_bus(&server).await;
@@ -796,7 +796,7 @@ async fn g11_serverpod_format_reads_and_writes_serverpods_exact_payloads() {
     let server = RedisServer::start();
     let serverpod = || {
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .wire_format(WireFormat::Serverpod)
     };
     let s = build(serverpod()).await;
@@ -881,7 +881,7 @@ async fn g12_flush_and_shutdown_are_bounded_and_final() {
     // flush: everything posted before it is acknowledged when it returns.
     let f = build(
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .wire_format(WireFormat::Serverpod),
     )
     .await;
@@ -1071,7 +1071,7 @@ async fn g12_a_bus_dropped_without_shutdown_closes_in_the_background() {
     // then unsubscribes.
     let bus = build(
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .wire_format(WireFormat::Serverpod),
     )
     .await;
@@ -1168,7 +1168,7 @@ async fn r02_revocations_use_serverpods_classes_in_both_wire_formats() {
     // Serverpod's JSON: exactly the reference lines, both ways.
     let s = build(
         Bus::builder()
-            .redis_url(&server.url())
+            .redis_url(server.url())
             .wire_format(WireFormat::Serverpod),
     )
     .await;
@@ -1365,4 +1365,45 @@ async fn r03_a_revocation_through_redis_closes_exactly_the_affected_connections(
             .expect("the connection's stream ended")
             .expect("the connection task did not panic");
     }
+}
+
+// ---- errors that say why, and what caused it --------------------------------------------
+
+/// A Redis that refuses the PUBLISH (here an ACL user without it) fails the post's Delivery
+/// with Redis's answer, and the client's error is the error's `source()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_fails_its_delivery_with_the_cause() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
+    ]);
+    let url = format!("redis://nopub:pw@127.0.0.1:{}", server.port());
+    let bus = build(Bus::builder().redis_url(url)).await;
+    let delivery = global(&bus, "refused", 1u64);
+    let error = timeout(DEADLINE, delivery.into_future())
+        .await
+        .expect("a refused post's Delivery resolves")
+        .expect_err("Redis refused the PUBLISH");
+    assert!(
+        matches!(&error, PostError::Redis(reason) if reason.contains("NOPERM")),
+        "{error:?}"
+    );
+    assert!(std::error::Error::source(&error).is_some(), "{error:?}");
+}
+
+/// A bus that cannot connect says so without the URL's password, in `Display` and `Debug`
+/// alike, and keeps the client's error as the `source()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_errors_hide_the_password_and_keep_the_cause() {
+    let port = support::redis::free_port();
+    let builder = Bus::builder().redis_url(format!("redis://admin:TopSecret-Pw@127.0.0.1:{port}"));
+    assert!(!format!("{builder:?}").contains("TopSecret"), "{builder:?}");
+    let error = timeout(DEADLINE, builder.build())
+        .await
+        .expect("build gives up on an unreachable Redis")
+        .expect_err("nothing listens on the port");
+    let shown = format!("{error} {error:?}");
+    assert!(shown.contains("cannot connect"), "{shown}");
+    assert!(!shown.contains("TopSecret"), "{shown}");
+    assert!(std::error::Error::source(&error).is_some(), "{shown}");
 }

@@ -963,7 +963,7 @@ fn builder_refuses_settings_out_of_range_with_clear_errors() {
     let error = rt
         .block_on(
             Bus::builder()
-                .redis_url(&format!("redis://127.0.0.1:{port}"))
+                .redis_url(format!("redis://127.0.0.1:{port}"))
                 .build(),
         )
         .unwrap_err();

@@ -15,11 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
+
 use fred::error::ErrorKind;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
+
+use crate::error::Reason;
 
 /// Messages fred may buffer for the subscriber task before it reports them lagged.
 pub(crate) const SUBSCRIBER_BUFFER: usize = 1 << 16;
@@ -41,7 +44,7 @@ pub(crate) enum Failure {
     /// The connection failed; the command may or may not have reached Redis. Send it again.
     Retry,
     /// Redis answered with an error: sending it again would not help.
-    Refused(String),
+    Refused(Reason),
 }
 
 fn failure(error: fred::error::Error) -> Failure {
@@ -49,7 +52,7 @@ fn failure(error: fred::error::Error) -> Failure {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => {
             Failure::Retry
         }
-        _ => Failure::Refused(error.to_string()),
+        _ => Failure::Refused(Reason::caused_by(error.to_string(), error)),
     }
 }
 
@@ -131,16 +134,25 @@ impl Redis {
     ///
     /// # Errors
     ///
-    /// A text for `BusError::Redis`: the URL is invalid, or Redis is unreachable now.
-    pub(crate) async fn connect(url: &str) -> Result<Redis, String> {
+    /// A reason for `BusError::Redis`, with the client's error as its cause: the URL is
+    /// invalid, or Redis is unreachable now. The URL is quoted without its password.
+    pub(crate) async fn connect(url: &str) -> Result<Redis, Reason> {
+        let shown = redact(url);
         if cfg!(not(feature = "tls")) && (url.starts_with("rediss") || url.starts_with("valkeys")) {
-            return Err(format!(
-                "{url:?} asks for TLS, which needs evbus's `tls` feature \
+            return Err(Reason::new(format!(
+                "{shown:?} asks for TLS, which needs evbus's `tls` feature \
                  (evbus = {{ features = [\"tls\"] }})"
-            ));
+            )));
         }
-        let config =
-            Config::from_url(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
+        let config = Config::from_url(url).map_err(|e| {
+            Reason::caused_by(
+                format!(
+                    "invalid Redis URL {shown:?}: {}",
+                    redact_in(&e.to_string(), url)
+                ),
+                e,
+            )
+        })?;
         let mut builder = Builder::from_config(config);
         builder
             .set_policy(policy())
@@ -156,11 +168,26 @@ impl Redis {
                 connection.unresponsive.max_timeout = Some(Duration::from_secs(10));
                 connection.unresponsive.interval = Duration::from_secs(1);
             });
-        let publisher = builder.build().map_err(|e| e.to_string())?;
-        let subscriber = builder
-            .build_subscriber_client()
-            .map_err(|e| e.to_string())?;
-        let unreachable = |e: fred::error::Error| format!("cannot connect to {url}: {e}");
+        let invalid = |e: fred::error::Error| {
+            Reason::caused_by(
+                format!(
+                    "invalid Redis URL {shown:?}: {}",
+                    redact_in(&e.to_string(), url)
+                ),
+                e,
+            )
+        };
+        let publisher = builder.build().map_err(invalid)?;
+        let subscriber = builder.build_subscriber_client().map_err(invalid)?;
+        let unreachable = |e: fred::error::Error| {
+            Reason::caused_by(
+                format!(
+                    "cannot connect to {shown}: {}",
+                    redact_in(&e.to_string(), url)
+                ),
+                e,
+            )
+        };
         publisher.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
         Ok(Redis {
@@ -286,5 +313,62 @@ async fn forward<T: Clone>(
             Ok(_) | Err(RecvError::Lagged(_)) => report(link, state),
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`, for errors, logs and
+/// `Debug`: `redis://admin:secret@host:6379` becomes `redis://admin:***@host:6379`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let password = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{password}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// `text` with the password of `url`, wherever it appears, replaced by `***`: the client's
+/// own error texts may quote the URL or its parts.
+fn redact_in(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(user_info, _)| user_info.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_what_is_shown() {
+        assert_eq!(
+            redact("redis://admin:TopSecret-Pw@127.0.0.1:6379/0"),
+            "redis://admin:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1?x=a@b"), "redis://h:1?x=a@b");
+        assert_eq!(redact("redis://user@h:1"), "redis://user@h:1");
+        assert_eq!(redact("no scheme"), "no scheme");
+        assert_eq!(
+            redact_in("bad TopSecret-Pw here", "redis://a:TopSecret-Pw@h:1"),
+            "bad *** here"
+        );
     }
 }

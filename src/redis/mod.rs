@@ -49,6 +49,7 @@ use crate::events::EventHub;
 use crate::stats::Stats;
 use crate::transport::{BoxFuture, Interest, Receive, Ticket, Transport};
 use crate::wire::codec::Codec;
+pub(crate) use connection::redact;
 use connection::Redis;
 use state::{Change, Outgoing, State};
 
@@ -262,10 +263,13 @@ impl Closing {
             _ => {
                 let lost = state.waiting.load(Acquire);
                 state.progress.send_modify(|p| p.abandoned = true);
-                Err(BusError::Redis(format!(
-                    "{lost} global posts were not acknowledged by Redis within {FLUSH_LIMIT:?} \
-                     of shutdown; their Deliveries fail"
-                )))
+                Err(BusError::Redis(
+                    format!(
+                        "{lost} global posts were not acknowledged by Redis within \
+                         {FLUSH_LIMIT:?} of shutdown; their Deliveries fail"
+                    )
+                    .into(),
+                ))
             }
         };
         self.abort();

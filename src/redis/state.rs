@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::connection::{Link, LinkState};
 use super::sequences::Sequences;
-use crate::error::{BusError, PostError};
+use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
 use crate::transport::{BoxFuture, Settlement};
 use crate::wire::codec::Codec;
@@ -61,7 +61,7 @@ pub(crate) struct State {
     pub(super) progress: watch::Sender<Progress>,
     /// Tickets Redis refused, with its answer (rare: ACL errors and the like), until their
     /// `Delivery` has read it or is dropped: bounded by the Deliveries the user holds.
-    pub(super) refused: Mutex<HashMap<u64, String>>,
+    pub(super) refused: Mutex<HashMap<u64, Reason>>,
     /// `refused.len()`, so that dropping a `Delivery` takes no lock while nothing is refused.
     pub(super) refused_len: AtomicUsize,
 
@@ -236,14 +236,14 @@ impl State {
     }
 
     /// Records that Redis refused `tickets` with `reason`.
-    pub(super) fn refuse(&self, tickets: impl IntoIterator<Item = (u64, String)>) {
+    pub(super) fn refuse(&self, tickets: impl IntoIterator<Item = (u64, Reason)>) {
         let mut refused = self.refused.lock();
         refused.extend(tickets);
         self.refused_len.store(refused.len(), Release);
     }
 
     /// Takes the refusal of `ticket`, if Redis refused it.
-    fn take_refusal(&self, ticket: u64) -> Option<String> {
+    fn take_refusal(&self, ticket: u64) -> Option<Reason> {
         if self.refused_len.load(Acquire) == 0 {
             return None;
         }
@@ -261,5 +261,32 @@ impl Settlement for State {
 
     fn forget(&self, number: u64) {
         self.take_refusal(number);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Ticket;
+    use crate::wire::WireFormat;
+
+    #[test]
+    fn refusals_are_kept_only_while_their_deliveries_live() {
+        let codec = Arc::new(Codec::new(WireFormat::Native, 1 << 20, HashMap::new()));
+        let (state, _changes) = State::new(codec, String::new(), 10, Arc::new(EventHub::new()));
+        let state = Arc::new(state);
+        // A Redis that refuses every PUBLISH (an ACL without +publish, OOM): 1,000 posts.
+        let tickets: Vec<Ticket> = (1..=1000)
+            .map(|number| Ticket {
+                number,
+                settlement: state.clone(),
+            })
+            .collect();
+        state.refuse((1..=1000).map(|t| (t, Reason::new("NOPERM this user has no permissions"))));
+        assert_eq!(state.refused.lock().len(), 1000);
+        // Their Deliveries dropped unread: nothing is kept.
+        drop(tickets);
+        assert_eq!(state.refused.lock().len(), 0);
+        assert_eq!(state.refused_len.load(Relaxed), 0);
     }
 }

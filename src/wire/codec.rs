@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::format::WireFormat;
 use super::frame::{self, HEADER_LEN, MAX_CLASS_LEN};
 use super::serverpod;
-use crate::error::PostError;
+use crate::error::{PostError, Reason};
 use crate::message::Message;
 use crate::revocation::RevokedAuthentication;
 
@@ -147,15 +147,14 @@ impl Codec {
         data: &T,
     ) -> Result<Vec<u8>, PostError> {
         if class.is_empty() || class.len() > MAX_CLASS_LEN {
-            return Err(PostError::Encode(format!(
+            return Err(PostError::Encode(Reason::new(format!(
                 "class name of {} bytes; it must have 1 to {MAX_CLASS_LEN}",
                 class.len()
-            )));
+            ))));
         }
         let (bytes, size) = match self.format {
             WireFormat::Serverpod => {
-                let json =
-                    serde_json::to_vec(data).map_err(|e| PostError::Encode(e.to_string()))?;
+                let json = serde_json::to_vec(data).map_err(encode_error)?;
                 let mut out = Vec::with_capacity(json.len() + 2 * class.len() + 48);
                 serverpod::encode_serverpod(&mut out, class, &json);
                 let size = out.len();
@@ -166,7 +165,7 @@ impl Codec {
                 frame::write_record(&mut out, class, |out| {
                     rmp_serde::encode::write_named(out, data)
                 })
-                .map_err(|e| PostError::Encode(e.to_string()))?;
+                .map_err(encode_error)?;
                 // A Native message travels in a frame: it must fit one with its header.
                 let size = out.len() + HEADER_LEN;
                 (out, size)
@@ -205,6 +204,11 @@ impl Codec {
         }
         (self.class_of::<M>() == class).then(|| decode::<M>(payload))
     }
+}
+
+/// serde refused a value: its error is the cause.
+fn encode_error(error: impl std::error::Error + Send + Sync + 'static) -> PostError {
+    PostError::Encode(Reason::caused_by(error.to_string(), error))
 }
 
 fn decode<'a, T: Deserialize<'a>>(payload: Payload<'a>) -> Result<T, String> {

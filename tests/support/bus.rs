@@ -34,7 +34,7 @@ pub async fn build(builder: BusBuilder) -> Bus {
 
 /// A bus with the default settings on `server`.
 pub async fn redis_bus(server: &RedisServer) -> Bus {
-    build(Bus::builder().redis_url(&server.url())).await
+    build(Bus::builder().redis_url(server.url())).await
 }
 
 /// Waits until Redis confirmed every subscription `bus` has asked for.
