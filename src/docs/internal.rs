@@ -2,29 +2,35 @@
 //!
 //! # Files
 //!
+//! Layers, each using only those above it in this table:
+//!
 //! | file | what it holds |
 //! |---|---|
-//! | `post.rs` | **the hot path**: walking a snapshot, calling listeners, pushing to streams |
-//! | `registry.rs` | interning names to slots, registration, forgetting unused channels |
-//! | `subscribers.rs` | the persistent trie that makes a snapshot write `O(log n)` |
-//! | `stream.rs` | `MessageStream`: the drop-oldest buffer and its waker |
-//! | `session.rs` | `Session`, `Messages`, and what a session owns |
-//! | `stats.rs` | `Stats`, and thread-owned counter stripes |
-//! | `channel.rs` | the typed, pre-interned `Channel<M>` handle |
-//! | `bus.rs`, `delivery.rs`, `events.rs`, `error.rs` | the rest of the public surface |
-//! | `global/mod.rs` | the Redis half: the global post, tickets, flush, shutdown, link events |
-//! | `global/publisher.rs` | the batching publisher: one task, one pipelined write per batch |
-//! | `global/subscriber.rs` | subscription changes in order; the reader: duplicates, gaps, refusals |
-//! | `global/envelope.rs` | the wire formats: the Native frame and Serverpod's JSON, total decoders |
-//! | `global/codec.rs` | class names, MessagePack and JSON payloads, the revocation classes |
-//! | `global/redis.rs` | the only file that names fred: connections, reconnects, pipelines |
+//! | `error.rs`, `message.rs`, `stats.rs`, `events.rs`, `revocation.rs` | leaves: the public values, counters and events |
+//! | `trie.rs` | the persistent trie that makes a snapshot write `O(log n)` |
+//! | `wire/frame.rs`, `wire/layout.rs` | the Native frame: layout, writer, total decoder |
+//! | `wire/serverpod.rs` | Serverpod's JSON envelope: writer, total decoder |
+//! | `wire/error.rs` | why received bytes were refused, in either format |
+//! | `wire/codec.rs`, `wire/format.rs` | class names, MessagePack and JSON payloads, the revocation classes |
+//! | `local/post.rs` | **the hot path**: walking a snapshot, calling listeners, pushing to streams; and the same for a received message |
+//! | `local/registry.rs` | interning names to topics, registration, session ownership, forgetting unused channels; the `Interest` trait |
+//! | `local/stream.rs` | `MessageStream`: the drop-oldest buffer and its waker |
+//! | `transport.rs` | the boundary: `Transport` (broadcast, flush, ready, close), `Receive` (the way back in), `Ticket` |
+//! | `redis/mod.rs` | the Redis transport: broadcast, tickets, flush, shutdown |
+//! | `redis/state.rs` | what the post path, the tasks and every `Delivery` share; link events |
+//! | `redis/publisher.rs` | the batching publisher: one task, one pipelined write per batch |
+//! | `redis/subscriber.rs` | subscription changes in order; the reader: refusals, delivery |
+//! | `redis/sequences.rs` | duplicates and gaps, per channel and origin |
+//! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines |
+//! | `inner.rs` | what every handle of a bus shares: the core, the transport, the codec |
+//! | `bus.rs`, `session.rs`, `channel.rs`, `delivery.rs` | the facade: the public handles |
 //!
 //! # A channel
 //!
 //! ```text
-//! registry: papaya::HashMap<Arc<str>, Arc<Slot>>          lock-free reads
+//! registry: papaya::HashMap<Arc<str>, Arc<Topic>>         lock-free reads
 //!                                   │
-//!  Slot ── subscribers: ArcSwapOption<Snapshot>  ◄── the post path reads only this
+//! Topic ── subscribers: ArcSwapOption<Snapshot>  ◄── the post path reads only this
 //!       │        Snapshot = per message type: { root of a persistent trie, len, streams }
 //!       └─ writer: Mutex<Writer>                 ◄── registration side only
 //!             groups: per message type, the writer's trie (same roots as published)
@@ -36,12 +42,12 @@
 //! `Arc<dyn Fn(&M)>` or a stream's sink (the producer half of its buffer). Grouping by type
 //! means a post checks the type once per group, not once per receiver, and then calls the
 //! group's closures with no further dispatch than the closure call itself. Only snapshots
-//! hold receivers: the index holds ids and slot numbers, a session holds ids and `Weak`
-//! slots.
+//! hold receivers: the index holds ids and trie slot numbers, a session holds ids and `Weak`
+//! topics.
 //!
 //! # Writes
 //!
-//! Every registration change locks the slot's writer, edits the trie (path copying,
+//! Every registration change locks the topic's writer, edits the trie (path copying,
 //! `O(32 log32 n)` clones), and publishes the new root with `ArcSwapOption::swap` before
 //! unlocking. Writes to one channel are serialized by its mutex; writes to different channels
 //! never contend. Nothing of the user's runs under a writer lock: the replaced root and any
@@ -53,7 +59,7 @@
 //!
 //! 1. `Registry::post` pins the map (seize's epoch guard) and looks the name up: lock-free.
 //!    A [`Channel`](crate::Channel) handle skips this step.
-//! 2. `Slot::post` calls `subscribers.load()`. arc-swap's load records a *debt* in a
+//! 2. `Topic::post` calls `subscribers.load()`. arc-swap's load records a *debt* in a
 //!    thread-local slot and re-checks the pointer (`SeqCst`); the writer's `swap` is `SeqCst`
 //!    and pays every outstanding debt on the old pointer (it takes a reference on the reader's
 //!    behalf). So:
@@ -71,12 +77,12 @@
 //!
 //! # Forgetting channels (L13)
 //!
-//! Posting interns nothing. The writer operation that leaves a slot without subscribers and
-//! handles sets `forgotten` and removes the slot from the map, both under the slot's lock.
-//! A registration looks the name up, then locks the slot; if it finds `forgotten` it retries
-//! the lookup, and the map no longer has the slot (it was removed before the lock was
-//! released), so it inserts a fresh slot with `get_or_insert`. Two racing inserts agree on one
-//! slot. Removal uses `remove_if(ptr_eq)` so that it can only remove its own slot.
+//! Posting interns nothing. The writer operation that leaves a topic without subscribers and
+//! handles sets `forgotten` and removes the topic from the map, both under the topic's lock.
+//! A registration looks the name up, then locks the topic; if it finds `forgotten` it retries
+//! the lookup, and the map no longer has the topic (it was removed before the lock was
+//! released), so it inserts a fresh topic with `get_or_insert`. Two racing inserts agree on one
+//! topic. Removal uses `remove_if(ptr_eq)` so that it can only remove its own topic.
 //!
 //! # Streams
 //!
@@ -88,7 +94,7 @@
 //!
 //! # Sessions
 //!
-//! An `Owner` records `id -> Weak<Slot>` for what a session registered. Registration through a
+//! An `Owner` records `id -> Weak<Topic>` for what a session registered. Registration through a
 //! session takes the session's lock and then the slot's, so close (which takes the record under
 //! the session's lock) either sees the registration or makes it inert. Removal by id
 //! (`remove_listener`, a stream's drop) takes the slot's lock, releases it, then tells the

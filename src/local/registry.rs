@@ -44,7 +44,7 @@ use crate::stats::{Counters, Tally};
 use crate::trie::Trie;
 
 /// What the local core tells a transport: which channels have local receivers. The
-/// transport boundary ([`crate::transport::Transport`]) extends it; the core knows nothing
+/// transport boundary's `Transport` trait extends it; the core knows nothing
 /// more of transports.
 ///
 /// Both are called under the channel's lock, so for one channel the calls alternate and
