@@ -162,7 +162,7 @@ impl Bus {
         }
     }
 
-    /// Shuts the bus down (G12): posts fail with [`PostError::ShutDown`] from now on; global
+    /// Shuts the bus down (G12): posts fail with [`PostError::ShutDown`](crate::PostError::ShutDown) from now on; global
     /// posts already made are flushed to Redis; the bus unsubscribes and closes its Redis
     /// connections; every listener is removed (its closure dropped once posts already running
     /// are done with it), every stream ends after what it buffered, every [`BusEvents`] ends.
@@ -285,7 +285,7 @@ impl BusBuilder {
     }
 
     /// Bound on one encoded message and on one Redis payload; default 1 MiB, at least 256.
-    /// A larger message is refused when posted ([`PostError::TooLarge`]); a larger payload
+    /// A larger message is refused when posted ([`PostError::TooLarge`](crate::PostError::TooLarge)); a larger payload
     /// received is a decode error (G09). A Native frame is split so it never exceeds it.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
@@ -294,7 +294,7 @@ impl BusBuilder {
 
     /// Global posts that may wait for Redis at once; default 100,000, at least 1. While Redis
     /// is unreachable, global posts are held up to this bound and sent in order after the
-    /// reconnect; past it `post_message` fails with [`PostError::Backpressure`] (G07).
+    /// reconnect; past it `post_message` fails with [`PostError::Backpressure`](crate::PostError::Backpressure) (G07).
     pub fn outage_buffer(mut self, messages: usize) -> Self {
         self.outage_buffer = messages;
         self
