@@ -284,9 +284,18 @@ impl BusBuilder {
         self
     }
 
-    /// Bound on one encoded message and on one Redis payload; default 1 MiB, at least 256.
-    /// A larger message is refused when posted ([`PostError::TooLarge`](crate::PostError::TooLarge)); a larger payload
-    /// received is a decode error (G09). A Native frame is split so it never exceeds it.
+    /// Bound on one encoded message and on one Redis payload this bus writes; default 1 MiB,
+    /// at least 256. A larger message is refused when posted
+    /// ([`PostError::TooLarge`](crate::PostError::TooLarge)); a Native frame is split so it
+    /// never exceeds it.
+    ///
+    /// On receiving, the bound applies to each message, not to the frame that carries it: a
+    /// bus with a larger bound may coalesce messages of both sizes into one frame, and the
+    /// ones within this bus's bound are delivered while each one over it is refused and
+    /// counted (G09). A frame is read whatever its size (Redis has delivered it already):
+    /// what bounds it is Redis's `proto-max-bulk-len` (512 MB by default) and the subscriber
+    /// connection's output buffer limit on the server, and decoding it allocates no more than
+    /// one small entry per 6 bytes of it. A Serverpod payload is one message, judged whole.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self

@@ -1407,3 +1407,126 @@ async fn build_errors_hide_the_password_and_keep_the_cause() {
     assert!(!shown.contains("TopSecret"), "{shown}");
     assert!(std::error::Error::source(&error).is_some(), "{shown}");
 }
+
+// ---- a frame's messages are judged one by one --------------------------------------------
+
+/// A Native frame of `String` messages from `origin`, written by hand from the documented
+/// layout (`evbus::docs::internal`, `src/wire/frame.rs`): what a bus with a larger
+/// `max_message_bytes` publishes when it coalesces posts queued together. Payloads are
+/// MessagePack str32.
+fn string_frame(origin: [u8; 16], first_seq: u64, messages: &[&str]) -> Vec<u8> {
+    let mut out = b"EVB\x01".to_vec();
+    out.extend_from_slice(&origin);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
+    for message in messages {
+        out.extend_from_slice(&6u16.to_le_bytes());
+        out.extend_from_slice(b"String");
+        let len = message.len() as u32;
+        out.extend_from_slice(&(len + 5).to_le_bytes());
+        out.push(0xdb);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(message.as_bytes());
+    }
+    out
+}
+
+/// Issue: a message that fits was lost when it shared a frame with one that does not. A
+/// receiver with `max_message_bytes(1024)` gets a frame holding a 10 kB message and then a
+/// 4-byte one (as a bus with the default limit publishes them when both are queued before
+/// its publisher drains): the small one is delivered, the big one refused and counted, and
+/// nothing is missed. Then a frame mixing several sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_within_the_limit_is_delivered_beside_one_over_it() {
+    const MAX: usize = 1024;
+    let server = RedisServer::start();
+    let small = build(
+        Bus::builder()
+            .redis_url(server.url())
+            .max_message_bytes(MAX),
+    )
+    .await;
+    let lines = recorder::<String>(small.messages(), "mixed");
+    ready(&small).await;
+    let big = "b".repeat(10_000);
+    let origin = *b"a-bigger-limit!!";
+    assert_eq!(
+        server.publish_raw("mixed", &string_frame(origin, 1, &[&big, "tiny"])),
+        1
+    );
+    wait_until("the small message arrived", DEADLINE, || {
+        snapshot(&lines) == ["tiny"]
+    })
+    .await;
+    let stats = small.stats();
+    assert_eq!(
+        (
+            stats.global_received,
+            stats.global_decode_errors,
+            stats.global_missed
+        ),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+
+    // Several sizes in one frame, in order: only the ones over the limit are refused.
+    let limit_payload = MAX - (32 + 6 + "String".len() + 5);
+    let fits = "f".repeat(limit_payload);
+    let over = "o".repeat(limit_payload + 1);
+    let messages = ["one", over.as_str(), fits.as_str(), &big, "five"];
+    server.publish_raw("mixed", &string_frame(origin, 3, &messages));
+    wait_until("the fitting messages arrived", DEADLINE, || {
+        snapshot(&lines).len() == 4
+    })
+    .await;
+    assert_eq!(snapshot(&lines), ["tiny", "one", fits.as_str(), "five"]);
+    let stats = small.stats();
+    assert_eq!(
+        (
+            stats.global_received,
+            stats.global_decode_errors,
+            stats.global_missed
+        ),
+        (4, 3, 0),
+        "{stats:?}"
+    );
+}
+
+/// A frame whose header reads but whose body does not still accounts for its messages: they
+/// are counted missed (and reported), once, and the next frame of that origin shows no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_frame_counts_its_messages_missed() {
+    let server = RedisServer::start();
+    let bus = redis_bus(&server).await;
+    let mut events = bus.events();
+    let lines = recorder::<String>(bus.messages(), "cut");
+    ready(&bus).await;
+    let origin = *b"an-origin-of-16b";
+    server.publish_raw("cut", &string_frame(origin, 1, &["first"]));
+    // Three messages, cut in the middle of the second: nothing of it can be trusted.
+    let frame = string_frame(origin, 2, &["two", "three", "four"]);
+    server.publish_raw("cut", &frame[..frame.len() - 12]);
+    server.publish_raw("cut", &string_frame(origin, 5, &["five"]));
+    wait_until("the readable frames arrived", DEADLINE, || {
+        snapshot(&lines) == ["first", "five"]
+    })
+    .await;
+    let stats = bus.stats();
+    assert_eq!(
+        (
+            stats.global_received,
+            stats.global_decode_errors,
+            stats.global_missed
+        ),
+        (2, 1, 3),
+        "{stats:?}"
+    );
+    let missed = wait_event(&mut events, "MessagesMissed", |e| {
+        matches!(e, BusEvent::MessagesMissed { .. })
+    })
+    .await;
+    assert!(
+        matches!(&missed, BusEvent::MessagesMissed { count: 3, .. }),
+        "{missed:?}"
+    );
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::wire::frame::{Frame, Origin};
+use crate::wire::frame::Origin;
 
 /// Most origins remembered per channel; past it the least recently seen is forgotten.
 const MAX_ORIGINS: usize = 1024;
@@ -19,25 +19,32 @@ pub(crate) struct Sequences {
 }
 
 impl Sequences {
-    /// Checks `frame`, received on `channel` at recency `tick`, against what was seen;
-    /// returns how many of its leading records are duplicates, and how many records of its
-    /// origin were skipped (a gap) before it.
-    pub(crate) fn check(&mut self, channel: &str, frame: &Frame<'_>, tick: u64) -> (u64, u64) {
-        let count = frame.records.len() as u64;
-        let last_seq = frame.first_seq + (count - 1);
+    /// Checks the `count` records from `origin` starting at `first_seq`, received on
+    /// `channel` at recency `tick`, against what was seen; returns how many of the leading
+    /// ones are duplicates, and how many records of that origin were skipped (a gap) before
+    /// them. The caller guarantees `count >= 1` and that the range does not pass `u64::MAX`.
+    pub(crate) fn check(
+        &mut self,
+        channel: &str,
+        origin: &Origin,
+        first_seq: u64,
+        count: u64,
+        tick: u64,
+    ) -> (u64, u64) {
+        let last_seq = first_seq + (count - 1);
         if !self.channels.contains_key(channel) {
             self.channels.insert(channel.to_string(), HashMap::new());
         }
         let Some(origins) = self.channels.get_mut(channel) else {
             return (0, 0);
         };
-        let (skip, gap) = match origins.get(&frame.origin) {
+        let (skip, gap) = match origins.get(origin) {
             None => (0, 0),
             Some(&(seen, _)) if last_seq <= seen => (count, 0),
-            Some(&(seen, _)) if frame.first_seq <= seen => (seen - frame.first_seq + 1, 0),
-            Some(&(seen, _)) => (0, frame.first_seq - seen - 1),
+            Some(&(seen, _)) if first_seq <= seen => (seen - first_seq + 1, 0),
+            Some(&(seen, _)) => (0, first_seq - seen - 1),
         };
-        if origins.len() >= MAX_ORIGINS && !origins.contains_key(&frame.origin) {
+        if origins.len() >= MAX_ORIGINS && !origins.contains_key(origin) {
             let oldest = origins
                 .iter()
                 .min_by_key(|(_, &(_, at))| at)
@@ -46,8 +53,8 @@ impl Sequences {
                 origins.remove(&oldest);
             }
         }
-        let seen = origins.get(&frame.origin).map_or(0, |&(seen, _)| seen);
-        origins.insert(frame.origin, (seen.max(last_seq), tick));
+        let seen = origins.get(origin).map_or(0, |&(seen, _)| seen);
+        origins.insert(*origin, (seen.max(last_seq), tick));
         (skip, gap)
     }
 

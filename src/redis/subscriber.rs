@@ -15,11 +15,12 @@
 //!
 //! # Untrusted input (G09)
 //!
-//! Whatever arrives is untrusted. A payload over `max_message_bytes`, a frame that does not
-//! decode, a class that no receiver type of this bus takes, or a payload that does not
+//! Whatever arrives is untrusted. A message over `max_message_bytes` (judged one by one in
+//! a frame), a frame that does not decode, a class that no receiver type of this bus takes, or a payload that does not
 //! decode as the receiver's type is counted in `Stats::global_decode_errors`, reported as
 //! [`BusEvent::DecodeFailed`], and skipped; the rest of the frame and the subscription go
-//! on. Nothing panics: the decoders are total ([`crate::wire`]).
+//! on. A frame whose body does not decode but whose header does counts its messages as
+//! missed, so that received + missed == posted holds. Nothing panics: the decoders are total ([`crate::wire`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::*;
@@ -35,7 +36,7 @@ use crate::local::post::{self, Snapshot};
 use crate::stats::Tally;
 use crate::transport::Receive;
 use crate::wire::codec::Payload;
-use crate::wire::frame::{self, Frame, Origin};
+use crate::wire::frame::{self, Origin, HEADER_LEN, RECORD_OVERHEAD};
 use crate::wire::serverpod;
 use crate::wire::WireFormat;
 
@@ -166,21 +167,20 @@ impl Reader {
         let Some(topic) = local.topic(name) else {
             return;
         };
+        let snapshot = topic.snapshot();
+        let snapshot = snapshot.as_deref();
+        let mut tally = Tally::default();
+        let mut received = 0;
         let max = state.codec.max_message_bytes;
-        if payload.len() > max {
-            return self.refuse(
+        match state.codec.format {
+            // One message per payload: the payload is the message.
+            WireFormat::Serverpod if payload.len() > max => self.refuse(
                 name,
                 format!(
                     "payload of {} bytes exceeds max_message_bytes ({max})",
                     payload.len()
                 ),
-            );
-        }
-        let snapshot = topic.snapshot();
-        let snapshot = snapshot.as_deref();
-        let mut tally = Tally::default();
-        let mut received = 0;
-        match state.codec.format {
+            ),
             WireFormat::Serverpod => match serverpod::decode_serverpod(payload) {
                 Ok(message) => {
                     let payload = Payload::Json(message.data);
@@ -194,10 +194,29 @@ impl Reader {
                 }
                 Err(error) => self.refuse(name, error.to_string()),
             },
+            // The limit is applied to each message of a frame, not to the frame: a frame
+            // from a bus with a larger limit may carry messages within this bus's limit
+            // beside ones over it, and Redis has delivered the whole frame already.
             WireFormat::Native => match frame::decode_frame(payload) {
                 Ok(frame) => {
-                    let skip = self.sequence(channel, &frame);
+                    let count = frame.records.len() as u64;
+                    let skip = self.sequence(channel, &frame.origin, frame.first_seq, count);
                     for record in &frame.records[skip..] {
+                        // Measured as the poster measures it (`PostError::TooLarge`): the
+                        // record in a frame of its own.
+                        let size = HEADER_LEN
+                            + RECORD_OVERHEAD
+                            + record.class.len()
+                            + record.payload.len();
+                        if size > max {
+                            self.refuse(
+                                name,
+                                format!(
+                                    "message of {size} bytes exceeds max_message_bytes ({max})"
+                                ),
+                            );
+                            continue;
+                        }
                         let payload = Payload::Native(record.payload);
                         received += u64::from(self.deliver(
                             name,
@@ -208,30 +227,51 @@ impl Reader {
                         ));
                     }
                 }
-                Err(error) => self.refuse(name, error.to_string()),
+                Err(error) => {
+                    self.refuse(name, error.to_string());
+                    // Its messages are lost: when its header says how many, count them,
+                    // so that received + missed == posted holds (and the next frame of
+                    // that origin shows no gap for them).
+                    if let Some((origin, first_seq, count)) = frame::decode_header(payload) {
+                        let count = u64::from(count);
+                        let skip = self.sequence(channel, &origin, first_seq, count) as u64;
+                        self.missed(&origin, count - skip);
+                    }
+                }
             },
         }
         state.received.fetch_add(received, Relaxed);
         local.received(&tally);
     }
 
-    /// Checks `frame`'s sequence numbers against what was seen on `channel` (G06); returns
-    /// how many of its leading records are duplicates.
-    fn sequence(&self, channel: &str, frame: &Frame<'_>) -> usize {
+    /// Checks the sequence numbers of `count` records from `origin` starting at `first_seq`
+    /// against what was seen on `channel` (G06); returns how many of the leading ones are
+    /// duplicates.
+    fn sequence(&self, channel: &str, origin: &Origin, first_seq: u64, count: u64) -> usize {
         let state = &self.state;
         let tick = state.received.load(Relaxed);
-        let (skip, gap) = state.sequences.lock().check(channel, frame, tick);
+        let (skip, gap) = state
+            .sequences
+            .lock()
+            .check(channel, origin, first_seq, count, tick);
         if skip > 0 {
             state.duplicates.fetch_add(skip, Relaxed);
         }
-        if gap > 0 {
-            state.missed.fetch_add(gap, Relaxed);
-            state.emit(BusEvent::MessagesMissed {
-                origin: hex(&frame.origin),
-                count: gap,
-            });
-        }
+        self.missed(origin, gap);
         skip as usize
+    }
+
+    /// Counts and reports `count` messages from `origin` as lost (G06).
+    fn missed(&self, origin: &Origin, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let state = &self.state;
+        state.missed.fetch_add(count, Relaxed);
+        state.emit(BusEvent::MessagesMissed {
+            origin: hex(origin),
+            count,
+        });
     }
 
     /// Hands one message to every receiver type that takes its class, decoding it once per

@@ -198,6 +198,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
     })
 }
 
+/// The header of a frame whose body may not decode: `(origin, first_seq, count)`, when the
+/// magic, the version, the count and the sequence range are valid. What a receiver needs to
+/// account for the messages of a frame it cannot read. Total.
+pub fn decode_header(bytes: &[u8]) -> Option<(Origin, u64, u32)> {
+    let header = read_header(&mut Cursor { bytes, pos: 0 })?;
+    let valid = header.magic == *MAGIC
+        && header.version == VERSION
+        && header.count > 0
+        && header
+            .first_seq
+            .checked_add(u64::from(header.count - 1))
+            .is_some();
+    valid.then_some((header.origin, header.first_seq, header.count))
+}
+
 /// Capacity of the records `Vec` of a frame of `len` bytes that claims `count` records:
 /// no more than the bytes after the header can hold, whatever `count` says.
 fn record_capacity(count: u32, len: usize) -> usize {
