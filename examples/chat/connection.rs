@@ -117,7 +117,10 @@ pub async fn run(mut socket: WebSocket, app: Arc<App>, user: Option<String>) {
                 if !revoked.affects(Some(&auth_id), REQUIRED_SCOPES) {
                     continue;
                 }
-                let message = "signed out everywhere";
+                let message = match *revoked {
+                    RevokedAuthentication::User => "signed out everywhere",
+                    _ => "signed out",
+                };
                 let _ = send(&mut socket, &Event::SignedOut { message }).await;
                 let _ = close(&mut socket, SIGNED_OUT, message).await;
                 break;
@@ -132,7 +135,7 @@ pub async fn run(mut socket: WebSocket, app: Arc<App>, user: Option<String>) {
             break;
         }
     }
-    // Dropping it would do the same; said here so that nobody moves it out of this function.
+    // The session ends with its connection (dropping it would do the same).
     session.close();
 }
 
