@@ -51,6 +51,16 @@ pub enum BusEvent {
         /// Why it was refused.
         reason: String,
     },
+    /// A frame received on `channel` was refused as not authentic: its MAC is missing or
+    /// wrong (with [`BusBuilder::signing_key`](crate::BusBuilder)), or it claims this bus's
+    /// own origin with a sequence number this bus never sent. Also counted in
+    /// [`Stats::global_rejected`](crate::Stats). Nothing of it was delivered.
+    Rejected {
+        /// The channel it came on (without the namespace).
+        channel: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// This [`BusEvents`] fell behind: its buffer was full and it dropped its `count` oldest
     /// events. Each `BusEvents` has its own; the next item after it is the oldest event kept.
     Lagged {
@@ -70,6 +80,9 @@ impl fmt::Display for BusEvent {
             }
             BusEvent::DecodeFailed { channel, reason } => {
                 write!(f, "a message on {channel:?} was refused: {reason}")
+            }
+            BusEvent::Rejected { channel, reason } => {
+                write!(f, "a frame on {channel:?} was rejected as not authentic: {reason}")
             }
             BusEvent::Lagged { count } => {
                 write!(f, "this event reader fell behind and lost {count} events")

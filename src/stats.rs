@@ -58,6 +58,9 @@ pub struct Stats {
     pub global_duplicates: u64,
     /// *(now)* Global posts waiting to be sent.
     pub global_buffered: u64,
+    /// Frames refused as not authentic: a missing or wrong MAC (with a signing key), or a
+    /// sequence number this bus's own origin never sent.
+    pub global_rejected: u64,
 }
 
 /// What one post did, counted on the stack and recorded once.

@@ -232,6 +232,7 @@ impl Transport for RedisTransport {
         stats.global_missed = s.missed.load(Relaxed);
         stats.global_duplicates = s.duplicates.load(Relaxed);
         stats.global_buffered = s.waiting.load(Relaxed);
+        stats.global_rejected = s.rejected.load(Relaxed);
     }
 }
 

@@ -56,7 +56,6 @@ pub(super) fn wake(state: &State) {
 
 /// The publisher task.
 pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
-    let mut sequencer = Sequencer::new();
     let mut settler = Settler::default();
     let mut batch = Vec::new();
     loop {
@@ -69,7 +68,10 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                     tickets: vec![post.ticket],
                 })
                 .collect(),
-            WireFormat::Native => frames(&mut batch, &mut sequencer, state.codec.max_message_bytes),
+            WireFormat::Native => {
+                let max = state.codec.max_message_bytes;
+                frames(&mut batch, &mut state.sequencer.lock(), max)
+            }
         };
         send(&state, &redis, commands, &mut settler).await;
     }
@@ -212,18 +214,25 @@ impl Settler {
     }
 }
 
-/// This bus's origin id and each channel's next sequence number (G06).
-struct Sequencer {
+/// This bus's origin id and each channel's next sequence number (G06). Shared with the
+/// reader, which refuses a frame that claims this origin with a number not sent yet.
+pub(super) struct Sequencer {
     origin: Origin,
     next: HashMap<String, u64>,
 }
 
 impl Sequencer {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Sequencer {
             origin: new_origin(),
             next: HashMap::new(),
         }
+    }
+
+    /// Whether this bus sent `origin`'s sequence number `last` on `channel` (a frame that
+    /// claims this bus's origin must have been sent by it). Other origins: true.
+    pub(super) fn may_have_sent(&self, origin: &Origin, channel: &str, last: u64) -> bool {
+        *origin != self.origin || self.next.get(channel).is_some_and(|&next| last < next)
     }
 
     /// Reserves `count` sequence numbers on `channel`; returns the first.

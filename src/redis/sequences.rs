@@ -1,9 +1,36 @@
 //! Duplicates and gaps (G06): per channel, per origin, the last sequence number seen.
 //!
 //! A Native frame carries its origin bus id and the sequence numbers of its records, counted
-//! per origin and channel by the sender. A record at or below the last one seen is a
-//! duplicate; a jump past the next one is a gap. The first frame from an origin after a
-//! SUBSCRIBE sets the baseline.
+//! per origin and channel by the sender. A record at or below the last one seen (the
+//! *mark*) is a duplicate; a jump past the next one is a gap, counted missed. The first
+//! frame from an origin after a SUBSCRIBE sets the mark.
+//!
+//! # What a forged frame can do
+//!
+//! Without a signing key anyone who can PUBLISH can write a frame with any origin and any
+//! sequence number, so the mark must not be movable without bound by one frame. Two rules
+//! bound it:
+//!
+//! - **Plausibility.** A frame more than [`WINDOW`] sequence numbers past the mark, or more
+//!   than `WINDOW` below it, is *implausible*: it is refused (counted and reported as a
+//!   decode failure), counts nothing missed and does not move the mark. Honest traffic only
+//!   does that after more than a million messages of one origin on one channel were lost
+//!   while this bus stayed subscribed; then the origin's next frame that directly follows
+//!   the refused one re-synchronises the mark. So a forged frame near `u64::MAX` no longer
+//!   mutes an origin nor adds 1.8e19 to `global_missed`: it is one refused frame, and a
+//!   forger who sends two contiguous ones moves the mark once, after which the real
+//!   origin's frames are themselves implausible and take it back the same way.
+//! - **Our own origin.** A frame claiming this bus's own origin with a sequence number it
+//!   has not sent is refused: the caller checks it before asking here.
+//!
+//! A frame that does not decode never moves the mark. When its header still reads, its
+//! messages are counted missed at once (issue: accounting holds even for a frame nobody can
+//! read), and the range is remembered, so that the gap the origin's next frame shows is not
+//! counted a second time.
+//!
+//! Memory: at most [`MAX_ORIGINS`] origins per channel (the least recently seen is
+//! forgotten; a replay of an evicted origin's frames is then taken as new, which is the cost
+//! of the bound), and only channels this bus subscribes.
 
 use std::collections::HashMap;
 
@@ -12,54 +39,250 @@ use crate::wire::frame::Origin;
 /// Most origins remembered per channel; past it the least recently seen is forgotten.
 const MAX_ORIGINS: usize = 1024;
 
-/// Per Redis channel, per origin: the last sequence number seen, and a recency stamp.
+/// How far from the mark, in sequence numbers, a frame may be and still be believed.
+pub(crate) const WINDOW: u64 = 1 << 20;
+
+/// What one origin has shown on one channel.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// The highest sequence number accepted.
+    mark: u64,
+    /// Recency, for eviction.
+    stamp: u64,
+    /// The last sequence number of the last implausible frame: a frame that follows it
+    /// directly re-synchronises the mark.
+    refused_up_to: Option<u64>,
+    /// A range above the mark already counted missed (an unreadable frame's).
+    counted: Option<(u64, u64)>,
+}
+
+/// What [`Sequences::check`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Leading records already seen: drop them.
+    pub(crate) duplicates: u64,
+    /// Records of this origin skipped before the frame: count them missed.
+    pub(crate) missed: u64,
+    /// The frame is too far from the mark to be believed: refuse it whole.
+    pub(crate) implausible: bool,
+}
+
+/// Per Redis channel, per origin: what was seen.
 #[derive(Default)]
 pub(crate) struct Sequences {
-    channels: HashMap<String, HashMap<Origin, (u64, u64)>>,
+    channels: HashMap<String, HashMap<Origin, Seen>>,
 }
 
 impl Sequences {
-    /// Checks the `count` records from `origin` starting at `first_seq`, received on
-    /// `channel` at recency `tick`, against what was seen; returns how many of the leading
-    /// ones are duplicates, and how many records of that origin were skipped (a gap) before
-    /// them. The caller guarantees `count >= 1` and that the range does not pass `u64::MAX`.
+    /// Checks the `count` records from `origin` starting at `first`, received on `channel`
+    /// at recency `tick`, and moves the mark past them unless they are implausible. The
+    /// caller guarantees `count >= 1` and that the range does not pass `u64::MAX` (the frame
+    /// decoder refuses such frames).
     pub(crate) fn check(
         &mut self,
         channel: &str,
         origin: &Origin,
-        first_seq: u64,
+        first: u64,
         count: u64,
         tick: u64,
-    ) -> (u64, u64) {
-        let last_seq = first_seq + (count - 1);
-        if !self.channels.contains_key(channel) {
-            self.channels.insert(channel.to_string(), HashMap::new());
-        }
-        let Some(origins) = self.channels.get_mut(channel) else {
-            return (0, 0);
+    ) -> Verdict {
+        let last = first + (count - 1);
+        let origins = self.origins(channel, origin);
+        let Some(seen) = origins.get_mut(origin) else {
+            origins.insert(*origin, Seen::new(last, tick));
+            return Verdict::default();
         };
-        let (skip, gap) = match origins.get(origin) {
-            None => (0, 0),
-            Some(&(seen, _)) if last_seq <= seen => (count, 0),
-            Some(&(seen, _)) if first_seq <= seen => (seen - first_seq + 1, 0),
-            Some(&(seen, _)) => (0, first_seq - seen - 1),
-        };
-        if origins.len() >= MAX_ORIGINS && !origins.contains_key(origin) {
-            let oldest = origins
-                .iter()
-                .min_by_key(|(_, &(_, at))| at)
-                .map(|(o, _)| *o);
-            if let Some(oldest) = oldest {
-                origins.remove(&oldest);
+        seen.stamp = tick;
+        let verdict = seen.verdict(first, last);
+        if verdict.implausible {
+            if seen
+                .refused_up_to
+                .is_some_and(|end| first == end.wrapping_add(1))
+            {
+                // Two frames in a row from the same far place: the origin really is there.
+                *seen = Seen::new(last, tick);
+                return Verdict::default();
             }
+            seen.refused_up_to = Some(last);
+            return verdict;
         }
-        let seen = origins.get(origin).map_or(0, |&(seen, _)| seen);
-        origins.insert(*origin, (seen.max(last_seq), tick));
-        (skip, gap)
+        seen.refused_up_to = None;
+        seen.mark = seen.mark.max(last);
+        if seen.counted.is_some_and(|(_, end)| end <= seen.mark) {
+            seen.counted = None;
+        }
+        verdict
+    }
+
+    /// Counts the `count` records of an unreadable frame from `origin` starting at `first`
+    /// as lost, without moving the mark; returns how many are newly counted (none that were
+    /// already seen or counted, none of an implausible frame).
+    pub(crate) fn lost(
+        &mut self,
+        channel: &str,
+        origin: &Origin,
+        first: u64,
+        count: u64,
+        tick: u64,
+    ) -> u64 {
+        let last = first + (count - 1);
+        let origins = self.origins(channel, origin);
+        let seen = origins.entry(*origin).or_insert_with(|| {
+            // A new origin: the mark just before the frame, so the range counts.
+            Seen::new(first.saturating_sub(1), tick)
+        });
+        let verdict = seen.verdict(first, last);
+        if verdict.implausible {
+            return 0;
+        }
+        let from = first.max(seen.mark + 1);
+        if from > last {
+            return 0;
+        }
+        let newly = seen.uncounted(from, last);
+        let start = seen.counted.map_or(from, |(start, _)| start.min(from));
+        seen.counted = Some((start, last.max(seen.counted.map_or(last, |(_, end)| end))));
+        newly
     }
 
     /// Forgets what was seen on `channel`: it is subscribed afresh, or no more.
     pub(crate) fn forget(&mut self, channel: &str) {
         self.channels.remove(channel);
+    }
+
+    /// The origins of `channel`, with room for `origin`.
+    fn origins(&mut self, channel: &str, origin: &Origin) -> &mut HashMap<Origin, Seen> {
+        if !self.channels.contains_key(channel) {
+            self.channels.insert(channel.to_string(), HashMap::new());
+        }
+        let origins = self
+            .channels
+            .get_mut(channel)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        if origins.len() >= MAX_ORIGINS && !origins.contains_key(origin) {
+            let oldest = origins
+                .iter()
+                .min_by_key(|(_, seen)| seen.stamp)
+                .map(|(o, _)| *o);
+            if let Some(oldest) = oldest {
+                origins.remove(&oldest);
+            }
+        }
+        origins
+    }
+}
+
+impl Seen {
+    fn new(mark: u64, stamp: u64) -> Self {
+        Seen {
+            mark,
+            stamp,
+            refused_up_to: None,
+            counted: None,
+        }
+    }
+
+    /// Duplicates, gap and plausibility of the range `first..=last` against the mark.
+    fn verdict(&self, first: u64, last: u64) -> Verdict {
+        if first > self.mark {
+            let gap = first - self.mark - 1;
+            return match gap {
+                0 => Verdict::default(),
+                gap if gap > WINDOW => Verdict {
+                    implausible: true,
+                    ..Verdict::default()
+                },
+                _ => Verdict {
+                    missed: self.uncounted(self.mark + 1, first - 1),
+                    ..Verdict::default()
+                },
+            };
+        }
+        if self.mark - first >= WINDOW {
+            return Verdict {
+                implausible: true,
+                ..Verdict::default()
+            };
+        }
+        Verdict {
+            duplicates: (self.mark.min(last) - first) + 1,
+            ..Verdict::default()
+        }
+    }
+
+    /// How many of `from..=to` were not already counted missed.
+    fn uncounted(&self, from: u64, to: u64) -> u64 {
+        let total = to - from + 1;
+        match self.counted {
+            Some((start, end)) if start <= to && from <= end => {
+                total - (end.min(to) - start.max(from) + 1)
+            }
+            _ => total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Origin = *b"origin-a-16bytes";
+
+    fn check(s: &mut Sequences, first: u64, count: u64) -> Verdict {
+        s.check("c", &A, first, count, 0)
+    }
+
+    fn v(duplicates: u64, missed: u64, implausible: bool) -> Verdict {
+        Verdict {
+            duplicates,
+            missed,
+            implausible,
+        }
+    }
+
+    #[test]
+    fn duplicates_and_gaps() {
+        let mut s = Sequences::default();
+        assert_eq!(check(&mut s, 1, 3), v(0, 0, false));
+        assert_eq!(check(&mut s, 4, 1), v(0, 0, false));
+        assert_eq!(check(&mut s, 3, 3), v(2, 0, false));
+        assert_eq!(check(&mut s, 9, 1), v(0, 3, false));
+        assert_eq!(check(&mut s, 1, 9), v(9, 0, false));
+    }
+
+    #[test]
+    fn a_forged_far_frame_neither_mutes_nor_inflates() {
+        let mut s = Sequences::default();
+        check(&mut s, 1, 1);
+        assert_eq!(check(&mut s, u64::MAX - 1, 1), v(0, 0, true));
+        // The real origin goes on undisturbed.
+        assert_eq!(check(&mut s, 2, 1), v(0, 0, false));
+        assert_eq!(check(&mut s, 3, 1), v(0, 0, false));
+    }
+
+    #[test]
+    fn two_contiguous_far_frames_resynchronise_and_the_real_origin_takes_it_back() {
+        let mut s = Sequences::default();
+        check(&mut s, 1, 1);
+        let far = 10 * WINDOW;
+        assert_eq!(check(&mut s, far, 1), v(0, 0, true));
+        assert_eq!(check(&mut s, far + 1, 1), v(0, 0, false));
+        // Now the real origin is far below: refused once, then followed.
+        assert_eq!(check(&mut s, 2, 1), v(0, 0, true));
+        assert_eq!(check(&mut s, 3, 1), v(0, 0, false));
+        assert_eq!(check(&mut s, 4, 1), v(0, 0, false));
+    }
+
+    #[test]
+    fn an_unreadable_frame_is_counted_once() {
+        let mut s = Sequences::default();
+        check(&mut s, 1, 1);
+        assert_eq!(s.lost("c", &A, 2, 3, 0), 3);
+        assert_eq!(s.lost("c", &A, 2, 3, 0), 0, "the same frame again");
+        // The next frame's gap is what was not counted yet: 5 and 6.
+        assert_eq!(check(&mut s, 7, 1), v(0, 2, false));
+        assert_eq!(check(&mut s, 8, 1), v(0, 0, false));
+        // A lying header far away counts nothing.
+        assert_eq!(s.lost("c", &A, u64::MAX - 10, 5, 0), 0);
     }
 }

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::connection::{Link, LinkState};
+use super::publisher::Sequencer;
 use super::sequences::Sequences;
 use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
@@ -70,6 +71,11 @@ pub(crate) struct State {
     pub(super) changes_confirmed: watch::Sender<u64>,
     /// Per Redis channel subscribed, per origin: the last sequence seen, and when (G06).
     pub(super) sequences: Mutex<Sequences>,
+    /// This bus's origin and the sequence numbers it sent, per channel.
+    pub(super) sequencer: Mutex<Sequencer>,
+    /// Frames refused for a missing or wrong MAC, or for claiming this bus's origin
+    /// falsely: `Stats::global_rejected`.
+    pub(super) rejected: AtomicU64,
     /// Bits per [`Link`]: (not connected, subscriptions not restored).
     pub(super) links: Mutex<(u8, u8)>,
 
@@ -107,6 +113,8 @@ impl State {
             changes_issued: AtomicU64::new(0),
             changes_confirmed: watch::Sender::new(0),
             sequences: Mutex::new(Sequences::default()),
+            sequencer: Mutex::new(Sequencer::new()),
+            rejected: AtomicU64::new(0),
             links: Mutex::new((0, 0)),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::connection::{Failure, Inbox, Incoming, Link, LinkState, Redis};
+use super::sequences::WINDOW;
 use super::state::{Change, State};
 use crate::events::BusEvent;
 use crate::local::post::{self, Snapshot};
@@ -200,8 +201,38 @@ impl Reader {
             WireFormat::Native => match frame::decode_frame(payload) {
                 Ok(frame) => {
                     let count = frame.records.len() as u64;
-                    let skip = self.sequence(channel, &frame.origin, frame.first_seq, count);
-                    for record in &frame.records[skip..] {
+                    let last = frame.first_seq + (count - 1);
+                    if !state
+                        .sequencer
+                        .lock()
+                        .may_have_sent(&frame.origin, channel, last)
+                    {
+                        return self.reject(
+                            name,
+                            format!("a frame claims this bus's own origin with sequence {last}, which it never sent"),
+                        );
+                    }
+                    let tick = state.received.load(Relaxed);
+                    let verdict = state.sequences.lock().check(
+                        channel,
+                        &frame.origin,
+                        frame.first_seq,
+                        count,
+                        tick,
+                    );
+                    if verdict.implausible {
+                        return self.refuse(
+                            name,
+                            format!(
+                                "implausible sequence numbers {}..={last} from {}: more than {WINDOW} away from the last seen",
+                                frame.first_seq,
+                                hex(&frame.origin)
+                            ),
+                        );
+                    }
+                    add(&state.duplicates, verdict.duplicates);
+                    self.missed(&frame.origin, verdict.missed);
+                    for record in &frame.records[verdict.duplicates as usize..] {
                         // Measured as the poster measures it (`PostError::TooLarge`): the
                         // record in a frame of its own.
                         let size = HEADER_LEN
@@ -229,36 +260,29 @@ impl Reader {
                 }
                 Err(error) => {
                     self.refuse(name, error.to_string());
-                    // Its messages are lost: when its header says how many, count them,
-                    // so that received + missed == posted holds (and the next frame of
-                    // that origin shows no gap for them).
-                    if let Some((origin, first_seq, count)) = frame::decode_header(payload) {
-                        let count = u64::from(count);
-                        let skip = self.sequence(channel, &origin, first_seq, count) as u64;
-                        self.missed(&origin, count - skip);
+                    // Its messages are lost: when its header says how many (and the frame
+                    // is long enough to hold that many), count them at once, so that
+                    // received + missed == posted holds. The mark does not move: a frame
+                    // that does not decode is not believed.
+                    if let Some((origin, first, count)) = frame::decode_header(payload) {
+                        let possible = (payload.len() - HEADER_LEN) / RECORD_OVERHEAD;
+                        if count as usize <= possible {
+                            let tick = state.received.load(Relaxed);
+                            let lost = state.sequences.lock().lost(
+                                channel,
+                                &origin,
+                                first,
+                                u64::from(count),
+                                tick,
+                            );
+                            self.missed(&origin, lost);
+                        }
                     }
                 }
             },
         }
-        state.received.fetch_add(received, Relaxed);
+        add(&state.received, received);
         local.received(&tally);
-    }
-
-    /// Checks the sequence numbers of `count` records from `origin` starting at `first_seq`
-    /// against what was seen on `channel` (G06); returns how many of the leading ones are
-    /// duplicates.
-    fn sequence(&self, channel: &str, origin: &Origin, first_seq: u64, count: u64) -> usize {
-        let state = &self.state;
-        let tick = state.received.load(Relaxed);
-        let (skip, gap) = state
-            .sequences
-            .lock()
-            .check(channel, origin, first_seq, count, tick);
-        if skip > 0 {
-            state.duplicates.fetch_add(skip, Relaxed);
-        }
-        self.missed(origin, gap);
-        skip as usize
     }
 
     /// Counts and reports `count` messages from `origin` as lost (G06).
@@ -267,7 +291,7 @@ impl Reader {
             return;
         }
         let state = &self.state;
-        state.missed.fetch_add(count, Relaxed);
+        add(&state.missed, count);
         state.emit(BusEvent::MessagesMissed {
             origin: hex(origin),
             count,
@@ -293,12 +317,29 @@ impl Reader {
         }
     }
 
+    /// Counts and reports a frame refused as not authentic (`Stats::global_rejected`).
+    fn reject(&self, channel: &str, reason: String) {
+        add(&self.state.rejected, 1);
+        self.state.emit(BusEvent::Rejected {
+            channel: channel.to_string(),
+            reason,
+        });
+    }
+
     fn refuse(&self, channel: &str, reason: String) {
-        self.state.decode_errors.fetch_add(1, Relaxed);
+        add(&self.state.decode_errors, 1);
         self.state.emit(BusEvent::DecodeFailed {
             channel: channel.to_string(),
             reason,
         });
+    }
+}
+
+/// Adds `n` to a counter, saturating at `u64::MAX`: a counter never wraps, whatever the
+/// input claims.
+fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    if n > 0 {
+        let _ = counter.fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_add(n)));
     }
 }
 
