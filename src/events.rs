@@ -82,7 +82,10 @@ impl fmt::Display for BusEvent {
                 write!(f, "a message on {channel:?} was refused: {reason}")
             }
             BusEvent::Rejected { channel, reason } => {
-                write!(f, "a frame on {channel:?} was rejected as not authentic: {reason}")
+                write!(
+                    f,
+                    "a frame on {channel:?} was rejected as not authentic: {reason}"
+                )
             }
             BusEvent::Lagged { count } => {
                 write!(f, "this event reader fell behind and lost {count} events")

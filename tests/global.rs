@@ -1530,3 +1530,51 @@ async fn an_unreadable_frame_counts_its_messages_missed() {
         "{missed:?}"
     );
 }
+
+// ---- what a forged frame can do -----------------------------------------------------------
+
+/// One PUBLISH of a frame with a real bus's origin and a sequence near `u64::MAX` used to make
+/// every bus, the origin included, drop that origin's later posts as duplicates, and wrapped
+/// `global_missed`. Now the origin itself rejects it (it never sent that number), the other
+/// bus refuses it as implausible, and both go on receiving the origin's posts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_sequence_number_does_not_mute_an_origin() {
+    let server = RedisServer::start();
+    let a = redis_bus(&server).await;
+    let b = redis_bus(&server).await;
+    let on_a = recorder::<String>(a.messages(), "forged");
+    let on_b = recorder::<String>(b.messages(), "forged");
+    ready(&a).await;
+    ready(&b).await;
+    let mut raw = blocking(|| RawSubscriber::connect(&server, &["forged"]));
+    delivered(global(&a, "forged", "one".to_string())).await;
+    let (_, frame) = raw_payload(&mut raw);
+    let origin: [u8; 16] = frame[4..20].try_into().unwrap();
+    server.publish_raw("forged", &string_frame(origin, u64::MAX - 1, &["forged"]));
+    // The same with a frame whose payload does not decode: it must not move anything either.
+    let mut bad = string_frame(origin, u64::MAX - 3, &["x"]);
+    let last = bad.len() - 1;
+    bad[last - 1] = 0xc1; // never used in MessagePack
+    server.publish_raw("forged", &bad);
+    for n in ["two", "three"] {
+        delivered(global(&a, "forged", n.to_string())).await;
+    }
+    wait_until("both buses got every real post", DEADLINE, || {
+        snapshot(&on_a) == ["one", "two", "three"] && snapshot(&on_b) == ["one", "two", "three"]
+    })
+    .await;
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(
+        (sa.global_missed, sb.global_missed),
+        (0, 0),
+        "{sa:?} {sb:?}"
+    );
+    assert_eq!(
+        sa.global_rejected, 2,
+        "the origin rejects frames it never sent: {sa:?}"
+    );
+    assert_eq!(
+        sb.global_decode_errors, 2,
+        "implausible on the other bus: {sb:?}"
+    );
+}
