@@ -1,0 +1,140 @@
+//! One scenario of the local post path, run `N` times, for counting instructions.
+//!
+//! Run: `cargo run --release --example instr -- SCENARIO N`, or `scripts/instr.sh`, which runs
+//! every scenario under callgrind with `N = 0` and `N = 100000` and prints
+//! `(count(N) - count(0)) / N`: instructions per operation. Unlike wall time, the count is the
+//! same on every run, so a change of a few instructions on the post path is visible.
+//!
+//! Everything a scenario needs (the bus, its listeners, streams, handles, the tokio channel)
+//! is set up before the loop, and one operation is done there to check the wiring and to pay
+//! any first-use cost; so `N = 0` counts setup and teardown only. The loop allocates only what
+//! the scenario itself does (a stream delivery's `Arc`, and its queue's blocks).
+//!
+//! Scenarios, all on `Bus::local()`, `u64` payloads, `MessageScope::Local`:
+//!
+//! - `handle`: a post through `bus.channel::<u64>("c")` to one no-op listener.
+//! - `name`: `bus.messages().post_message("c", i, Local)` to one no-op listener.
+//! - `listeners16`: a post through the handle to 16 no-op listeners.
+//! - `stream`: a post through the handle to one stream, then the message taken from the stream
+//!   with `try_recv`. Drained after each post: the stream holds one message at a time, and
+//!   exactly one receive per post (no extra empty receive).
+//! - `tokio_broadcast16`: `tokio::sync::broadcast` `send`, then `try_recv` on 16 receivers.
+//! - `tokio_stream`: `tokio::sync::broadcast` `send`, then `try_recv` on its one receiver.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+
+use evbus::{Bus, MessageScope};
+use tokio::sync::broadcast;
+
+/// A scenario: runs its setup, then `N` operations.
+type Scenario = fn(u64);
+
+const SCENARIOS: [(&str, Scenario); 6] = [
+    ("handle", handle),
+    ("name", name),
+    ("listeners16", listeners16),
+    ("stream", stream),
+    ("tokio_broadcast16", tokio_broadcast16),
+    ("tokio_stream", tokio_stream),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let run = match args.as_slice() {
+        [scenario, n] => SCENARIOS
+            .iter()
+            .find(|(name, _)| name == scenario)
+            .zip(n.parse::<u64>().ok()),
+        _ => None,
+    };
+    let Some(((_, scenario), n)) = run else {
+        let names: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        eprintln!("usage: instr SCENARIO N\nscenarios: {}", names.join(" "));
+        return ExitCode::from(2);
+    };
+    scenario(n);
+    ExitCode::SUCCESS
+}
+
+/// A bus with `listeners` no-op listeners of `u64` on channel "c".
+fn bus_with_listeners(listeners: usize) -> Bus {
+    let bus = Bus::local();
+    for _ in 0..listeners {
+        bus.messages().add_listener("c", |x: &u64| {
+            black_box(*x);
+        });
+    }
+    bus
+}
+
+fn by_handle(listeners: usize, n: u64) {
+    let bus = bus_with_listeners(listeners);
+    let channel = bus.channel::<u64>("c");
+    let first = channel.post(0, MessageScope::Local).unwrap();
+    assert_eq!(first.local_receivers(), listeners);
+    for i in 0..n {
+        black_box(channel.post(black_box(i), MessageScope::Local).unwrap());
+    }
+}
+
+fn handle(n: u64) {
+    by_handle(1, n);
+}
+
+fn listeners16(n: u64) {
+    by_handle(16, n);
+}
+
+fn name(n: u64) {
+    let bus = bus_with_listeners(1);
+    let messages = bus.messages();
+    let first = messages.post_message("c", 0u64, MessageScope::Local);
+    assert_eq!(first.unwrap().local_receivers(), 1);
+    for i in 0..n {
+        black_box(
+            messages
+                .post_message(black_box("c"), black_box(i), MessageScope::Local)
+                .unwrap(),
+        );
+    }
+}
+
+fn stream(n: u64) {
+    let bus = Bus::local();
+    let channel = bus.channel::<u64>("c");
+    let mut stream = bus.messages().create_stream::<u64>("c");
+    let first = channel.post(0, MessageScope::Local).unwrap();
+    assert_eq!(first.local_receivers(), 1);
+    assert_eq!(stream.try_recv().as_deref(), Some(&0));
+    for i in 0..n {
+        black_box(channel.post(black_box(i), MessageScope::Local).unwrap());
+        black_box(stream.try_recv().unwrap());
+    }
+    assert_eq!(stream.missed(), 0);
+}
+
+fn tokio_broadcast(receivers: usize, n: u64) {
+    let (tx, first) = broadcast::channel::<u64>(16);
+    let mut receivers: Vec<_> = std::iter::once(first)
+        .chain((1..receivers).map(|_| tx.subscribe()))
+        .collect();
+    tx.send(0).unwrap();
+    for rx in &mut receivers {
+        assert_eq!(rx.try_recv(), Ok(0));
+    }
+    for i in 0..n {
+        tx.send(black_box(i)).unwrap();
+        for rx in &mut receivers {
+            black_box(rx.try_recv().unwrap());
+        }
+    }
+}
+
+fn tokio_broadcast16(n: u64) {
+    tokio_broadcast(16, n);
+}
+
+fn tokio_stream(n: u64) {
+    tokio_broadcast(1, n);
+}
