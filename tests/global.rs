@@ -24,7 +24,8 @@ use evbus::{
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use support::bus::{
-    blocking, build, delivered, flush, global, next, ready, redis_bus, wait_until, DEADLINE,
+    blocking, build, delivered, eventually, flush, global, next, ready, redis_bus, wait_until,
+    DEADLINE,
 };
 use support::redis::{numsub, RawSubscriber, RedisServer};
 use tokio::time::timeout;
@@ -1577,4 +1578,77 @@ async fn a_forged_sequence_number_does_not_mute_an_origin() {
         sb.global_decode_errors, 2,
         "implausible on the other bus: {sb:?}"
     );
+}
+
+// ---- signed frames --------------------------------------------------------------------------
+
+/// With a signing key every frame carries a MAC: buses sharing the key read each other; a
+/// frame without a MAC, with a MAC of another key, or altered after signing is rejected and
+/// counted before anything of it is read; `accept_signing_key` lets a new key roll out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_frames_are_verified_and_the_rest_rejected() {
+    let server = RedisServer::start();
+    let with_key = |key: &[u8]| Bus::builder().redis_url(server.url()).signing_key(key);
+    let a = build(with_key(b"first key, 32 bytes or more, ok.")).await;
+    let b = build(with_key(b"first key, 32 bytes or more, ok.")).await;
+    let unsigned = redis_bus(&server).await;
+    let rotated = build(
+        with_key(b"second key, 32 bytes or more, ok")
+            .accept_signing_key(b"first key, 32 bytes or more, ok."),
+    )
+    .await;
+    let on_b = recorder::<String>(b.messages(), "signed");
+    let on_rotated = recorder::<String>(rotated.messages(), "signed");
+    let on_unsigned = recorder::<String>(unsigned.messages(), "signed");
+    for bus in [&b, &rotated, &unsigned] {
+        ready(bus).await;
+    }
+    let mut raw = blocking(|| RawSubscriber::connect(&server, &["signed"]));
+
+    delivered(global(&a, "signed", "from a".to_string())).await;
+    let (_, frame) = raw_payload(&mut raw);
+    assert_eq!(frame[3], 2, "a signed frame is version 2");
+    wait_until(
+        "a's post reached b, the rotated bus and the unsigned one",
+        DEADLINE,
+        || {
+            snapshot(&on_b) == ["from a"]
+                && snapshot(&on_rotated) == ["from a"]
+                && snapshot(&on_unsigned) == ["from a"]
+        },
+    )
+    .await;
+
+    // Refused by b: no MAC (the unsigned bus), another key (the rotated bus signs with the
+    // second key, which b does not accept), and a's frame altered after signing.
+    delivered(global(&unsigned, "signed", "no mac".to_string())).await;
+    delivered(global(&rotated, "signed", "second key".to_string())).await;
+    let mut altered = frame.clone();
+    let at = altered.len() - 40; // in the payload, before the MAC
+    altered[at] ^= 1;
+    server.publish_raw("signed", &altered);
+    let rejected = eventually(DEADLINE, || b.stats().global_rejected == 3).await;
+    assert!(rejected, "b rejects three frames: {:?}", b.stats());
+    // The rotated bus took its own post; the unsigned bus reads everything unchecked.
+    wait_until("the others got what they accept", DEADLINE, || {
+        snapshot(&on_rotated) == ["from a", "second key"] && snapshot(&on_unsigned).len() >= 3
+    })
+    .await;
+    assert_eq!(snapshot(&on_b), ["from a"], "nothing unauthentic reached b");
+    assert_eq!(
+        rotated.stats().global_rejected,
+        2,
+        "the unsigned post and the altered frame"
+    );
+    assert_eq!(b.stats().global_missed, 0);
+
+    // Serverpod's JSON has nowhere to put a MAC.
+    let error = Bus::builder()
+        .redis_url(server.url())
+        .wire_format(WireFormat::Serverpod)
+        .signing_key(b"k")
+        .build()
+        .await
+        .expect_err("a signing key needs the Native format");
+    assert!(error.to_string().contains("Serverpod"), "{error}");
 }

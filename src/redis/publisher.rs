@@ -35,6 +35,7 @@ use std::time::Duration;
 use super::connection::{Failure, Outbound, Redis};
 use super::state::{Outgoing, State};
 use crate::wire::frame::{self, Origin, HEADER_LEN};
+use crate::wire::mac::Keys;
 use crate::wire::WireFormat;
 
 /// Posts taken into one batch at most.
@@ -70,7 +71,8 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                 .collect(),
             WireFormat::Native => {
                 let max = state.codec.max_message_bytes;
-                frames(&mut batch, &mut state.sequencer.lock(), max)
+                let keys = &state.codec.keys;
+                frames(&mut batch, &mut state.sequencer.lock(), keys, max)
             }
         };
         send(&state, &redis, commands, &mut settler).await;
@@ -109,7 +111,12 @@ struct Command {
 }
 
 /// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
-fn frames(batch: &mut Vec<Outgoing>, sequencer: &mut Sequencer, max: usize) -> Vec<Command> {
+fn frames(
+    batch: &mut Vec<Outgoing>,
+    sequencer: &mut Sequencer,
+    keys: &Keys,
+    max: usize,
+) -> Vec<Command> {
     // Group by channel, keeping first-seen order of channels and post order within each.
     let mut order: Vec<(String, Vec<Outgoing>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -127,7 +134,7 @@ fn frames(batch: &mut Vec<Outgoing>, sequencer: &mut Sequencer, max: usize) -> V
         let mut rest = &posts[..];
         while !rest.is_empty() {
             // Records that fit one frame (a record alone always fits: `encode` checked it).
-            let mut size = HEADER_LEN + rest[0].bytes.len();
+            let mut size = HEADER_LEN + keys.overhead() + rest[0].bytes.len();
             let mut count = 1;
             while count < rest.len() && size + rest[count].bytes.len() <= max {
                 size += rest[count].bytes.len();
@@ -137,10 +144,18 @@ fn frames(batch: &mut Vec<Outgoing>, sequencer: &mut Sequencer, max: usize) -> V
             rest = later;
             let first_seq = sequencer.next(&channel, count as u64);
             let mut bytes = Vec::with_capacity(size);
-            frame::write_header(&mut bytes, &sequencer.origin, first_seq, count as u32);
+            let signed = keys.enabled();
+            frame::write_header_of(
+                &mut bytes,
+                &sequencer.origin,
+                first_seq,
+                count as u32,
+                signed,
+            );
             for post in now {
                 bytes.extend_from_slice(&post.bytes);
             }
+            keys.seal(&mut bytes);
             commands.push(Command {
                 outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
@@ -284,7 +299,12 @@ mod tests {
         };
         let mut batch = vec![post("a", 1), post("b", 2), post("a", 3), post("a", 4)];
         let mut sequencer = Sequencer::new();
-        let commands = frames(&mut batch, &mut sequencer, HEADER_LEN + 200);
+        let commands = frames(
+            &mut batch,
+            &mut sequencer,
+            &Keys::default(),
+            HEADER_LEN + 200,
+        );
         let tickets: Vec<Vec<u64>> = commands.iter().map(|c| c.tickets.clone()).collect();
         assert_eq!(tickets, vec![vec![1, 3], vec![4], vec![2]]);
         assert_eq!(sequencer.next("a", 1), 4);

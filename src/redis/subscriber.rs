@@ -37,7 +37,7 @@ use crate::local::post::{self, Snapshot};
 use crate::stats::Tally;
 use crate::transport::Receive;
 use crate::wire::codec::Payload;
-use crate::wire::frame::{self, Origin, HEADER_LEN, RECORD_OVERHEAD};
+use crate::wire::frame::{self, Origin, HEADER_LEN, MAC_LEN, RECORD_OVERHEAD, VERSION_SIGNED};
 use crate::wire::serverpod;
 use crate::wire::WireFormat;
 
@@ -198,6 +198,18 @@ impl Reader {
             // The limit is applied to each message of a frame, not to the frame: a frame
             // from a bus with a larger limit may carry messages within this bus's limit
             // beside ones over it, and Redis has delivered the whole frame already.
+            // Authenticity first: a frame without a valid MAC is not even parsed, and
+            // touches nothing.
+            WireFormat::Native if !self.authentic(payload) => {
+                let why = match payload.get(3) {
+                    Some(&2) => "a wrong MAC",
+                    _ => "no MAC",
+                };
+                self.reject(
+                    name,
+                    format!("a frame with {why} (this bus has a signing key)"),
+                );
+            }
             WireFormat::Native => match frame::decode_frame(payload) {
                 Ok(frame) => {
                     let count = frame.records.len() as u64;
@@ -236,6 +248,7 @@ impl Reader {
                         // Measured as the poster measures it (`PostError::TooLarge`): the
                         // record in a frame of its own.
                         let size = HEADER_LEN
+                            + frame.mac.map_or(0, |_| MAC_LEN)
                             + RECORD_OVERHEAD
                             + record.class.len()
                             + record.payload.len();
@@ -315,6 +328,23 @@ impl Reader {
                 false
             }
         }
+    }
+
+    /// Whether the raw frame `payload` (which may not decode) is a signed frame whose MAC
+    /// this bus accepts; always true on a bus without a signing key.
+    fn authentic(&self, payload: &[u8]) -> bool {
+        let keys = &self.state.codec.keys;
+        if !keys.enabled() {
+            return true;
+        }
+        if payload.get(3) != Some(&VERSION_SIGNED) {
+            return false;
+        }
+        let Some(at) = payload.len().checked_sub(MAC_LEN) else {
+            return false;
+        };
+        let (signed, mac) = payload.split_at(at);
+        mac.try_into().is_ok_and(|mac| keys.verify(signed, mac))
     }
 
     /// Counts and reports a frame refused as not authentic (`Stats::global_rejected`).

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::WireFormat;
 use super::frame::{self, HEADER_LEN, MAX_CLASS_LEN};
+use super::mac::Keys;
 use super::serverpod;
 use crate::error::{PostError, Reason};
 use crate::message::Message;
@@ -56,6 +57,8 @@ pub(crate) struct Codec {
     /// set explicitly. A received class outside it is refused as unknown (G09); a known
     /// class that no receiver of the channel takes is a type mismatch (L05).
     known: RwLock<HashSet<Arc<str>>>,
+    /// The frame MAC keys (`BusBuilder::signing_key`).
+    pub(crate) keys: Keys,
 }
 
 const USER: &str = "serverpod.RevokedAuthenticationUser";
@@ -88,7 +91,14 @@ impl Codec {
             max_message_bytes,
             names,
             known: RwLock::new(known),
+            keys: Keys::default(),
         }
+    }
+
+    /// The same codec, signing and verifying Native frames with `keys`.
+    pub(crate) fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// The wire class of `M`.
@@ -166,8 +176,9 @@ impl Codec {
                     rmp_serde::encode::write_named(out, data)
                 })
                 .map_err(encode_error)?;
-                // A Native message travels in a frame: it must fit one with its header.
-                let size = out.len() + HEADER_LEN;
+                // A Native message travels in a frame: it must fit one with its header (and
+                // its MAC, when frames are signed).
+                let size = out.len() + HEADER_LEN + self.keys.overhead();
                 (out, size)
             }
         };

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::layout::{HEADER_LEN, VERSION};
+use super::layout::{HEADER_LEN, VERSION, VERSION_SIGNED};
 
 /// At most this many bytes of the input are quoted in an error.
 pub(crate) const QUOTE_LEN: usize = 32;
@@ -129,7 +129,7 @@ impl fmt::Display for DecodeError {
             ),
             DecodeError::UnsupportedVersion { version } => write!(
                 f,
-                "unsupported frame version {version}, this build reads version {VERSION}"
+                "unsupported frame version {version}, this build reads versions {VERSION} and {VERSION_SIGNED}"
             ),
             DecodeError::ZeroCount => f.write_str("frame has a record count of 0"),
             DecodeError::SequenceOverflow { first_seq, count } => write!(

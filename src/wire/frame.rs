@@ -35,6 +35,7 @@
 
 use super::error::DecodeError;
 pub use super::layout::{Origin, HEADER_LEN, MAX_CLASS_LEN, RECORD_OVERHEAD};
+pub use super::layout::{MAC_LEN, VERSION_SIGNED};
 use super::layout::{MAGIC, VERSION};
 
 /// Appends one record to `out`: the class name, then the payload that `payload` appends.
@@ -90,10 +91,23 @@ pub fn write_record<E>(
 /// The caller appends `count` records ([`write_record`]) after it; `count` must be at least
 /// 1, and `first_seq + count - 1` must not pass `u64::MAX`, or the frame is refused when
 /// decoded.
+#[cfg_attr(not(any(test, fuzzing)), allow(dead_code))] // the publisher writes either version
 pub fn write_header(out: &mut Vec<u8>, origin: &Origin, first_seq: u64, count: u32) {
+    write_header_of(out, origin, first_seq, count, false);
+}
+
+/// [`write_header`] of a version-2 frame, when `signed`: its writer appends a MAC of
+/// [`MAC_LEN`] bytes after the records.
+pub fn write_header_of(
+    out: &mut Vec<u8>,
+    origin: &Origin,
+    first_seq: u64,
+    count: u32,
+    signed: bool,
+) {
     out.reserve(HEADER_LEN);
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(if signed { VERSION_SIGNED } else { VERSION });
     out.extend_from_slice(origin);
     out.extend_from_slice(&first_seq.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
@@ -108,6 +122,8 @@ pub struct Frame<'a> {
     pub first_seq: u64,
     /// The messages, in order.
     pub records: Vec<Record<'a>>,
+    /// A version-2 frame's MAC, and the bytes it covers (all before it).
+    pub mac: Option<(&'a [u8], &'a [u8; MAC_LEN])>,
 }
 
 /// One message of a frame.
@@ -131,6 +147,7 @@ pub struct Record<'a> {
 /// other than 1, no records, a sequence range past `u64::MAX`, a truncated record, a class
 /// name that is empty or not UTF-8, or bytes after the last record.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    let all = bytes;
     let mut cursor = Cursor { bytes, pos: 0 };
     let Some(header) = read_header(&mut cursor) else {
         return Err(DecodeError::TooShort { len: bytes.len() });
@@ -140,11 +157,26 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
             found: header.magic,
         });
     }
-    if header.version != VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            version: header.version,
-        });
-    }
+    let mac = match header.version {
+        VERSION => None,
+        VERSION_SIGNED => {
+            let Some(at) = bytes
+                .len()
+                .checked_sub(MAC_LEN)
+                .filter(|&at| at >= HEADER_LEN)
+            else {
+                return Err(DecodeError::TooShort { len: bytes.len() });
+            };
+            let (signed, mac) = all.split_at(at);
+            let mac: &[u8; MAC_LEN] = mac
+                .try_into()
+                .map_err(|_| DecodeError::TooShort { len: bytes.len() })?;
+            // The records end where the MAC begins.
+            cursor.bytes = signed;
+            Some((signed, mac))
+        }
+        version => return Err(DecodeError::UnsupportedVersion { version }),
+    };
     let Header {
         origin,
         first_seq,
@@ -195,6 +227,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
         origin,
         first_seq,
         records,
+        mac,
     })
 }
 
@@ -204,7 +237,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
 pub fn decode_header(bytes: &[u8]) -> Option<(Origin, u64, u32)> {
     let header = read_header(&mut Cursor { bytes, pos: 0 })?;
     let valid = header.magic == *MAGIC
-        && header.version == VERSION
+        && matches!(header.version, VERSION | VERSION_SIGNED)
         && header.count > 0
         && header
             .first_seq
@@ -312,11 +345,12 @@ mod tests {
         let owned: Vec<(&str, &[u8])> =
             frame.records.iter().map(|r| (r.class, r.payload)).collect();
         let mut out = Vec::new();
-        write_header(
+        write_header_of(
             &mut out,
             &frame.origin,
             frame.first_seq,
             u32::try_from(owned.len()).unwrap(),
+            frame.mac.is_some(),
         );
         for (class, payload) in owned {
             write_record(&mut out, class, |out| {
@@ -324,6 +358,9 @@ mod tests {
                 Ok::<(), Infallible>(())
             })
             .unwrap();
+        }
+        if let Some((_, mac)) = frame.mac {
+            out.extend_from_slice(mac);
         }
         out
     }
@@ -362,6 +399,7 @@ mod tests {
                     class: "SimpleData",
                     payload: b"\x81\xa3num\x2a",
                 }],
+                mac: None,
             }
         );
         assert_eq!(encode(&decoded), bytes);
@@ -431,12 +469,12 @@ mod tests {
     #[test]
     fn decode_refuses_unsupported_version() {
         let mut bytes = frame(1, &[("A", b"")]);
-        bytes[3] = 2;
+        bytes[3] = 3;
         let error = decode_frame(&bytes).unwrap_err();
-        assert_eq!(error, DecodeError::UnsupportedVersion { version: 2 });
+        assert_eq!(error, DecodeError::UnsupportedVersion { version: 3 });
         assert_eq!(
             error.to_string(),
-            "unsupported frame version 2, this build reads version 1"
+            "unsupported frame version 3, this build reads versions 1 and 2"
         );
     }
 

@@ -16,5 +16,9 @@ pub const MAX_CLASS_LEN: usize = 1024;
 
 /// The frame magic.
 pub const MAGIC: &[u8; 3] = b"EVB";
-/// The frame version this build writes and reads.
+/// The version of a frame without a MAC.
 pub const VERSION: u8 = 1;
+/// The version of a frame that ends with a MAC ([`MAC_LEN`] bytes over all before it).
+pub const VERSION_SIGNED: u8 = 2;
+/// Bytes of a signed frame's MAC.
+pub const MAC_LEN: usize = 32;

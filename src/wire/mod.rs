@@ -6,6 +6,7 @@
 //! - [`frame`]: the Native frame (origin id, sequence numbers, records of class and payload);
 //! - [`serverpod`]: Serverpod's JSON envelope;
 //! - [`error`]: `DecodeError`, why received bytes were refused, in either format;
+//! - [`mac`]: the MAC of a signed frame (keyed BLAKE3);
 //! - [`codec`]: class names and typed payloads (MessagePack or JSON) of one bus;
 //! - [`format`]: [`WireFormat`], which of the two a bus uses.
 
@@ -14,6 +15,7 @@ pub(crate) mod error;
 pub(crate) mod format;
 pub(crate) mod frame;
 mod layout;
+pub(crate) mod mac;
 pub(crate) mod serverpod;
 
 pub use format::WireFormat;
