@@ -12,6 +12,12 @@ use serde::{de::DeserializeOwned, Serialize};
 /// `"UserUpdate"`). That default comes from [`std::any::type_name`], whose output the compiler
 /// does not promise to keep stable across versions: for types that cross process boundaries,
 /// set the name explicitly with [`BusBuilder::class_name`](crate::BusBuilder::class_name).
+///
+/// A type given another type's name (`class_name::<EventSummary>("Event")`) reads and writes
+/// that class on purpose, beside the class's own type, for example as a tolerant view with
+/// optional fields. Each receiver type decodes a received message by itself: when the
+/// payload does not decode as one of them, the others still get the message, and the
+/// failure is counted and reported once.
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Message for T {}

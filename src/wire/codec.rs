@@ -21,6 +21,11 @@
 //! accepts only `M`'s class, so a receiver never gets a value of another model that happens
 //! to have the same shape. [`RevokedAuthentication`] is one Rust type with Serverpod's three
 //! classes; it is mapped here, in both formats (R02).
+//!
+//! A type given another type's name (`class_name::<EventSummary>("Event")`) takes that
+//! class on purpose, beside the class's own type, for example as a tolerant view with
+//! optional fields. Such types share a class, and each decodes a received message by
+//! itself: when one refuses it, the others still get it, and the refusal is reported once.
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
@@ -181,6 +186,11 @@ impl Codec {
     }
 
     /// Decodes a message of class `class` as an `M`: `None` when `M` does not take that class.
+    ///
+    /// # Errors
+    ///
+    /// Why `M` refuses the message, as the text of a `BusEvent::DecodeFailed`: its payload
+    /// does not decode as `M`. `class` is then `M`'s own class, not text from the wire.
     pub(crate) fn decode<M: Message>(
         &self,
         class: &str,
@@ -196,14 +206,25 @@ impl Codec {
                 }
                 _ => return None,
             };
+            let revocation = revocation.map_err(|reason| undecodable::<M>(class, &reason));
             let boxed: Box<dyn Any> = Box::new(revocation);
             return match boxed.downcast::<Result<M, String>>() {
                 Ok(result) => Some(*result),
                 Err(_) => unreachable!("M is RevokedAuthentication"),
             };
         }
-        (self.class_of::<M>() == class).then(|| decode::<M>(payload))
+        (self.class_of::<M>() == class)
+            .then(|| decode::<M>(payload).map_err(|reason| undecodable::<M>(class, &reason)))
     }
+}
+
+/// Why a payload of class `class` was refused by `M`: serde's `reason`, cut to 256
+/// characters.
+fn undecodable<M>(class: &str, reason: &str) -> String {
+    format!(
+        "{class}: payload does not decode as {}: {reason:.256}",
+        std::any::type_name::<M>()
+    )
 }
 
 /// serde refused a value: its error is the cause.
