@@ -143,8 +143,9 @@ fn walk<M>(root: &Node<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &
 /// receiver type that takes `class`, and hands it to that type's receivers (G03).
 ///
 /// Each type decodes on its own: one that refuses the message (its payload does not decode
-/// as that type) does not keep it from the other types that take it. Receivers of types
-/// that do not take the class count as type mismatches (L05), unless the class is unknown.
+/// as that type, or the type is in conflict for the class, see [`crate::wire::codec`]) does
+/// not keep it from the other types that take it. Receivers of types that do not take the
+/// class count as type mismatches (L05), unless the class is unknown.
 ///
 /// # Errors
 ///
