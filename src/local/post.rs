@@ -142,11 +142,18 @@ fn walk<M>(root: &Node<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &
 /// Delivers one message received through the transport to `snapshot`: decodes it once per
 /// receiver type that takes `class`, and hands it to that type's receivers (G03).
 ///
+/// Each type decodes on its own: one that refuses the message (its payload does not decode
+/// as that type, or the type is in conflict for the class, see [`crate::wire::codec`]) does
+/// not keep it from the other types that take it. Receivers of types that do not take the
+/// class count as type mismatches (L05), unless the class is unknown.
+///
 /// # Errors
 ///
-/// Why the message was refused (G09), for `BusEvent::DecodeFailed`: its payload does not
-/// decode as a receiver's type, or no receiver type of this bus takes its class. At most 64
-/// characters of the class are quoted: it comes from the wire.
+/// Why the message was refused (G09), for `BusEvent::DecodeFailed`, once per message: the
+/// first receiver type's refusal, even when other types got the message (their receivers
+/// are in `tally`; the caller counts the message as a decode error, not as received); or
+/// that no receiver type of this bus takes its class, quoting at most 64 characters of the
+/// class: it comes from the wire.
 pub(crate) fn receive(
     snapshot: Option<&Snapshot>,
     codec: &Codec,
@@ -156,24 +163,22 @@ pub(crate) fn receive(
 ) -> Result<(), String> {
     let groups = snapshot.map_or(&[][..], |s| &s.groups[..]);
     let mut taken = false;
+    let mut refused = None;
     let mut mismatches = 0;
     for group in groups {
         match (group.wire)(group, codec, class, payload, tally) {
             None => mismatches += group.len as u64,
             Some(Ok(())) => taken = true,
             Some(Err(reason)) => {
-                return Err(format!(
-                    "{}: payload does not decode: {reason:.256}",
-                    short(class)
-                ))
+                refused.get_or_insert(reason);
             }
         }
     }
-    if !taken && !codec.knows(class) {
+    if !taken && refused.is_none() && !codec.knows(class) {
         return Err(format!("unknown class {:?}", short(class)));
     }
     tally.mismatches += mismatches;
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 /// Decodes one received message as the group's type `M` and delivers it to the group: the

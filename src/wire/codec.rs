@@ -21,6 +21,33 @@
 //! accepts only `M`'s class, so a receiver never gets a value of another model that happens
 //! to have the same shape. [`RevokedAuthentication`] is one Rust type with Serverpod's three
 //! classes; it is mapped here, in both formats (R02).
+//!
+//! # One type per own name
+//!
+//! A class that is a type's own name (the default, or the same name set explicitly to pin
+//! it) says which model a message is, so on one bus it names one type. `a::Event` and
+//! `b::Event` would both be `"Event"`, as would `Page<User>` and `Page<Order>`: the first of
+//! them the bus uses (a listener or stream registered, a global post made) *claims* the
+//! class for the life of the bus, and the other is *in conflict* with it:
+//!
+//! - its global posts fail with [`PostError::Encode`], whose text names both types and says
+//!   to set `BusBuilder::class_name` for one of them;
+//! - messages of that class are not delivered to its receivers: the message counts as a
+//!   decode error, reported as `BusEvent::DecodeFailed` with the same text (G09), while the
+//!   receivers of the type that claimed the class get it as usual.
+//!
+//! The default name itself never changes (Serverpod interop depends on it), and registration
+//! cannot fail, so this is where the conflict shows. Which of the two claims the class
+//! depends on the order of use: resolve a conflict rather than rely on that order. The rule
+//! holds within a bus: the wire carries only the class name, so another process that knows
+//! only `b::Event` takes `a::Event`'s messages for its own (or refuses them, when the shapes
+//! differ). That is why types that cross process boundaries want explicit names.
+//!
+//! A type given a name other than its own (`class_name::<EventSummary>("Event")`) claims
+//! nothing and is never in conflict: it reads and writes that class on purpose, beside the
+//! class's own type, for example as a tolerant view with optional fields. Such types share a
+//! class, and each decodes a received message by itself: when one refuses it, the others
+//! still get it, and the refusal is reported once.
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
@@ -59,6 +86,16 @@ pub(crate) struct Codec {
     known: RwLock<HashSet<Arc<str>>>,
     /// The frame MAC keys (`BusBuilder::signing_key`).
     pub(crate) keys: Keys,
+    /// Per class that is some type's own name: the first such type this bus used, which
+    /// keeps it (see "One type per own name" above).
+    claims: RwLock<HashMap<Arc<str>, Claimant>>,
+}
+
+/// The type that claimed a class.
+#[derive(Clone, Copy)]
+struct Claimant {
+    id: TypeId,
+    name: &'static str,
 }
 
 const USER: &str = "serverpod.RevokedAuthenticationUser";
@@ -92,6 +129,7 @@ impl Codec {
             names,
             known: RwLock::new(known),
             keys: Keys::default(),
+            claims: RwLock::default(),
         }
     }
 
@@ -109,15 +147,50 @@ impl Codec {
         }
     }
 
-    /// Records that `M` has a receiver on this bus, so its class is known.
+    /// Records that `M` has a receiver on this bus, so its class is known, and claims the
+    /// class when it is `M`'s own name and unclaimed.
     pub(crate) fn learn<M: Message>(&self) {
         if TypeId::of::<M>() == TypeId::of::<RevokedAuthentication>() {
             return;
         }
         let class = self.class_of::<M>();
         if !self.known.read().contains(&*class) {
-            self.known.write().insert(class.into());
+            self.known.write().insert(Arc::from(&*class));
         }
+        // Registration cannot fail: a conflict shows when `M` is posted or received.
+        let _ = self.claim::<M>(&class);
+    }
+
+    /// Whether `M` may use `class`, its wire class, on this bus; claims `class` for `M` when
+    /// it is `M`'s own name and no type claimed it yet.
+    ///
+    /// # Errors
+    ///
+    /// The conflict, naming both types, when `class` is `M`'s own name and another type
+    /// claimed it first.
+    fn claim<M: 'static>(&self, class: &str) -> Result<(), String> {
+        let name = std::any::type_name::<M>();
+        if default_class_name(name) != class {
+            return Ok(());
+        }
+        let me = Claimant {
+            id: TypeId::of::<M>(),
+            name,
+        };
+        // Bound first: the read guard must be gone before the write lock is taken.
+        let claimed = self.claims.read().get(class).copied();
+        let owner = match claimed {
+            Some(owner) => owner,
+            None => *self.claims.write().entry(class.into()).or_insert(me),
+        };
+        if owner.id == me.id {
+            return Ok(());
+        }
+        Err(format!(
+            "class name {class:?} is used by both {} and {name} on this bus; \
+             set BusBuilder::class_name for one of them",
+            owner.name
+        ))
     }
 
     /// Whether some receiver type of this bus takes `class`.
@@ -130,7 +203,8 @@ impl Codec {
     ///
     /// # Errors
     ///
-    /// [`PostError::Encode`] when serde refuses the value or the class name is too long;
+    /// [`PostError::Encode`] when serde refuses the value, the class name is too long, or
+    /// `M` is in conflict for its class (see "One type per own name" above);
     /// [`PostError::TooLarge`] past `max_message_bytes`.
     pub(crate) fn encode<M: Message>(&self, message: &M) -> Result<Vec<u8>, PostError> {
         match (message as &dyn Any).downcast_ref::<RevokedAuthentication>() {
@@ -147,7 +221,12 @@ impl Codec {
                     scopes: scopes.clone(),
                 },
             ),
-            None => self.encode_as(&self.class_of::<M>(), message),
+            None => {
+                let class = self.class_of::<M>();
+                self.claim::<M>(&class)
+                    .map_err(|conflict| PostError::Encode(Reason::new(conflict)))?;
+                self.encode_as(&class, message)
+            }
         }
     }
 
@@ -192,6 +271,12 @@ impl Codec {
     }
 
     /// Decodes a message of class `class` as an `M`: `None` when `M` does not take that class.
+    ///
+    /// # Errors
+    ///
+    /// Why `M` refuses the message, as the text of a `BusEvent::DecodeFailed`: its payload
+    /// does not decode as `M`, or `M` is in conflict for the class (see "One type per own
+    /// name" above). `class` is then `M`'s own class, not text from the wire.
     pub(crate) fn decode<M: Message>(
         &self,
         class: &str,
@@ -207,14 +292,31 @@ impl Codec {
                 }
                 _ => return None,
             };
+            let revocation = revocation.map_err(|reason| undecodable::<M>(class, &reason));
             let boxed: Box<dyn Any> = Box::new(revocation);
             return match boxed.downcast::<Result<M, String>>() {
                 Ok(result) => Some(*result),
                 Err(_) => unreachable!("M is RevokedAuthentication"),
             };
         }
-        (self.class_of::<M>() == class).then(|| decode::<M>(payload))
+        if self.class_of::<M>() != class {
+            return None;
+        }
+        Some(
+            self.claim::<M>(class).and_then(|()| {
+                decode::<M>(payload).map_err(|reason| undecodable::<M>(class, &reason))
+            }),
+        )
     }
+}
+
+/// Why a payload of class `class` was refused by `M`: serde's `reason`, cut to 256
+/// characters.
+fn undecodable<M>(class: &str, reason: &str) -> String {
+    format!(
+        "{class}: payload does not decode as {}: {reason:.256}",
+        std::any::type_name::<M>()
+    )
 }
 
 /// serde refused a value: its error is the cause.
@@ -316,6 +418,89 @@ mod tests {
         assert!(!codec.knows("SimpleData"));
         codec.learn::<SimpleData>();
         assert!(codec.knows("SimpleData"));
+    }
+
+    mod a {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        pub struct Event {
+            pub id: u64,
+        }
+    }
+
+    mod b {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        pub struct Event {
+            pub id: u64,
+        }
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Summary {
+        id: Option<u64>,
+    }
+
+    #[test]
+    fn a_types_own_name_belongs_to_the_first_type_that_uses_it() {
+        let codec = codec(WireFormat::Serverpod);
+        codec.learn::<a::Event>();
+        codec.learn::<b::Event>();
+        assert!(codec.encode(&a::Event { id: 1 }).is_ok());
+        let Err(PostError::Encode(reason)) = codec.encode(&b::Event { id: 1 }) else {
+            panic!("b::Event is in conflict for \"Event\"");
+        };
+        let a_name = std::any::type_name::<a::Event>();
+        let b_name = std::any::type_name::<b::Event>();
+        assert!(
+            reason.contains(a_name) && reason.contains(b_name),
+            "{reason}"
+        );
+        assert!(reason.contains("BusBuilder::class_name"), "{reason}");
+        let json = Payload::Json("{\"id\":1}");
+        assert_eq!(
+            codec.decode::<a::Event>("Event", json),
+            Some(Ok(a::Event { id: 1 }))
+        );
+        assert_eq!(
+            codec.decode::<b::Event>("Event", json),
+            Some(Err(reason.to_string()))
+        );
+    }
+
+    #[test]
+    fn a_post_claims_a_name_as_a_registration_does() {
+        let codec = codec(WireFormat::Native);
+        assert!(codec.encode(&b::Event { id: 1 }).is_ok());
+        codec.learn::<a::Event>();
+        assert!(codec.encode(&a::Event { id: 1 }).is_err());
+        assert!(codec.encode(&b::Event { id: 2 }).is_ok());
+    }
+
+    #[test]
+    fn a_name_pinned_to_its_own_type_is_claimed_like_a_default() {
+        let names = HashMap::from([(TypeId::of::<b::Event>(), Arc::from("Event"))]);
+        let codec = Codec::new(WireFormat::Native, 1 << 20, names);
+        codec.learn::<b::Event>();
+        codec.learn::<a::Event>();
+        assert!(codec.encode(&b::Event { id: 1 }).is_ok());
+        assert!(codec.encode(&a::Event { id: 1 }).is_err());
+    }
+
+    #[test]
+    fn a_type_named_after_another_shares_its_class_without_conflict() {
+        let names = HashMap::from([(TypeId::of::<Summary>(), Arc::from("Event"))]);
+        let codec = Codec::new(WireFormat::Serverpod, 1 << 20, names);
+        codec.learn::<Summary>();
+        codec.learn::<a::Event>();
+        assert!(codec.encode(&Summary { id: None }).is_ok());
+        assert!(codec.encode(&a::Event { id: 1 }).is_ok());
+        let json = Payload::Json("{\"id\":\"seven\"}");
+        let Some(Err(reason)) = codec.decode::<Summary>("Event", json) else {
+            panic!("a string id does not decode as an Option<u64>");
+        };
+        assert!(
+            reason.contains(std::any::type_name::<Summary>()),
+            "the refusal names the type: {reason}"
+        );
     }
 
     #[test]
