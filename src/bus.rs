@@ -301,7 +301,15 @@ impl BusBuilder {
     /// nodes), `redis-sentinel` or `rediss-sentinel` for a server behind Sentinel
     /// (`?sentinelServiceName=name`), and the same with `valkey` for `redis`. Any other scheme
     /// (`http://` included) is refused by [`build`](BusBuilder::build) with
-    /// [`BusError::InvalidConfig`] before it connects anywhere.
+    /// [`BusError::InvalidConfig`] before it connects anywhere:
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let built = evbus::Bus::builder().redis_url("http://127.0.0.1:6379").build().await;
+    /// let Err(evbus::BusError::InvalidConfig(why)) = built else { panic!() };
+    /// assert!(why.contains("\"http\" is not a Redis scheme"));
+    /// # });
+    /// ```
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self
