@@ -43,7 +43,7 @@ use crate::wire::WireFormat;
 /// | wait | bound |
 /// |---|---|
 /// | [`BusBuilder::build`] with a Redis URL | connects before it returns, and does not retry: fails in well under a second when the connection is refused, after 5 s when Redis does not answer (10 s at the very most: the bus has two connections) |
-/// | [`Bus::subscriptions_ready`], [`MessageStream::subscribed`](crate::MessageStream::subscribed) | **none** while Redis is unreachable; [`BusError::ShutDown`] at shutdown |
+/// | [`Bus::subscriptions_ready`], [`MessageStream::subscribed`](crate::MessageStream::subscribed) | **none** while Redis is unreachable; [`BusError::ShutDown`] once a shutdown is done |
 /// | [`Bus::flush`], awaiting a [`Delivery`](crate::Delivery) | **none** while Redis is unreachable (posts are held, G07); an error once shutdown gave up on the posts |
 /// | [`Bus::shutdown`] | about 4 s even with Redis unreachable: 3 s for the flush, half a second per closing step |
 /// | [`MessageStream::recv`](crate::MessageStream::recv), [`BusEvents::recv`] | until a message or event comes, or the stream ends: its session closes or the bus shuts down |
@@ -186,12 +186,10 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// [`BusError::ShutDown`] when the bus shut down meanwhile.
+    /// [`BusError::ShutDown`] when the bus shut down before the call or meanwhile (then once
+    /// the shutdown is done, within its bound, also with Redis unreachable).
     pub async fn subscriptions_ready(&self) -> Result<(), BusError> {
-        match &self.inner().global {
-            Some(global) => global.transport.subscriptions_ready().await,
-            None => Ok(()),
-        }
+        crate::session::subscriptions_ready(self.inner()).await
     }
 
     /// Shuts the bus down (G12): posts fail with [`PostError::ShutDown`](crate::PostError::ShutDown) from now on; global

@@ -404,3 +404,30 @@ async fn a_stream_is_subscribed_when_subscribed_returns() {
     let inert = bus.session().into_stream::<String>("one-stream");
     assert_eq!(inert.subscribed().await, Err(BusError::ShutDown));
 }
+
+/// `MessageStream::subscribed` and `Bus::subscriptions_ready` while Redis is unreachable:
+/// they wait (the timeout is the caller's), and a shutdown ends both waits with `ShutDown`,
+/// though Redis never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_the_subscription_waits_that_redis_cannot_answer() {
+    let mut redis = RedisServer::start();
+    let bus = redis_bus(&redis).await;
+    blocking(|| redis.stop());
+    let stream = bus.session().into_stream::<String>("unreachable");
+    let mut stream_wait = std::pin::pin!(stream.subscribed());
+    let mut bus_wait = std::pin::pin!(bus.subscriptions_ready());
+    // Start both waits: Redis is down, so the SUBSCRIBE cannot be confirmed.
+    tokio::select! {
+        biased;
+        early = &mut stream_wait => panic!("subscribed returned with Redis down: {early:?}"),
+        early = &mut bus_wait => panic!("subscriptions_ready returned with Redis down: {early:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let _ = timeout(DEADLINE, bus.shutdown())
+        .await
+        .expect("shutdown with Redis down is bounded");
+    let ended = timeout(DEADLINE, async { (stream_wait.await, bus_wait.await) })
+        .await
+        .expect("the shutdown did not end the waits");
+    assert_eq!(ended, (Err(BusError::ShutDown), Err(BusError::ShutDown)));
+}

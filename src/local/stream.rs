@@ -178,7 +178,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     }
 
     /// Returns once this stream receives global messages: every subscription change its bus
-    /// had issued when this is called, this stream's own SUBSCRIBE included, is confirmed by
+    /// had issued when the wait begins, this stream's own SUBSCRIBE included, is confirmed by
     /// Redis (G04), so a global post made afterwards, from any bus, reaches it. A readiness
     /// wait for one stream, where [`Bus::subscriptions_ready`](crate::Bus::subscriptions_ready)
     /// waits for the whole bus; it counts the changes the same way, so it also waits for the
@@ -210,7 +210,9 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     ///
     /// # Errors
     ///
-    /// [`BusError::ShutDown`] when the bus was shut down (before or during the wait).
+    /// [`BusError::ShutDown`] when the bus was shut down before the wait, or shuts down
+    /// during it (then once the shutdown is done, within its bound, also with Redis
+    /// unreachable).
     pub async fn subscribed(&self) -> Result<(), BusError> {
         match &self._registration {
             Some(registration) => registration.subscribed().await,
