@@ -6,26 +6,17 @@
 //! "evbus-example:", so a shared Redis is not disturbed.
 
 use std::error::Error;
-use std::future::{poll_fn, Future, IntoFuture};
-use std::pin::Pin;
+use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use evbus::{
-    revoked_authentication_channel, Bus, MessageScope, MessageStream, RevokedAuthentication,
-};
-use futures_core::Stream;
+use evbus::{revoked_authentication_channel, Bus, MessageScope, RevokedAuthentication};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug)]
 struct ChatMessage {
     from: String,
     text: String,
-}
-
-async fn next<M: evbus::Message>(stream: &mut MessageStream<M>) -> Option<Arc<M>> {
-    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 
 /// `step`, or an error saying what did not happen in time.
@@ -69,7 +60,7 @@ async fn run(url: &str) -> Result<(), Box<dyn Error>> {
         .messages()
         .create_stream::<RevokedAuthentication>(&revoked_authentication_channel("42"));
     let connection_task = tokio::spawn(async move {
-        while let Some(revoked) = next(&mut revocations).await {
+        while let Some(revoked) = revocations.recv().await {
             if revoked.affects(Some("a1"), &["chat"]) {
                 println!("B: connection of user 42 got {revoked:?}: closing it");
                 break;
@@ -89,11 +80,11 @@ async fn run(url: &str) -> Result<(), Box<dyn Error>> {
         let delivery = server_a
             .messages()
             .post_message("chat", message, MessageScope::Global)?;
-        within("publishing", delivery.into_future()).await??;
+        within("publishing", delivery.acknowledged()).await??;
         println!("A: posted {text:?} globally");
     }
     for _ in 0..2 {
-        match within("waiting for the chat", next(&mut chat)).await? {
+        match within("waiting for the chat", chat.recv()).await? {
             Some(message) => println!("B: the chat stream yielded {message:?}"),
             None => return Err("the chat stream ended early".into()),
         }

@@ -2,15 +2,9 @@
 //!
 //! Run: `cargo run --release --example quickstart`
 
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use evbus::{
-    revoked_authentication_channel, Bus, MessageScope, MessageStream, PostError,
-    RevokedAuthentication,
-};
-use futures_core::Stream;
+use evbus::{revoked_authentication_channel, Bus, MessageScope, PostError, RevokedAuthentication};
 use serde::{Deserialize, Serialize};
 
 /// A model that represents changes to user data.
@@ -18,10 +12,6 @@ use serde::{Deserialize, Serialize};
 struct UserUpdate {
     user_id: u64,
     name: String,
-}
-
-async fn next<M: evbus::Message>(stream: &mut MessageStream<M>) -> Option<Arc<M>> {
-    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -77,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .post_message("user_updates", update, MessageScope::Local)?;
     }
     for _ in 0..2 {
-        if let Some(message) = next(&mut stream).await {
+        if let Some(message) = stream.recv().await {
             println!("stream received: {message:?}");
         }
     }
@@ -95,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bus.messages()
         .post_message("user_updates", update, MessageScope::Local)?;
     request.close();
-    while let Some(message) = next(&mut request_stream).await {
+    while let Some(message) = request_stream.recv().await {
         println!("buffered before the session closed: {message:?}");
     }
     println!("the session closed: its stream ended");

@@ -36,6 +36,34 @@ use crate::wire::WireFormat;
 /// assert_eq!(delivery.local_receivers(), 1);
 /// # Ok::<(), evbus::PostError>(())
 /// ```
+///
+/// # Waits and their bounds
+///
+/// Nothing on the post path waits. The waits that do, and what bounds them:
+///
+/// | wait | bound |
+/// |---|---|
+/// | [`BusBuilder::build`] with a Redis URL | connects before it returns, and does not retry: fails in well under a second when the connection is refused, after 5 s when Redis does not answer (10 s at the very most: the bus has two connections) |
+/// | [`Bus::subscriptions_ready`], [`MessageStream::subscribed`](crate::MessageStream::subscribed) | **none** while Redis is unreachable; [`BusError::ShutDown`] once a shutdown is done |
+/// | [`Bus::flush`], awaiting a [`Delivery`](crate::Delivery) | **none** while Redis is unreachable (posts are held, G07); an error once shutdown gave up on the posts |
+/// | [`Bus::shutdown`] | about 4 s even with Redis unreachable: 3 s for the flush, half a second per closing step |
+/// | [`MessageStream::recv`](crate::MessageStream::recv), [`BusEvents::recv`] | until a message or event comes, or the stream ends: its session closes or the bus shuts down |
+///
+/// Every one is cancel-safe: dropping it loses nothing (a post already made still goes out).
+/// Bound the ones without a bound with a timeout, and decide what a timeout means: in a
+/// request handler, usually a 503 ([`BusError::http_status`]).
+///
+/// ```
+/// # use std::time::Duration;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let bus = evbus::Bus::local();
+/// match tokio::time::timeout(Duration::from_secs(5), bus.subscriptions_ready()).await {
+///     Ok(ready) => ready?,                              // Redis confirmed every SUBSCRIBE
+///     Err(_elapsed) => eprintln!("Redis unreachable for 5 s; the bus keeps trying"),
+/// }
+/// # Ok::<(), evbus::BusError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct Bus {
     messages: Messages,
@@ -133,8 +161,9 @@ impl Bus {
     /// Returns once every global post made before the call is acknowledged by Redis (G12).
     /// On a bus without Redis there is none, so it returns at once.
     ///
-    /// While Redis is unreachable it waits (posts are held, G07). It is cancel-safe: wrap it
-    /// in a timeout to bound the wait.
+    /// While Redis is unreachable it waits, with no bound of its own (posts are held, G07).
+    /// It is cancel-safe: wrap it in a timeout to bound the wait (see
+    /// [Waits](Bus#waits-and-their-bounds)).
     ///
     /// # Errors
     ///
@@ -151,16 +180,17 @@ impl Bus {
     /// registered before the call. On a bus without Redis it returns at once.
     ///
     /// A channel is subscribed when it gets its first listener or stream, and unsubscribed
-    /// when its last one goes. While Redis is unreachable this waits; it is cancel-safe.
+    /// when its last one goes. While Redis is unreachable this waits, with no bound of its
+    /// own; it is cancel-safe: wrap it in a timeout (see [Waits](Bus#waits-and-their-bounds)).
+    /// To wait for one stream's subscription only, see
+    /// [`MessageStream::subscribed`](crate::MessageStream::subscribed).
     ///
     /// # Errors
     ///
-    /// [`BusError::ShutDown`] when the bus shut down meanwhile.
+    /// [`BusError::ShutDown`] when the bus shut down before the call or meanwhile (then once
+    /// the shutdown is done, within its bound, also with Redis unreachable).
     pub async fn subscriptions_ready(&self) -> Result<(), BusError> {
-        match &self.inner().global {
-            Some(global) => global.transport.subscriptions_ready().await,
-            None => Ok(()),
-        }
+        crate::session::subscriptions_ready(self.inner()).await
     }
 
     /// Shuts the bus down (G12): posts fail with [`PostError::ShutDown`](crate::PostError::ShutDown) from now on; global
@@ -171,6 +201,11 @@ impl Bus {
     ///
     /// It returns within a bounded time even when Redis is unreachable: it waits up to 3
     /// seconds for the flush and half a second for each closing step.
+    ///
+    /// In a web server, call it when the shutdown signal comes, before the server waits for
+    /// its connections to close (axum's `with_graceful_shutdown`): it ends every stream, so
+    /// open Server-Sent Events responses end with it, and the server can stop. Without it an
+    /// open stream keeps its connection, and the process, alive.
     ///
     /// # Errors
     ///
@@ -263,6 +298,21 @@ impl BusBuilder {
     /// `rediss://` for TLS, which needs this crate's `tls` feature (rustls; the server's
     /// certificate is checked against the system's roots, or the file in `SSL_CERT_FILE`).
     /// Without a URL the bus is local.
+    ///
+    /// The scheme says what the server is: `redis` or `rediss` for one server,
+    /// `redis-cluster` or `rediss-cluster` for a cluster (`?node=host:port&..` names more
+    /// nodes), `redis-sentinel` or `rediss-sentinel` for a server behind Sentinel
+    /// (`?sentinelServiceName=name`), and the same with `valkey` for `redis`. Any other scheme
+    /// (`http://` included) is refused by [`build`](BusBuilder::build) with
+    /// [`BusError::InvalidConfig`] before it connects anywhere:
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let built = evbus::Bus::builder().redis_url("http://127.0.0.1:6379").build().await;
+    /// let Err(evbus::BusError::InvalidConfig(why)) = built else { panic!() };
+    /// assert!(why.contains("\"http\" is not a Redis scheme"));
+    /// # });
+    /// ```
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self
@@ -353,11 +403,21 @@ impl BusBuilder {
     ///
     /// - [`BusError::InvalidConfig`] when a setting is out of range: a `stream_capacity` or
     ///   `outage_buffer` of 0, a `max_message_bytes` below 256, a class name that is empty,
-    ///   longer than 1024 bytes, or given to two types.
+    ///   longer than 1024 bytes, or given to two types; or when the Redis URL's scheme is not
+    ///   one of [`redis_url`](BusBuilder::redis_url)'s.
     /// - [`BusError::Redis`] when a Redis URL is set and the URL is invalid or Redis cannot be
     ///   reached now (after that, the bus reconnects by itself whenever the connection drops),
     ///   or when `build` is not called inside a tokio runtime: the bus's Redis tasks run on the
     ///   runtime that built it.
+    ///
+    /// # Waiting
+    ///
+    /// With a Redis URL, `build` connects the bus's two connections (publisher and
+    /// subscriber) before it returns. It does not retry a failed first connection: a refused
+    /// one fails in well under a second, and one that Redis does not answer gives up after 5
+    /// seconds. Each connection has that bound, so `build` returns within 10 seconds at the
+    /// very most. Wrap it in a timeout for a tighter bound. (Once built, the bus reconnects by
+    /// itself, with no bound: see [Waits](Bus#waits-and-their-bounds).)
     pub async fn build(self) -> Result<Bus, BusError> {
         if self.stream_capacity == 0 {
             return Err(BusError::InvalidConfig(
@@ -415,6 +475,7 @@ impl BusBuilder {
         let Some(url) = self.redis_url else {
             return Ok(Bus::with(config, events, None, None));
         };
+        check_scheme(&url)?;
         let names = self
             .class_names
             .into_iter()
@@ -436,5 +497,97 @@ impl BusBuilder {
         };
         let bus = Bus::with(config, events, Some(global), Some(redis));
         Ok(bus)
+    }
+}
+
+/// The URL schemes of a Redis (or Valkey) server that the Redis client reads: one server,
+/// a cluster, or Sentinel; with TLS when the scheme has the extra `s`.
+const REDIS_SCHEMES: [&str; 12] = [
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "valkey",
+    "valkeys",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+];
+
+/// Refuses a Redis URL whose scheme is not Redis's: the client would read `http://host` as
+/// a plain Redis server and connect to it. What has no scheme at all (`not a url`,
+/// `127.0.0.1:6379`) is left to the client, which refuses it as an invalid URL.
+fn check_scheme(url: &str) -> Result<(), BusError> {
+    // A URL's scheme is what comes before its first ':', if it has a scheme's form. Only
+    // that is quoted: the rest of the URL may hold a password.
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .filter(|scheme| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+    match scheme {
+        Some(scheme) if !REDIS_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) => {
+            Err(BusError::InvalidConfig(format!(
+                "the Redis URL's scheme {scheme:?} is not a Redis scheme; a Redis URL starts \
+                 with redis:// (or rediss, redis-cluster, rediss-cluster, redis-sentinel, \
+                 rediss-sentinel, or valkey for redis)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_scheme;
+    use crate::error::BusError;
+
+    #[test]
+    fn redis_schemes_are_accepted_and_others_refused_by_name() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "REDIS://host",
+            "rediss://user:pw@host:6380/1",
+            "redis-cluster://a:7000?node=b:7001",
+            "rediss-cluster://a:7000",
+            "redis-sentinel://a:26379?sentinelServiceName=m",
+            "rediss-sentinel://a:26379?sentinelServiceName=m",
+            "valkey://host",
+            "valkeys-cluster://host:7000",
+        ] {
+            assert_eq!(check_scheme(url), Ok(()), "{url}");
+        }
+        for (url, named) in [
+            ("http://127.0.0.1:6379", "\"http\""),
+            ("https://host", "\"https\""),
+            ("redis+unix:///tmp/redis.sock", "\"redis+unix\""),
+            ("tcp://host:6379", "\"tcp\""),
+        ] {
+            match check_scheme(url) {
+                Err(BusError::InvalidConfig(text)) => assert!(text.contains(named), "{text}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // The scheme is what comes before the first ':'; nothing after it is quoted.
+        match check_scheme("user:secret@host:6379") {
+            Err(BusError::InvalidConfig(text)) => {
+                assert!(
+                    text.contains("\"user\"") && !text.contains("secret"),
+                    "{text}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // No scheme at all: left to the client, which refuses it as an invalid URL.
+        for url in ["not a url", "127.0.0.1:6379", ""] {
+            assert_eq!(check_scheme(url), Ok(()), "{url}");
+        }
     }
 }

@@ -11,6 +11,38 @@ use crate::transport::{BoxFuture, Ticket};
 ///
 /// Awaiting it is optional: a local post is complete when `post_message` returns, and a
 /// global post is already queued then and goes out whether or not the `Delivery` is awaited.
+/// So a `Delivery` may be dropped unused (`post_message(..)?;`), and it is not `#[must_use]`;
+/// the future that awaiting makes is.
+///
+/// # Awaiting
+///
+/// `delivery.await` (or [`delivery.acknowledged().await`](Delivery::acknowledged), the same
+/// future by name) resolves once Redis acknowledged the PUBLISH that carried a global post;
+/// at once for a local one. While Redis is unreachable it waits, with no bound of its own:
+/// the post is held (G07) and goes out after the reconnect, or fails when the bus shuts down
+/// first, whose own wait is bounded ([`Bus::shutdown`](crate::Bus::shutdown)). It is
+/// cancel-safe: dropping the future does not withdraw the post. To bound the wait:
+///
+/// ```
+/// # use std::time::Duration;
+/// # use evbus::{Bus, MessageScope};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let bus = Bus::local();
+/// let delivery = bus.messages().post_message("chat", "hi".to_string(), MessageScope::Auto)?;
+/// match tokio::time::timeout(Duration::from_secs(5), delivery.acknowledged()).await {
+///     Ok(Ok(())) => {}                // Redis has it (or the post was local)
+///     Ok(Err(error)) => return Err(error), // refused, or the bus shut down first
+///     Err(_elapsed) => {}             // still held: it goes out when Redis is back
+/// }
+/// # Ok::<(), evbus::PostError>(())
+/// # }).unwrap();
+/// ```
+///
+/// On edition 2021, `IntoFuture` is not in the prelude, so `delivery.into_future()` needs
+/// `use std::future::IntoFuture;`. Without it, and with `futures_util::StreamExt` in scope,
+/// the compiler reports E0599 about `StreamExt::into_future`, whose bounds a `Delivery` does
+/// not meet: call [`acknowledged`](Delivery::acknowledged) instead, or `.await` the
+/// `Delivery` itself.
 pub struct Delivery {
     local_receivers: usize,
     /// A global post's ticket.
@@ -41,6 +73,18 @@ impl Delivery {
     /// Whether the post went through Redis.
     pub fn is_global(&self) -> bool {
         self.global.is_some()
+    }
+
+    /// The future that `delivery.await` awaits, by name: resolves once Redis acknowledged the
+    /// post (at once for a local post). See [Awaiting](Delivery#awaiting) for its bound and
+    /// the edition 2021 note it avoids.
+    ///
+    /// # Errors
+    ///
+    /// [`PostError::Redis`] when Redis refused the PUBLISH, or when the bus shut down before
+    /// Redis acknowledged it (G07).
+    pub fn acknowledged(self) -> DeliveryFuture {
+        self.into_future()
     }
 }
 

@@ -5,6 +5,22 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Why a post failed. Nothing was delivered when a post returns an error.
+///
+/// # In a web server
+///
+/// [`http_status`](PostError::http_status) is the status to answer a request with, and with
+/// this crate's `axum` feature a `PostError` is an axum `IntoResponse` with that status (its
+/// text as the body where that tells a client nothing of the server's insides: the table's
+/// first three rows), so a handler returns it with `?`:
+///
+/// | error | status | [`is_retryable`](PostError::is_retryable) |
+/// |---|---|---|
+/// | [`TooLarge`](PostError::TooLarge) | 413 Payload Too Large | no |
+/// | [`Backpressure`](PostError::Backpressure) | 503 Service Unavailable | yes |
+/// | [`ShutDown`](PostError::ShutDown) | 503 Service Unavailable | no (another server may take it) |
+/// | [`Redis`](PostError::Redis) | 502 Bad Gateway | no |
+/// | [`Encode`](PostError::Encode) | 500 Internal Server Error | no |
+/// | [`RedisNotEnabled`](PostError::RedisNotEnabled) | 500 Internal Server Error | no |
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PostError {
@@ -46,6 +62,34 @@ impl fmt::Display for PostError {
     }
 }
 
+impl PostError {
+    /// Whether the same post, made again later on this bus, may succeed: only for
+    /// [`Backpressure`](PostError::Backpressure) (Redis is unreachable and the outage buffer is
+    /// full; it drains after the reconnect). The bus already retries what a dropped connection
+    /// lost, so a [`Redis`](PostError::Redis) error is Redis's answer (or a shutdown that came
+    /// first) and another try would meet the same; every post after
+    /// [`ShutDown`](PostError::ShutDown) fails alike; the others are about the message or the
+    /// bus's settings.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PostError::Backpressure)
+    }
+
+    /// The HTTP status to answer a request whose post failed with this error: 413 for
+    /// [`TooLarge`](PostError::TooLarge); 503 for [`Backpressure`](PostError::Backpressure)
+    /// and [`ShutDown`](PostError::ShutDown) (the server cannot take it now; a client may try
+    /// again later or elsewhere); 502 for [`Redis`](PostError::Redis) (the upstream refused
+    /// it); 500 for the server's own faults, [`Encode`](PostError::Encode) and
+    /// [`RedisNotEnabled`](PostError::RedisNotEnabled).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            PostError::TooLarge { .. } => 413,
+            PostError::Backpressure | PostError::ShutDown => 503,
+            PostError::Redis(_) => 502,
+            PostError::Encode(_) | PostError::RedisNotEnabled => 500,
+        }
+    }
+}
+
 impl Error for PostError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
@@ -55,7 +99,15 @@ impl Error for PostError {
     }
 }
 
-/// Why building, flushing or shutting down a bus failed.
+/// Why building, flushing or shutting down a bus failed, or a wait for Redis ended without
+/// its answer.
+///
+/// In a web server, [`http_status`](BusError::http_status) is the status to answer with (and
+/// the status of its `IntoResponse` with the `axum` feature): 503 for
+/// [`ShutDown`](BusError::ShutDown), 502 for [`Redis`](BusError::Redis), 500 for
+/// [`InvalidConfig`](BusError::InvalidConfig). A wait that a handler bounds with a timeout
+/// (`subscribed`, `subscriptions_ready`, `flush`) and that times out is best answered with 503
+/// too: Redis is unreachable now.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusError {
@@ -74,6 +126,19 @@ impl fmt::Display for BusError {
             BusError::InvalidConfig(reason) => write!(f, "invalid bus configuration: {reason}"),
             BusError::Redis(reason) => write!(f, "Redis: {reason}"),
             BusError::ShutDown => f.write_str("the bus is shut down"),
+        }
+    }
+}
+
+impl BusError {
+    /// The HTTP status to answer a request that failed with this error: 503 for
+    /// [`ShutDown`](BusError::ShutDown), 502 for [`Redis`](BusError::Redis), 500 for
+    /// [`InvalidConfig`](BusError::InvalidConfig).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            BusError::ShutDown => 503,
+            BusError::Redis(_) => 502,
+            BusError::InvalidConfig(_) => 500,
         }
     }
 }
@@ -178,5 +243,46 @@ impl From<String> for Reason {
 impl From<&str> for Reason {
     fn from(text: &str) -> Self {
         Reason::new(text)
+    }
+}
+
+/// The `axum` feature: errors as responses, with the status of their `http_status`. The body
+/// is the error's text where it tells nothing of the server's insides (too large, held back,
+/// shut down); otherwise the status's reason phrase, so that a Redis address or a serde
+/// message never reaches a client: log the error itself where you want its text.
+#[cfg(feature = "axum")]
+mod axum {
+    use axum_core::response::{IntoResponse, Response};
+    use http::StatusCode;
+
+    use super::{BusError, PostError};
+
+    fn respond(status: u16, text: Option<String>) -> Response {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let text = text.unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+        (status, text).into_response()
+    }
+
+    /// The status of [`PostError::http_status`]; as the body, the error's text for
+    /// `TooLarge`, `Backpressure` and `ShutDown`, the status's reason phrase for the others.
+    impl IntoResponse for PostError {
+        fn into_response(self) -> Response {
+            let text = match self {
+                PostError::TooLarge { .. } | PostError::Backpressure | PostError::ShutDown => {
+                    Some(self.to_string())
+                }
+                _ => None,
+            };
+            respond(self.http_status(), text)
+        }
+    }
+
+    /// The status of [`BusError::http_status`]; as the body, the error's text for
+    /// `ShutDown`, the status's reason phrase for the others.
+    impl IntoResponse for BusError {
+        fn into_response(self) -> Response {
+            let text = matches!(self, BusError::ShutDown).then(|| self.to_string());
+            respond(self.http_status(), text)
+        }
     }
 }

@@ -10,17 +10,23 @@
 //! dropping a session closes it. The lock order is the registry's
 //! ([`Registry::register`](crate::local::registry::Registry::register)).
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
+
+use futures_core::Stream;
 
 use crate::delivery::Delivery;
-use crate::error::PostError;
+use crate::error::{BusError, PostError};
 use crate::inner::BusInner;
 use crate::local::post::Receiver;
 use crate::local::registry::{Kind, Owner, Topic};
-use crate::local::stream::MessageStream;
+use crate::local::stream::{MessageStream, Registration};
 use crate::message::{Message, MessageScope};
 use crate::revocation::{revoked_authentication_channel, RevokedAuthentication};
+use crate::transport::BoxFuture;
 
 /// Identifies one registered listener, for [`Messages::remove_listener`].
 ///
@@ -152,17 +158,35 @@ impl Messages {
     /// dropped and counted in [`MessageStream::missed`] (L11). Dropping the stream unregisters
     /// it (L12). Through a session, it ends when the session closes, after yielding what it had
     /// buffered (S02); through a closed session, or after shutdown, it ends at once (S04).
+    ///
+    /// # The session's lifetime
+    ///
+    /// Dropping a session closes it, and so ends the streams made through it. A stream that
+    /// outlives the code that made it, such as the body of a Server-Sent Events response
+    /// returned from a handler, ends at once if its session is dropped at the end of the
+    /// handler: the client gets an empty response. Make such a stream with
+    /// [`Session::into_stream`], which moves the session into the stream, or keep the session
+    /// alive beside the stream yourself.
+    ///
+    /// On a bus with Redis, a global post reaches the stream once Redis confirmed its
+    /// SUBSCRIBE: wait for that with [`MessageStream::subscribed`].
     pub fn create_stream<M: Message>(&self, channel: &str) -> MessageStream<M> {
+        let (stream, registration) = self.new_stream(channel);
+        stream.registered(Some(Box::new(registration)))
+    }
+
+    /// A stream registered on `channel` (inert when the session is closed or the bus shut
+    /// down), and what unregisters it.
+    fn new_stream<M: Message>(&self, channel: &str) -> (MessageStream<M>, StreamRegistration) {
         let (sink, stream) = MessageStream::new(self.bus.config.stream_capacity);
         let (id, topic) = self.register::<M>(channel, Receiver::Stream(sink));
-        let registration = topic.map(|topic| -> Box<dyn Send + Sync> {
-            Box::new(Registration {
-                bus: Arc::downgrade(&self.bus),
-                topic: Arc::downgrade(&topic),
-                id,
-            })
-        });
-        stream.registered(registration)
+        let registration = StreamRegistration {
+            bus: Arc::downgrade(&self.bus),
+            topic: topic.as_ref().map(Arc::downgrade),
+            id,
+            session: None,
+        };
+        (stream, registration)
     }
 
     /// Registers `receiver` on `channel` under a new id, owned by this session if any; returns
@@ -202,7 +226,10 @@ impl std::fmt::Debug for Messages {
 ///
 /// Not `Clone`; dropping it closes it. Listeners and streams made through
 /// [`Session::messages`] belong to the session: [`close`](Session::close) removes all of them
-/// (S01) and ends its streams after they yield what they had buffered (S02). After a session
+/// (S01) and ends its streams after they yield what they had buffered (S02). So a stream
+/// lives no longer than its session: to return a stream from a handler (the body of a
+/// Server-Sent Events response), make it with [`Session::into_stream`], which moves the
+/// session into the stream and closes it when the stream is dropped. After a session
 /// is closed and dropped, the bus holds no strong reference to anything it registered: a
 /// closure that captured an `Arc` releases it as soon as no post that began before the close
 /// is still running, with no later post or timer needed (S03). Closing a session while other
@@ -251,6 +278,37 @@ impl Session {
             .as_ref()
             .is_some_and(|owner| owner.is_closed())
     }
+
+    /// A stream of the messages of type `M` posted on `channel` from now on, which owns this
+    /// session: the session lives as long as the stream, and dropping the stream closes it,
+    /// removing whatever else was registered through it (S01).
+    ///
+    /// This is the stream to return from a handler, as the body of a Server-Sent Events or
+    /// WebSocket response: a session made in the handler and dropped at its end would end a
+    /// stream made by [`Messages::create_stream`] at once. When the client goes away, the
+    /// server drops the response body, and with it the stream and the session. Otherwise the
+    /// stream is [`create_stream`](Messages::create_stream)'s: the same buffer, the same end
+    /// at [`Bus::shutdown`](crate::Bus::shutdown); made through a closed session it is inert
+    /// and ends at once (S04).
+    ///
+    /// ```
+    /// # use evbus::{Bus, MessageScope};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let bus = Bus::local();
+    /// let mut stream = bus.session().into_stream::<String>("chat"); // no session to keep
+    /// bus.messages().post_message("chat", "hi".to_string(), MessageScope::Local)?;
+    /// assert_eq!(stream.recv().await.as_deref().map(String::as_str), Some("hi"));
+    /// assert_eq!(bus.stats().streams, 1);
+    /// drop(stream); // closes the session
+    /// assert_eq!(bus.stats().streams, 0);
+    /// # Ok::<(), evbus::PostError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn into_stream<M: Message>(self, channel: &str) -> MessageStream<M> {
+        let (stream, mut registration) = self.messages.new_stream(channel);
+        registration.session = Some(self);
+        stream.registered(Some(Box::new(registration)))
+    }
 }
 
 impl Drop for Session {
@@ -267,19 +325,65 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Where a stream is registered, so that dropping it unregisters it (L12).
-struct Registration {
+/// Where a stream is registered, so that dropping it unregisters it (L12); and the session
+/// it owns, if it was made by [`Session::into_stream`].
+struct StreamRegistration {
     bus: Weak<BusInner>,
-    topic: Weak<Topic>,
+    /// `None` for an inert stream (closed session, shut-down bus).
+    topic: Option<Weak<Topic>>,
     id: u64,
+    /// Dropped (so closed) after the stream is unregistered: fields drop after `drop` runs.
+    session: Option<Session>,
 }
 
-impl Drop for Registration {
+impl Drop for StreamRegistration {
     fn drop(&mut self) {
-        if let (Some(bus), Some(topic)) = (self.bus.upgrade(), self.topic.upgrade()) {
+        let topic = self.topic.as_ref().and_then(Weak::upgrade);
+        if let (Some(bus), Some(topic)) = (self.bus.upgrade(), topic) {
             bus.registry.remove(&topic, self.id, Kind::Stream);
         }
     }
+}
+
+impl Registration for StreamRegistration {
+    /// The bus's [`subscriptions_ready`], taken when the wait begins: the changes it waits for
+    /// include the stream's own SUBSCRIBE, which the registry issued (under the channel's
+    /// lock) before `create_stream` returned.
+    fn subscribed(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let bus = self.bus.upgrade().ok_or(BusError::ShutDown)?;
+            subscriptions_ready(&bus).await
+        })
+    }
+}
+
+/// `Bus::subscriptions_ready` and `MessageStream::subscribed`: the transport's wait for the
+/// subscription changes issued so far (at once without a transport), ended with `ShutDown`
+/// by a shutdown before or during it. During, that is when the bus's events end, the last
+/// step of a shutdown: with Redis unreachable, the transport's wait would never end, as the
+/// changes it waits for are never confirmed.
+pub(crate) async fn subscriptions_ready(bus: &BusInner) -> Result<(), BusError> {
+    // Before the check: a shutdown that passes the check closes these events later.
+    let mut events = bus.events.subscribe();
+    if bus.registry.is_closed() {
+        return Err(BusError::ShutDown);
+    }
+    let Some(global) = &bus.global else {
+        return Ok(());
+    };
+    let mut ready = global.transport.subscriptions_ready();
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = ready.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        while let Poll::Ready(event) = Pin::new(&mut events).poll_next(cx) {
+            if event.is_none() {
+                return Poll::Ready(Err(BusError::ShutDown));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 impl Messages {

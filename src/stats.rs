@@ -24,9 +24,10 @@ use crossbeam_utils::CachePadded;
 /// Counters since the bus was built, except the gauges marked *(now)*.
 ///
 /// Read with [`Bus::stats`](crate::Bus::stats). Fields are added in minor versions, so the
-/// struct is `#[non_exhaustive]`; read the fields you need.
+/// struct is `#[non_exhaustive]`; read the fields you need. It is `Serialize`, as a map of
+/// the field names to their numbers, for a `/stats` endpoint or a metrics exporter.
 #[non_exhaustive]
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Successful `post_message` (and [`Channel::post`](crate::Channel::post)) calls, any scope.
     pub posted: u64,

@@ -21,6 +21,7 @@
 //!   push to it is done. So nothing is pushed after the end, and the consumer yields everything
 //!   buffered before it returns `None` (S02).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ use std::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
 use futures_core::Stream;
+
+use crate::error::BusError;
 
 /// What the stream and its sink share.
 struct Buffer<M> {
@@ -116,9 +119,9 @@ impl<M> Drop for StreamSink<M> {
 #[must_use = "a stream receives nothing unless it is read; dropping it unregisters it"]
 pub struct MessageStream<M> {
     shared: Arc<Buffer<M>>,
-    /// Unregisters the stream (and whatever else it owns) when dropped; `None` for an inert
-    /// stream. Opaque here: the facade decides what a stream owns.
-    _registration: Option<Box<dyn Send + Sync>>,
+    /// Unregisters the stream (and whatever else it owns) when dropped; `None` until
+    /// registered. Opaque here: the facade decides what a stream owns.
+    _registration: Option<Box<dyn Registration>>,
 }
 
 impl<M: Send + Sync + 'static> MessageStream<M> {
@@ -143,7 +146,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     }
 
     /// Ties the stream to its registration, so that dropping it unregisters it.
-    pub(crate) fn registered(mut self, registration: Option<Box<dyn Send + Sync>>) -> Self {
+    pub(crate) fn registered(mut self, registration: Option<Box<dyn Registration>>) -> Self {
         self._registration = registration;
         self
     }
@@ -173,6 +176,59 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
         self.shared.len.fetch_sub(1, SeqCst);
         Some(message)
     }
+
+    /// Returns once this stream receives global messages: every subscription change its bus
+    /// had issued when the wait begins, this stream's own SUBSCRIBE included, is confirmed by
+    /// Redis (G04), so a global post made afterwards, from any bus, reaches it. A readiness
+    /// wait for one stream, where [`Bus::subscriptions_ready`](crate::Bus::subscriptions_ready)
+    /// waits for the whole bus; it counts the changes the same way, so it also waits for the
+    /// ones other registrations issued before it.
+    ///
+    /// On a bus without Redis it returns at once: a local post reaches the stream as soon as
+    /// it exists. It also returns at once (with `Ok`) for a stream that was made inert by a
+    /// closed session: that stream has ended.
+    ///
+    /// # Waiting
+    ///
+    /// While Redis is unreachable this waits, with no bound of its own (the bus resubscribes
+    /// after the reconnect). It is cancel-safe: bound it with a timeout, and answer a request
+    /// that it times out for with 503 (see [`BusError::http_status`]):
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use evbus::Bus;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let bus = Bus::local();
+    /// let stream = bus.session().into_stream::<String>("chat");
+    /// match tokio::time::timeout(Duration::from_secs(5), stream.subscribed()).await {
+    ///     Ok(Ok(())) => { /* serve the stream */ }
+    ///     Ok(Err(error)) => assert_eq!(error.http_status(), 503), // the bus shut down
+    ///     Err(_elapsed) => { /* Redis unreachable for 5 s: answer 503 */ }
+    /// }
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BusError::ShutDown`] when the bus was shut down before the wait, or shuts down
+    /// during it (then once the shutdown is done, within its bound, also with Redis
+    /// unreachable).
+    pub async fn subscribed(&self) -> Result<(), BusError> {
+        match &self._registration {
+            Some(registration) => registration.subscribed().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a registered stream owns besides its buffer, opaque to the core: dropping it
+/// unregisters the stream (and drops whatever else the facade gave the stream to hold, such
+/// as the session of [`Session::into_stream`](crate::Session::into_stream)). The facade
+/// implements it; the core only holds it and asks it when the registration is in effect.
+pub(crate) trait Registration: Send + Sync {
+    /// Resolves once the stream's channel subscription, and every change issued before it
+    /// by the same bus, is in effect ([`MessageStream::subscribed`]).
+    fn subscribed(&self) -> Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + '_>>;
 }
 
 impl<M: Send + Sync + 'static> Stream for MessageStream<M> {
