@@ -1652,3 +1652,47 @@ async fn signed_frames_are_verified_and_the_rest_rejected() {
         .expect_err("a signing key needs the Native format");
     assert!(error.to_string().contains("Serverpod"), "{error}");
 }
+
+/// `subscriptions_ready` returned at once while the subscriber was still reconnecting, and
+/// the posts that followed were lost. Now it waits until every wanted channel is subscribed
+/// again: here the receiver's ACL user is switched off while its connections are killed, so
+/// it cannot reconnect until it is switched on again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g04_subscriptions_ready_waits_for_a_reconnecting_subscriber() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL", "SETUSER", "receiver", "on", ">pw", "~*", "&*", "+@all",
+    ]);
+    let url = format!("redis://receiver:pw@127.0.0.1:{}", server.port());
+    let receiver = build(Bus::builder().redis_url(url)).await;
+    let poster = redis_bus(&server).await;
+    let mut events = receiver.events();
+    let lines = recorder::<u64>(receiver.messages(), "after");
+    ready(&receiver).await;
+
+    server.cli(&["ACL", "SETUSER", "receiver", "off"]);
+    server.cli(&["CLIENT", "KILL", "USER", "receiver"]);
+    wait_event(&mut events, "Disconnected", |e| {
+        *e == BusEvent::Disconnected
+    })
+    .await;
+    // It cannot be ready while it cannot reconnect (a bound, not a measurement: no correct
+    // bus returns within it).
+    let early = timeout(Duration::from_secs(1), receiver.subscriptions_ready()).await;
+    assert!(
+        early.is_err(),
+        "ready while the subscriber is down: {early:?}"
+    );
+
+    server.cli(&["ACL", "SETUSER", "receiver", "on"]);
+    ready(&receiver).await;
+    for n in 0..100u64 {
+        global(&poster, "after", n);
+    }
+    flush(&poster).await;
+    wait_until("every post after ready arrived", DEADLINE, || {
+        snapshot(&lines).len() == 100
+    })
+    .await;
+    assert_eq!(snapshot(&lines), (0..100).collect::<Vec<_>>());
+}

@@ -196,11 +196,15 @@ impl Transport for RedisTransport {
     /// change issued before the call.
     fn subscriptions_ready(&self) -> BoxFuture<'_, Result<(), BusError>> {
         let issued = self.state.changes_issued.load(Acquire);
-        let mut confirmed = self.state.changes_confirmed.subscribe();
+        let mut subscriptions = self.state.subscriptions.subscribe();
         Box::pin(async move {
-            match confirmed.wait_for(|&c| c >= issued).await {
-                Ok(_) => Ok(()),
-                Err(_) => Err(BusError::ShutDown),
+            // Also while the subscriber reconnects: ready means subscribed again (G08).
+            match subscriptions
+                .wait_for(|s| s.ready(issued) || s.closed)
+                .await
+            {
+                Ok(s) if s.ready(issued) => Ok(()),
+                _ => Err(BusError::ShutDown),
             }
         })
     }
@@ -258,6 +262,8 @@ struct Closing {
 impl Closing {
     async fn run(self) -> Result<(), BusError> {
         let state = &self.state;
+        // Nothing is subscribed any more: whoever waits for it learns so now.
+        state.subscriptions.send_modify(|s| s.closed = true);
         let flushed = tokio::time::timeout(FLUSH_LIMIT, state.flush()).await;
         let result = match flushed {
             Ok(Ok(())) => Ok(()),

@@ -35,6 +35,25 @@ pub(super) struct Progress {
     pub(super) abandoned: bool,
 }
 
+/// Where the subscriptions stand, for `subscriptions_ready` (G04, G08).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Subscriptions {
+    /// Subscription changes applied, in the order they were issued.
+    pub(super) confirmed: u64,
+    /// The subscriber connection is down, or back but not yet subscribed to every wanted
+    /// channel again: a post now may not reach this bus.
+    pub(super) restoring: bool,
+    /// The transport closed: nothing is confirmed any more.
+    pub(super) closed: bool,
+}
+
+impl Subscriptions {
+    /// Whether every change up to `issued` is in effect on a connected subscriber.
+    pub(super) fn ready(&self, issued: u64) -> bool {
+        self.confirmed >= issued && !self.restoring && !self.closed
+    }
+}
+
 /// Work for the subscription task, in the order it was asked for.
 pub(crate) enum Change {
     /// A channel got its first receiver (`subscribe`) or lost its last, as the registry
@@ -68,7 +87,8 @@ pub(crate) struct State {
 
     pub(super) changes: mpsc::UnboundedSender<Change>,
     pub(super) changes_issued: AtomicU64,
-    pub(super) changes_confirmed: watch::Sender<u64>,
+    /// What `subscriptions_ready` waits on.
+    pub(super) subscriptions: watch::Sender<Subscriptions>,
     /// Per Redis channel subscribed, per origin: the last sequence seen, and when (G06).
     pub(super) sequences: Mutex<Sequences>,
     /// This bus's origin and the sequence numbers it sent, per channel.
@@ -111,7 +131,7 @@ impl State {
             refused_len: AtomicUsize::new(0),
             changes,
             changes_issued: AtomicU64::new(0),
-            changes_confirmed: watch::Sender::new(0),
+            subscriptions: watch::Sender::new(Subscriptions::default()),
             sequences: Mutex::new(Sequences::default()),
             sequencer: Mutex::new(Sequencer::new()),
             rejected: AtomicU64::new(0),
@@ -138,9 +158,9 @@ impl State {
     /// (`true`) or loses its last (`false`). Never blocks.
     ///
     /// `subscriptions_ready` counts: `changes_issued` is raised before the send and
-    /// `changes_confirmed` counts the changes applied, in the channel's FIFO order. A caller's
-    /// own changes were sent before it read `changes_issued = n`, so they are among the first
-    /// `n` in the queue, and `changes_confirmed >= n` means they are applied.
+    /// `subscriptions.confirmed` counts the changes applied, in the channel's FIFO order. A
+    /// caller's own changes were sent before it read `changes_issued = n`, so they are among
+    /// the first `n` in the queue, and `confirmed >= n` means they are applied.
     pub(super) fn subscription_changed(&self, name: &str, subscribe: bool) {
         self.changes_issued.fetch_add(1, AcqRel);
         let change = Change::Subscription {
@@ -205,6 +225,12 @@ impl State {
                 }
             }
         }
+        let restoring = self.links.lock().1 & 2 != 0;
+        self.subscriptions.send_if_modified(|s| {
+            let changed = s.restoring != restoring;
+            s.restoring = restoring;
+            changed
+        });
         for event in events {
             self.emit(event);
         }

@@ -95,7 +95,9 @@ pub(super) async fn apply_changes(
             until_done(|| redis.unsubscribe(unsubscribe.clone())).await;
         }
         if applied > 0 {
-            state.changes_confirmed.send_modify(|c| *c += applied);
+            state
+                .subscriptions
+                .send_modify(|s| s.confirmed = s.confirmed.saturating_add(applied));
         }
         if restore {
             state.link_changed(Link::Subscriber, LinkState::Restored);
