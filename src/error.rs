@@ -118,6 +118,16 @@ pub enum BusError {
     Redis(Reason),
     /// The bus was shut down.
     ShutDown,
+    /// Redis refused to subscribe `channel` (an ACL that does not allow it: `NOPERM`). The
+    /// other channels are subscribed all the same; this one receives nothing from Redis
+    /// until its receivers are removed and added again, or the subscriber reconnects with
+    /// the permission. Also reported as [`BusEvent::SubscribeRefused`](crate::BusEvent).
+    SubscribeRefused {
+        /// The channel, without the namespace.
+        channel: String,
+        /// Redis's answer; the client's error is the `source()`.
+        reason: Reason,
+    },
 }
 
 impl fmt::Display for BusError {
@@ -126,6 +136,9 @@ impl fmt::Display for BusError {
             BusError::InvalidConfig(reason) => write!(f, "invalid bus configuration: {reason}"),
             BusError::Redis(reason) => write!(f, "Redis: {reason}"),
             BusError::ShutDown => f.write_str("the bus is shut down"),
+            BusError::SubscribeRefused { channel, reason } => {
+                write!(f, "Redis refused to subscribe {channel:?}: {reason}")
+            }
         }
     }
 }
@@ -137,7 +150,7 @@ impl BusError {
     pub fn http_status(&self) -> u16 {
         match self {
             BusError::ShutDown => 503,
-            BusError::Redis(_) => 502,
+            BusError::Redis(_) | BusError::SubscribeRefused { .. } => 502,
             BusError::InvalidConfig(_) => 500,
         }
     }
@@ -146,7 +159,7 @@ impl BusError {
 impl Error for BusError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            BusError::Redis(reason) => reason.source(),
+            BusError::Redis(reason) | BusError::SubscribeRefused { reason, .. } => reason.source(),
             _ => None,
         }
     }

@@ -61,6 +61,16 @@ pub enum BusEvent {
         /// Why it was refused.
         reason: String,
     },
+    /// Redis refused to subscribe `channel` (an ACL that does not allow it). The other
+    /// channels are not held up; [`Bus::subscriptions_ready`](crate::Bus::subscriptions_ready)
+    /// returns [`BusError::SubscribeRefused`](crate::BusError) naming it while it has
+    /// receivers.
+    SubscribeRefused {
+        /// The channel (without the namespace).
+        channel: String,
+        /// Redis's answer.
+        reason: String,
+    },
     /// This [`BusEvents`] fell behind: its buffer was full and it dropped its `count` oldest
     /// events. Each `BusEvents` has its own; the next item after it is the oldest event kept.
     Lagged {
@@ -86,6 +96,9 @@ impl fmt::Display for BusEvent {
                     f,
                     "a frame on {channel:?} was rejected as not authentic: {reason}"
                 )
+            }
+            BusEvent::SubscribeRefused { channel, reason } => {
+                write!(f, "Redis refused to subscribe {channel:?}: {reason}")
             }
             BusEvent::Lagged { count } => {
                 write!(f, "this event reader fell behind and lost {count} events")

@@ -1671,7 +1671,9 @@ async fn g04_subscriptions_ready_waits_for_a_reconnecting_subscriber() {
     ready(&receiver).await;
 
     server.cli(&["ACL", "SETUSER", "receiver", "off"]);
-    server.cli(&["CLIENT", "KILL", "USER", "receiver"]);
+    // Only the subscriber connection (the one in pub/sub mode), so that the Disconnected
+    // below is its own.
+    server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     wait_event(&mut events, "Disconnected", |e| {
         *e == BusEvent::Disconnected
     })
@@ -1695,4 +1697,64 @@ async fn g04_subscriptions_ready_waits_for_a_reconnecting_subscriber() {
     })
     .await;
     assert_eq!(snapshot(&lines), (0..100).collect::<Vec<_>>());
+}
+
+/// A channel the ACL forbids used to wedge subscriptions: `subscriptions_ready()` hung (the
+/// SUBSCRIBE retried forever) or returned `Ok` with the channel unsubscribed, and later
+/// allowed channels could go unreceived, with no event saying why. Now the refusal is
+/// reported, the other channels are subscribed, and `subscriptions_ready()` returns at once
+/// with an error naming the channel, until its receivers are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g04_a_channel_the_acl_forbids_is_reported_and_holds_up_nothing() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">pw",
+        "~*",
+        "resetchannels",
+        "&ok:*",
+        "+@all",
+    ]);
+    let url = format!("redis://limited:pw@127.0.0.1:{}", server.port());
+    let bus = build(Bus::builder().redis_url(url)).await;
+    let poster = redis_bus(&server).await;
+    let mut events = bus.events();
+    let before = recorder::<u64>(bus.messages(), "ok:before");
+    let session = bus.session();
+    session
+        .messages()
+        .add_listener("bad:x", |_: &u64| panic!("nothing can arrive on bad:x"));
+    let after = recorder::<u64>(bus.messages(), "ok:after");
+    let error = timeout(DEADLINE, bus.subscriptions_ready())
+        .await
+        .expect("subscriptions_ready returns promptly")
+        .expect_err("bad:x was refused");
+    assert!(
+        matches!(&error, evbus::BusError::SubscribeRefused { channel, reason }
+            if channel == "bad:x" && reason.contains("NOPERM")),
+        "{error:?}"
+    );
+    let refused = wait_event(&mut events, "SubscribeRefused", |e| {
+        matches!(e, BusEvent::SubscribeRefused { .. })
+    })
+    .await;
+    assert!(
+        matches!(&refused, BusEvent::SubscribeRefused { channel, .. } if channel == "bad:x"),
+        "{refused:?}"
+    );
+    // The allowed channels, before and after the refused one, are subscribed.
+    assert_eq!(numsub(&server, "ok:before"), 1);
+    assert_eq!(numsub(&server, "ok:after"), 1);
+    delivered(global(&poster, "ok:before", 1u64)).await;
+    delivered(global(&poster, "ok:after", 2u64)).await;
+    wait_until("both allowed channels received", DEADLINE, || {
+        snapshot(&before) == [1] && snapshot(&after) == [2]
+    })
+    .await;
+    // Once the refused channel has no receivers, the bus is ready again.
+    drop(session);
+    ready(&bus).await;
 }

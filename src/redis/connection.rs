@@ -11,6 +11,7 @@
 //! a slow reader misses; evbus raises it to [`SUBSCRIBER_BUFFER`] and counts every
 //! `Lagged(n)` it reports ([`Incoming::Lagged`]).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,9 +221,38 @@ impl Redis {
     }
 
     /// SUBSCRIBEs to `channels`; returns once Redis has applied it (see [`applied`]).
+    ///
+    /// The PING that confirms it is sent at once behind it, so that a refusal of the
+    /// SUBSCRIBE (which fred hands to whichever command waits next) finds it waiting; see
+    /// [`applied`]. A refusal can still go unseen, so [`Redis::unsubscribed`] checks.
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
-        self.subscriber.subscribe(channels).await.map_err(failure)?;
-        applied(&self.subscriber).await
+        let (subscribed, applied) = tokio::join!(
+            self.subscriber.subscribe(channels),
+            applied(&self.subscriber)
+        );
+        subscribed.map_err(failure)?;
+        applied
+    }
+
+    /// Which of `channels`, just subscribed, have no subscriber on the server: those Redis
+    /// refused without the refusal reaching us. (A channel another client subscribes looks
+    /// subscribed: this finds refusals, never invents one.)
+    pub(crate) async fn unsubscribed(&self, channels: &[String]) -> Result<Vec<String>, Failure> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts: Vec<Value> = self
+            .publisher
+            .pubsub_numsub(channels.to_vec())
+            .await
+            .map_err(failure)?;
+        // [channel, count, channel, count, ...]
+        let zero = counts
+            .chunks(2)
+            .filter(|pair| pair.get(1).and_then(Value::as_i64) == Some(0))
+            .filter_map(|pair| pair.first().and_then(Value::as_string))
+            .collect();
+        Ok(zero)
     }
 
     /// UNSUBSCRIBEs from `channels`; returns once Redis has applied it.
@@ -293,12 +323,40 @@ impl Redis {
 /// Redis answers a connection's commands in order, and allows PING in subscribed mode: when
 /// the PING's reply arrives, the commands before it are applied. Without this, a post right
 /// after `subscriptions_ready` could miss the subscriber (Serverpod's issue 5248, again).
+///
+/// A SUBSCRIBE that Redis refuses (an ACL without the channel: `NOPERM`) is answered with an
+/// error, which fred hands to the next waiting command: this PING. So an error here is the
+/// refusal of the command before it, and the PING's own reply then arrives with nobody
+/// waiting for it, or for the next PING. Each PING therefore carries a token, and a reply
+/// counts only if it carries a token this call sent: a stale reply is skipped with one more
+/// PING, so a refusal never makes a later wait return early.
 async fn applied(subscriber: &SubscriberClient) -> Result<(), Failure> {
-    subscriber
-        .ping::<Value>(None)
-        .await
-        .map(drop)
-        .map_err(failure)
+    static TOKENS: AtomicU64 = AtomicU64::new(0);
+    let mut sent = Vec::new();
+    // Every stale reply is one PING of an earlier call: a few at the most.
+    for _ in 0..64 {
+        let token = format!("evbus-applied-{}", TOKENS.fetch_add(1, Relaxed));
+        let reply = subscriber.ping::<Value>(Some(token.clone())).await;
+        sent.push(token);
+        let reply = reply.map_err(failure)?;
+        if carries_any(&reply, &sent) {
+            return Ok(());
+        }
+    }
+    Err(Failure::Retry)
+}
+
+/// Whether `reply` (`"token"` or `["pong", "token"]`) carries one of `tokens`.
+fn carries_any(reply: &Value, tokens: &[String]) -> bool {
+    let carries = |value: &Value| {
+        value
+            .as_bytes()
+            .is_some_and(|bytes| tokens.iter().any(|t| t.as_bytes() == bytes))
+    };
+    match reply {
+        Value::Array(items) => items.iter().any(carries),
+        value => carries(value),
+    }
 }
 
 /// Reports `state` of `link` for every event `events` carries, until it closes.

@@ -199,12 +199,20 @@ impl Transport for RedisTransport {
         let mut subscriptions = self.state.subscriptions.subscribe();
         Box::pin(async move {
             // Also while the subscriber reconnects: ready means subscribed again (G08).
-            match subscriptions
+            let ready = match subscriptions
                 .wait_for(|s| s.ready(issued) || s.closed)
                 .await
             {
-                Ok(s) if s.ready(issued) => Ok(()),
-                _ => Err(BusError::ShutDown),
+                Ok(s) => s.ready(issued),
+                Err(_) => false,
+            };
+            if !ready {
+                return Err(BusError::ShutDown);
+            }
+            // A channel Redis refused is not subscribed: say which.
+            match self.state.refused_subscription() {
+                Some(refused) => Err(refused),
+                None => Ok(()),
             }
         })
     }

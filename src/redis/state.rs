@@ -2,7 +2,7 @@
 //! queue, the watermark of settled posts, the subscription changes in order, and the
 //! transport's counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
@@ -89,6 +89,8 @@ pub(crate) struct State {
     pub(super) changes_issued: AtomicU64,
     /// What `subscriptions_ready` waits on.
     pub(super) subscriptions: watch::Sender<Subscriptions>,
+    /// Wanted Redis channels that Redis refused to subscribe, with its answer.
+    pub(super) refused_subscriptions: Mutex<BTreeMap<String, Reason>>,
     /// Per Redis channel subscribed, per origin: the last sequence seen, and when (G06).
     pub(super) sequences: Mutex<Sequences>,
     /// This bus's origin and the sequence numbers it sent, per channel.
@@ -132,6 +134,7 @@ impl State {
             changes,
             changes_issued: AtomicU64::new(0),
             subscriptions: watch::Sender::new(Subscriptions::default()),
+            refused_subscriptions: Mutex::new(BTreeMap::new()),
             sequences: Mutex::new(Sequences::default()),
             sequencer: Mutex::new(Sequencer::new()),
             rejected: AtomicU64::new(0),
@@ -267,6 +270,35 @@ impl State {
             .wait_for(|p| p.acked >= ticket || p.abandoned)
             .await;
         settled.is_ok_and(|p| p.acked >= ticket)
+    }
+
+    /// The channel name of Redis channel `channel`: without the namespace.
+    pub(super) fn local_name<'a>(&self, channel: &'a str) -> &'a str {
+        channel
+            .strip_prefix(self.namespace.as_str())
+            .unwrap_or(channel)
+    }
+
+    /// Records that Redis refused to subscribe `channel`, and says so.
+    pub(super) fn subscribe_refused(&self, channel: &str, reason: Reason) {
+        let text = reason.to_string();
+        self.refused_subscriptions
+            .lock()
+            .insert(channel.to_string(), reason);
+        self.emit(BusEvent::SubscribeRefused {
+            channel: self.local_name(channel).to_string(),
+            reason: text,
+        });
+    }
+
+    /// The first wanted channel Redis refused to subscribe, as `subscriptions_ready`'s error.
+    pub(super) fn refused_subscription(&self) -> Option<BusError> {
+        let refused = self.refused_subscriptions.lock();
+        let (channel, reason) = refused.iter().next()?;
+        Some(BusError::SubscribeRefused {
+            channel: self.local_name(channel).to_string(),
+            reason: reason.clone(),
+        })
     }
 
     /// Records that Redis refused `tickets` with `reason`.

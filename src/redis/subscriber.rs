@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use super::connection::{Failure, Inbox, Incoming, Link, LinkState, Redis};
 use super::sequences::WINDOW;
 use super::state::{Change, State};
+use crate::error::Reason;
 use crate::events::BusEvent;
 use crate::local::post::{self, Snapshot};
 use crate::stats::Tally;
@@ -88,8 +89,14 @@ pub(super) async fn apply_changes(
             // The new connection has no subscriptions: subscribe everything wanted.
             subscribe = wanted.iter().cloned().collect();
         }
+        if !unsubscribe.is_empty() {
+            let mut refused = state.refused_subscriptions.lock();
+            for channel in &unsubscribe {
+                refused.remove(channel);
+            }
+        }
         if !subscribe.is_empty() {
-            until_done(|| redis.subscribe(subscribe.clone())).await;
+            subscribe_all(&state, &redis, subscribe).await;
         }
         if !unsubscribe.is_empty() && !restore {
             until_done(|| redis.unsubscribe(unsubscribe.clone())).await;
@@ -101,6 +108,68 @@ pub(super) async fn apply_changes(
         }
         if restore {
             state.link_changed(Link::Subscriber, LinkState::Restored);
+        }
+    }
+}
+
+/// Subscribes `channels`, in one command while Redis takes them all. Redis refuses a whole
+/// SUBSCRIBE when its ACL forbids one of the channels, so then each is subscribed alone: a
+/// refused one is recorded and reported (G04: it must hold up neither the other channels nor
+/// `subscriptions_ready`, which returns an error naming it), and not sent again until it is
+/// wanted afresh or the subscriber reconnects.
+async fn subscribe_all(state: &State, redis: &Redis, channels: Vec<String>) {
+    let suspects = match until_answered(|| redis.subscribe(channels.clone())).await {
+        Ok(()) => until_answered(|| redis.unsubscribed(&channels))
+            .await
+            .unwrap_or_default(),
+        Err(_) => channels.clone(),
+    };
+    let mut refused = Vec::new();
+    for channel in &suspects {
+        let answer = until_answered(|| redis.subscribe(vec![channel.clone()])).await;
+        let answer = match answer {
+            Ok(()) => {
+                match until_answered(|| redis.unsubscribed(std::slice::from_ref(channel))).await {
+                    Ok(zero) if zero.is_empty() => Ok(()),
+                    _ => Err(Reason::new(
+                        "Redis did not subscribe it (it answered with an error, such as NOPERM \
+                     from an ACL that does not allow the channel)",
+                    )),
+                }
+            }
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = answer {
+            refused.push((channel.clone(), reason));
+        }
+    }
+    {
+        let mut known = state.refused_subscriptions.lock();
+        for channel in &channels {
+            known.remove(channel);
+        }
+    }
+    for (channel, reason) in refused {
+        state.subscribe_refused(&channel, reason);
+    }
+}
+
+/// Runs `command` until Redis answers it: `Ok` when it applied it, its answer when it
+/// refused it. While Redis is unreachable that is after the reconnect.
+async fn until_answered<T, F, Fut>(mut command: F) -> Result<T, Reason>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match command().await {
+            Ok(answer) => return Ok(answer),
+            Err(Failure::Refused(reason)) => return Err(reason),
+            Err(Failure::Retry) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }
