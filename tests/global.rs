@@ -1758,3 +1758,95 @@ async fn g04_a_channel_the_acl_forbids_is_reported_and_holds_up_nothing() {
     drop(session);
     ready(&bus).await;
 }
+
+// ---- Deliveries around shutdown tell the truth ----------------------------------------------
+
+/// Resolves every Delivery within the deadline; returns the errors' texts.
+async fn outcomes(deliveries: Vec<Delivery>) -> Vec<Result<(), String>> {
+    let mut outcomes = Vec::new();
+    for delivery in deliveries {
+        let outcome = timeout(DEADLINE, delivery.into_future())
+            .await
+            .expect("every Delivery resolves, also around a shutdown");
+        outcomes.push(outcome.map_err(|error| error.to_string()));
+    }
+    outcomes
+}
+
+/// The count a shutdown error names: "N global posts were not acknowledged ...".
+fn failed_count(error: &evbus::BusError) -> usize {
+    let text = error.to_string();
+    let digits: String = text
+        .trim_start_matches("Redis: ")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no count in {text:?}"))
+}
+
+/// Posts racing `shutdown()` used to get a Delivery that never resolved while `shutdown()`
+/// returned `Ok`. Now every Delivery resolves, and as many fail as `shutdown()` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g12_posts_racing_shutdown_all_resolve_and_are_counted() {
+    let server = RedisServer::start();
+    for round in 0..10 {
+        let bus = redis_bus(&server).await;
+        let poster = bus.clone();
+        let posting = thread::spawn(move || {
+            let payload = "p".repeat(50_000);
+            let mut deliveries = Vec::new();
+            loop {
+                match poster
+                    .messages()
+                    .post_message("race", payload.clone(), MessageScope::Global)
+                {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err(PostError::ShutDown) => return deliveries,
+                    Err(PostError::Backpressure) => thread::yield_now(),
+                    Err(error) => panic!("round {round}: {error}"),
+                }
+            }
+        });
+        wait_until("some posts are out", DEADLINE, || {
+            bus.stats().global_posted >= 20
+        })
+        .await;
+        let shutdown = timeout(SHUTDOWN_BOUND, bus.shutdown())
+            .await
+            .expect("shutdown is bounded");
+        let deliveries = blocking(|| posting.join().unwrap());
+        let outcomes = outcomes(deliveries).await;
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        match &shutdown {
+            Ok(()) => assert_eq!(failed, 0, "round {round}: shutdown said Ok"),
+            Err(error) => assert_eq!(failed, failed_count(error), "round {round}: {error}"),
+        }
+    }
+}
+
+/// With Redis gone before `shutdown()`, every held post's Delivery fails saying it was not
+/// sent or that its outcome is unknown (never "not acknowledged" for a post Redis took), and
+/// `shutdown()` counts exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g12_a_shutdown_with_redis_gone_counts_and_names_every_failure() {
+    let mut server = RedisServer::start();
+    let bus = redis_bus(&server).await;
+    delivered(global(&bus, "gone", 0u64)).await;
+    server.stop();
+    let deliveries: Vec<Delivery> = (1..=2000u64).map(|n| global(&bus, "gone", n)).collect();
+    let error = timeout(SHUTDOWN_BOUND, bus.shutdown())
+        .await
+        .expect("shutdown is bounded")
+        .expect_err("nothing was acknowledged");
+    let outcomes = outcomes(deliveries).await;
+    for outcome in &outcomes {
+        let text = outcome.as_ref().expect_err("Redis is gone");
+        assert!(
+            text.contains("not sent") || text.contains("outcome unknown"),
+            "{text}"
+        );
+    }
+    assert_eq!(failed_count(&error), outcomes.len(), "{error}");
+}

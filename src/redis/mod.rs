@@ -114,7 +114,7 @@ impl RedisTransport {
 
     /// What closing needs, the first time it is asked for.
     fn take_for_closing(&self) -> Option<Closing> {
-        if self.closed.swap(true, AcqRel) {
+        if self.closed.swap(true, SeqCst) {
             return None;
         }
         Some(Closing {
@@ -169,9 +169,15 @@ impl Transport for RedisTransport {
     /// `Backpressure` when `outage_buffer` posts are already waiting (G07).
     fn broadcast(&self, channel: &str, message: Vec<u8>) -> Result<Ticket, PostError> {
         let state = &self.state;
-        if state.waiting.fetch_add(1, AcqRel) >= state.outage_buffer {
+        if state.waiting.fetch_add(1, SeqCst) >= state.outage_buffer {
             state.waiting.fetch_sub(1, AcqRel);
             return Err(PostError::Backpressure);
+        }
+        // Pairs with `Closing::run`, which sets `closed` and then counts `waiting`: either
+        // it counts this post among those shutdown reports, or this post sees `closed`.
+        if self.closed.load(SeqCst) {
+            state.waiting.fetch_sub(1, AcqRel);
+            return Err(PostError::ShutDown);
         }
         let number = state.tickets.fetch_add(1, AcqRel);
         state.queue.push(Outgoing {
@@ -273,21 +279,27 @@ impl Closing {
         // Nothing is subscribed any more: whoever waits for it learns so now.
         state.subscriptions.send_modify(|s| s.closed = true);
         let flushed = tokio::time::timeout(FLUSH_LIMIT, state.flush()).await;
-        let result = match flushed {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                let lost = state.waiting.load(Acquire);
-                state.progress.send_modify(|p| p.abandoned = true);
-                Err(BusError::Redis(
-                    format!(
-                        "{lost} global posts were not acknowledged by Redis within \
-                         {FLUSH_LIMIT:?} of shutdown; their Deliveries fail"
-                    )
-                    .into(),
-                ))
-            }
-        };
+        // Stop the publisher before counting, so that what it had not sent stays unsent, and
+        // settle every Delivery left: those still waiting resolve to an error saying whether
+        // their message was written (`State::outcome`).
         self.abort();
+        state.progress.send_modify(|p| p.abandoned = true);
+        let unsettled = state.waiting.load(SeqCst);
+        let unknown = state.sending.lock().len() as u64;
+        let not_sent = unsettled.saturating_sub(unknown);
+        let result = match flushed {
+            Ok(Ok(())) if unsettled == 0 => Ok(()),
+            _ => Err(BusError::Redis(
+                format!(
+                    "{} global posts were not acknowledged by Redis within {FLUSH_LIMIT:?} of \
+                     shutdown: {not_sent} were not sent, and Redis had not answered for \
+                     {unknown} (they may have been delivered); their Deliveries fail and say \
+                     which",
+                    not_sent + unknown
+                )
+                .into(),
+            )),
+        };
         self.redis.close(CLOSE_STEP_LIMIT).await;
         result
     }

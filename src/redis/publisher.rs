@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use super::connection::{Failure, Outbound, Redis};
 use super::state::{Outgoing, State};
+use crate::error::Reason;
 use crate::wire::frame::{self, Origin, HEADER_LEN};
 use crate::wire::mac::Keys;
 use crate::wire::WireFormat;
@@ -57,7 +58,6 @@ pub(super) fn wake(state: &State) {
 
 /// The publisher task.
 pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
-    let mut settler = Settler::default();
     let mut batch = Vec::new();
     loop {
         next_batch(&state, &mut batch).await;
@@ -75,7 +75,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                 frames(&mut batch, &mut state.sequencer.lock(), keys, max)
             }
         };
-        send(&state, &redis, commands, &mut settler).await;
+        send(&state, &redis, commands).await;
     }
 }
 
@@ -167,13 +167,19 @@ fn frames(
 
 /// Sends `commands` as one pipelined write, again for those lost with a connection, and
 /// settles their tickets.
-async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>, settler: &mut Settler) {
-    let mut settled = Vec::new();
-    let mut refused = Vec::new();
+async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
+    // Until Redis answers, these may or may not reach it: if the bus shuts down meanwhile,
+    // their Deliveries say so (`State::outcome`).
+    state
+        .sending
+        .lock()
+        .extend(commands.iter().flat_map(|c| c.tickets.iter().copied()));
     while !commands.is_empty() {
         let outbound: Vec<Outbound> = commands.iter().map(|c| c.outbound.clone()).collect();
         let results = redis.publish(outbound).await;
         state.batches.fetch_add(1, Relaxed);
+        let mut settled = Vec::new();
+        let mut refused = Vec::new();
         let mut retry = Vec::new();
         for (command, result) in commands.into_iter().zip(results) {
             match result {
@@ -185,24 +191,40 @@ async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>, settler:
                 }
             }
         }
+        settle(state, settled, refused);
         commands = retry;
         if !commands.is_empty() {
             // fred already waited for the reconnect; do not spin while it tries again.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason.
+fn settle(state: &State, settled: Vec<u64>, refused: Vec<(u64, Reason)>) {
+    if settled.is_empty() {
+        return;
+    }
     if !refused.is_empty() {
         state.refuse(refused);
     }
+    {
+        let mut sending = state.sending.lock();
+        for ticket in &settled {
+            sending.remove(ticket);
+        }
+    }
     state.waiting.fetch_sub(settled.len() as u64, AcqRel);
-    if let Some(acked) = settler.settle(settled) {
+    let moved = state.settler.lock().settle(settled);
+    if let Some(acked) = moved {
         state.progress.send_modify(|p| p.acked = acked);
     }
 }
 
-/// The watermark of settled tickets.
+/// The watermark of settled tickets. Shared with every `Delivery`, which asks it, after a
+/// shutdown, whether its ticket was settled out of order.
 #[derive(Default)]
-struct Settler {
+pub(super) struct Settler {
     /// Every ticket up to this one is settled.
     acked: u64,
     /// Settled tickets past `acked + 1`.
@@ -210,6 +232,11 @@ struct Settler {
 }
 
 impl Settler {
+    /// Whether `ticket` is settled.
+    pub(super) fn is_settled(&self, ticket: u64) -> bool {
+        ticket <= self.acked || self.ahead.contains(&ticket)
+    }
+
     /// Settles `tickets`; returns the new watermark if it moved.
     fn settle(&mut self, mut tickets: Vec<u64>) -> Option<u64> {
         tickets.sort_unstable();

@@ -2,7 +2,7 @@
 //! queue, the watermark of settled posts, the subscription changes in order, and the
 //! transport's counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::connection::{Link, LinkState};
-use super::publisher::Sequencer;
+use super::publisher::{Sequencer, Settler};
 use super::sequences::Sequences;
 use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
@@ -34,6 +34,14 @@ pub(super) struct Progress {
     /// Set when the bus closed before Redis acknowledged everything: the rest never will be.
     pub(super) abandoned: bool,
 }
+
+/// A Delivery's error when the bus shut down before the message was written to Redis.
+pub(super) const NOT_SENT: &str =
+    "not sent: the bus shut down before the message was written to Redis; nobody received it";
+/// A Delivery's error when the bus shut down while Redis had not answered the write.
+pub(super) const UNKNOWN: &str = "outcome unknown: the bus shut down while Redis had not \
+     answered the PUBLISH that carried the message; it may have been delivered (posting it \
+     again may deliver it twice)";
 
 /// Where the subscriptions stand, for `subscriptions_ready` (G04, G08).
 #[derive(Clone, Copy, Debug, Default)]
@@ -79,6 +87,10 @@ pub(crate) struct State {
     pub(super) publisher_parked: AtomicBool,
     pub(super) publisher_waker: atomic_waker::AtomicWaker,
     pub(super) progress: watch::Sender<Progress>,
+    /// Which tickets are settled (the watermark `progress` publishes, and those ahead of it).
+    pub(super) settler: Mutex<Settler>,
+    /// The tickets of the batch the publisher is writing, until Redis answered for all.
+    pub(super) sending: Mutex<HashSet<u64>>,
     /// Tickets Redis refused, with its answer (rare: ACL errors and the like), until their
     /// `Delivery` has read it or is dropped: bounded by the Deliveries the user holds.
     pub(super) refused: Mutex<HashMap<u64, Reason>>,
@@ -129,6 +141,8 @@ impl State {
             publisher_parked: AtomicBool::new(false),
             publisher_waker: atomic_waker::AtomicWaker::new(),
             progress: watch::Sender::new(Progress::default()),
+            settler: Mutex::new(Settler::default()),
+            sending: Mutex::new(HashSet::new()),
             refused: Mutex::new(HashMap::new()),
             refused_len: AtomicUsize::new(0),
             changes,
@@ -250,11 +264,18 @@ impl State {
     }
 
     /// Waits until ticket `ticket` is settled: Ok when Redis acknowledged it.
+    ///
+    /// After a shutdown that left it unsettled, the error says which it is: never written
+    /// to Redis (so never delivered), or written without an answer (Redis may have delivered
+    /// it: sending it again may deliver it twice).
     pub(super) async fn outcome(&self, ticket: u64) -> Result<(), PostError> {
-        if !self.reached(ticket).await {
-            return Err(PostError::Redis(
-                "the bus shut down before Redis acknowledged the message".into(),
-            ));
+        if !self.reached(ticket).await && !self.settler.lock().is_settled(ticket) {
+            let text = if self.sending.lock().contains(&ticket) {
+                UNKNOWN
+            } else {
+                NOT_SENT
+            };
+            return Err(PostError::Redis(text.into()));
         }
         match self.take_refusal(ticket) {
             Some(reason) => Err(PostError::Redis(reason)),
