@@ -235,6 +235,8 @@ impl std::fmt::Debug for Bus {
 const DEFAULT_STREAM_CAPACITY: usize = 1024;
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 const DEFAULT_OUTAGE_BUFFER: usize = 100_000;
+/// Default of `outage_buffer_bytes` and `receive_buffer_bytes`.
+const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
 /// Below this, a Native frame could not carry its own header.
 const MIN_MESSAGE_BYTES: usize = 256;
 
@@ -257,6 +259,8 @@ pub struct BusBuilder {
     class_names: HashMap<TypeId, (&'static str, String)>,
     signing_key: Option<Vec<u8>>,
     accepted_keys: Vec<Vec<u8>>,
+    outage_buffer_bytes: usize,
+    receive_buffer_bytes: usize,
 }
 
 /// Shows the Redis URL without its password.
@@ -289,6 +293,8 @@ impl Default for BusBuilder {
             class_names: HashMap::new(),
             signing_key: None,
             accepted_keys: Vec::new(),
+            outage_buffer_bytes: DEFAULT_BUFFER_BYTES,
+            receive_buffer_bytes: DEFAULT_BUFFER_BYTES,
         }
     }
 }
@@ -364,6 +370,26 @@ impl BusBuilder {
         self
     }
 
+    /// Bytes of global posts that may wait for Redis at once, beside the count of
+    /// [`outage_buffer`](Self::outage_buffer); default 64 MiB, at least `max_message_bytes`.
+    /// Past either bound `post_message` fails with
+    /// [`PostError::Backpressure`](crate::PostError::Backpressure) (G07), so posting large
+    /// messages faster than Redis takes them cannot grow memory without bound.
+    pub fn outage_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.outage_buffer_bytes = bytes;
+        self
+    }
+
+    /// Bytes of global messages received from Redis that may wait for the bus's dispatch
+    /// threads at once; default 64 MiB. A message that would pass it is dropped and counted
+    /// missed ([`Stats::global_missed`](crate::Stats::global_missed),
+    /// [`BusEvent::MessagesMissed`](crate::BusEvent::MessagesMissed)): listeners too slow
+    /// for the traffic cost messages, never unbounded memory.
+    pub fn receive_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.receive_buffer_bytes = bytes;
+        self
+    }
+
     /// Authenticates global messages: every Native frame this bus publishes carries a MAC
     /// (keyed BLAKE3 with a key derived from `key`), and every frame it receives must carry
     /// one that verifies under `key` or a key given to
@@ -430,6 +456,12 @@ impl BusBuilder {
                 self.max_message_bytes
             )));
         }
+        if self.outage_buffer_bytes < self.max_message_bytes {
+            return Err(BusError::InvalidConfig(format!(
+                "outage_buffer_bytes ({}) must be at least max_message_bytes ({})",
+                self.outage_buffer_bytes, self.max_message_bytes
+            )));
+        }
         if self.outage_buffer == 0 {
             return Err(BusError::InvalidConfig(
                 "outage_buffer must be at least 1".into(),
@@ -488,6 +520,8 @@ impl BusBuilder {
             url,
             namespace: self.namespace,
             outage_buffer: self.outage_buffer,
+            outage_buffer_bytes: self.outage_buffer_bytes,
+            receive_buffer_bytes: self.receive_buffer_bytes,
             codec: codec.clone(),
         };
         let redis = Arc::new(RedisTransport::connect(settings, events.clone()).await?);

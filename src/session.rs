@@ -73,8 +73,9 @@ impl Messages {
     ///
     /// With [`MessageScope::Global`] (or `Auto` on a bus with Redis), the message goes only
     /// through Redis, as in Serverpod: every bus subscribed to the channel, this one included,
-    /// delivers it to its listeners and streams when it comes back from Redis, on the bus's
-    /// reader task; each bus decodes it once per receiver type (G03). Nothing is called
+    /// delivers it to its listeners and streams when it comes back from Redis, on one of the
+    /// bus's dispatch threads (chosen by channel); each bus decodes it once per receiver type
+    /// (G03). Nothing is called
     /// before this returns ([`Delivery::local_receivers`] is 0). The message is encoded here
     /// and queued; the publisher sends whatever is queued in one pipelined write, so
     /// throughput grows with load while a lone post leaves at once (G05). Await the
@@ -87,8 +88,8 @@ impl Messages {
     /// - [`PostError::ShutDown`] after [`Bus::shutdown`](crate::Bus::shutdown).
     /// - Global posts: [`PostError::TooLarge`] when the encoded message exceeds
     ///   `max_message_bytes`, [`PostError::Encode`] when serde refuses it, and
-    ///   [`PostError::Backpressure`] when `outage_buffer` global posts are already waiting
-    ///   for Redis (G07).
+    ///   [`PostError::Backpressure`] when `outage_buffer` global posts, or
+    ///   `outage_buffer_bytes` of them, are already waiting for Redis (G07).
     ///
     /// An `Ok` does not promise that anyone received the message:
     /// [`Delivery::local_receivers`] says how many did locally, and a global post may reach

@@ -45,10 +45,13 @@
 //! So under load, while the publisher is busy sending the previous batch, a global post is
 //! lock-free apart from the allocator; at low load one post per batch wakes the publisher.
 //! A post never waits for Redis: while Redis is unreachable posts are held (up to
-//! `outage_buffer`), then refused with `Backpressure`.
+//! `outage_buffer` posts and `outage_buffer_bytes`), then refused with `Backpressure`.
 //!
-//! Received messages are delivered on the bus's reader task, which calls listeners as a
-//! local post does: a listener that blocks holds up every global message of the bus.
+//! Received messages are delivered on one of the bus's four dispatch threads, chosen by a
+//! hash of the channel name, which call listeners as a local post does: a listener that
+//! blocks holds up the global messages of the channels of its thread (about a quarter of
+//! them), never the reader nor the other threads. Behind it, received messages wait up to
+//! `receive_buffer_bytes`; the rest are dropped and counted missed.
 //!
 //! # Registering
 //!

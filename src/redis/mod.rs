@@ -31,6 +31,7 @@
 //! sequence number (Native format).
 
 mod connection;
+mod dispatch;
 mod publisher;
 mod sequences;
 mod state;
@@ -51,6 +52,7 @@ use crate::transport::{BoxFuture, Interest, Receive, Ticket, Transport};
 use crate::wire::codec::Codec;
 pub(crate) use connection::redact;
 use connection::Redis;
+use dispatch::Dispatch;
 use state::{Change, Outgoing, State};
 
 /// How long [`RedisTransport::close`] waits for Redis to acknowledge what was posted.
@@ -63,6 +65,8 @@ pub(crate) struct Settings {
     pub(crate) url: String,
     pub(crate) namespace: String,
     pub(crate) outage_buffer: usize,
+    pub(crate) outage_buffer_bytes: usize,
+    pub(crate) receive_buffer_bytes: usize,
     pub(crate) codec: Arc<Codec>,
 }
 
@@ -100,6 +104,8 @@ impl RedisTransport {
             settings.codec,
             settings.namespace,
             settings.outage_buffer,
+            settings.outage_buffer_bytes,
+            settings.receive_buffer_bytes,
             events,
         );
         Ok(RedisTransport {
@@ -147,8 +153,8 @@ impl Transport for RedisTransport {
             self.runtime
                 .spawn(publisher::run(state.clone(), self.redis.clone())),
         );
-        let reader = subscriber::Reader::new(state.clone(), local);
-        tasks.push(self.runtime.spawn(reader.run(self.redis.inbox())));
+        let dispatch = Dispatch::start(subscriber::Reader::new(state.clone(), local));
+        tasks.push(self.runtime.spawn(dispatch.run(self.redis.inbox())));
         tasks.push(self.runtime.spawn(subscriber::apply_changes(
             state.clone(),
             self.redis.clone(),
@@ -173,9 +179,19 @@ impl Transport for RedisTransport {
             state.waiting.fetch_sub(1, AcqRel);
             return Err(PostError::Backpressure);
         }
+        // The byte bound; one post is always taken, so that a bound below the largest
+        // message does not refuse everything.
+        let bytes = message.len() as u64;
+        let before = state.waiting_bytes.fetch_add(bytes, AcqRel);
+        if before > 0 && before + bytes > state.outage_buffer_bytes {
+            state.waiting_bytes.fetch_sub(bytes, AcqRel);
+            state.waiting.fetch_sub(1, AcqRel);
+            return Err(PostError::Backpressure);
+        }
         // Pairs with `Closing::run`, which sets `closed` and then counts `waiting`: either
         // it counts this post among those shutdown reports, or this post sees `closed`.
         if self.closed.load(SeqCst) {
+            state.waiting_bytes.fetch_sub(bytes, AcqRel);
             state.waiting.fetch_sub(1, AcqRel);
             return Err(PostError::ShutDown);
         }

@@ -65,6 +65,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
             WireFormat::Serverpod => batch
                 .drain(..)
                 .map(|post| Command {
+                    posted_bytes: post.bytes.len() as u64,
                     outbound: Outbound::new(post.channel, post.bytes),
                     tickets: vec![post.ticket],
                 })
@@ -108,6 +109,8 @@ async fn next_batch(state: &State, batch: &mut Vec<Outgoing>) {
 struct Command {
     outbound: Outbound,
     tickets: Vec<u64>,
+    /// What its posts count against `outage_buffer_bytes`.
+    posted_bytes: u64,
 }
 
 /// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
@@ -159,6 +162,7 @@ fn frames(
             commands.push(Command {
                 outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
+                posted_bytes: now.iter().map(|post| post.bytes.len() as u64).sum(),
             });
         }
     }
@@ -179,19 +183,24 @@ async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
         let results = redis.publish(outbound).await;
         state.batches.fetch_add(1, Relaxed);
         let mut settled = Vec::new();
+        let mut settled_bytes = 0;
         let mut refused = Vec::new();
         let mut retry = Vec::new();
         for (command, result) in commands.into_iter().zip(results) {
             match result {
-                Ok(()) => settled.extend(command.tickets),
                 Err(Failure::Retry) => retry.push(command),
+                Ok(()) => {
+                    settled_bytes += command.posted_bytes;
+                    settled.extend(command.tickets);
+                }
                 Err(Failure::Refused(reason)) => {
                     refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
+                    settled_bytes += command.posted_bytes;
                     settled.extend(command.tickets);
                 }
             }
         }
-        settle(state, settled, refused);
+        settle(state, settled, settled_bytes, refused);
         commands = retry;
         if !commands.is_empty() {
             // fred already waited for the reconnect; do not spin while it tries again.
@@ -201,7 +210,7 @@ async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
 }
 
 /// Settles tickets Redis answered for: acknowledged, or `refused` with its reason.
-fn settle(state: &State, settled: Vec<u64>, refused: Vec<(u64, Reason)>) {
+fn settle(state: &State, settled: Vec<u64>, bytes: u64, refused: Vec<(u64, Reason)>) {
     if settled.is_empty() {
         return;
     }
@@ -215,6 +224,7 @@ fn settle(state: &State, settled: Vec<u64>, refused: Vec<(u64, Reason)>) {
         }
     }
     state.waiting.fetch_sub(settled.len() as u64, AcqRel);
+    state.waiting_bytes.fetch_sub(bytes, AcqRel);
     let moved = state.settler.lock().settle(settled);
     if let Some(acked) = moved {
         state.progress.send_modify(|p| p.acked = acked);

@@ -145,6 +145,11 @@ impl Sequences {
         newly
     }
 
+    /// Forgets everything seen: frames were lost whose origins are unknown.
+    pub(crate) fn forget_all(&mut self) {
+        self.channels.clear();
+    }
+
     /// Forgets what was seen on `channel`: it is subscribed afresh, or no more.
     pub(crate) fn forget(&mut self, channel: &str) {
         self.channels.remove(channel);

@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub(super) queue: SegQueue<Outgoing>,
     /// Posts queued or in flight: the outage bound, and `Stats::global_buffered`.
     pub(super) waiting: AtomicU64,
+    /// Their bytes, and the bound on them.
+    pub(super) waiting_bytes: AtomicU64,
+    pub(super) outage_buffer_bytes: u64,
     /// The next ticket; tickets start at 1.
     pub(super) tickets: AtomicU64,
     /// Set by the publisher before it sleeps; a post that finds it set wakes it.
@@ -110,6 +113,9 @@ pub(crate) struct State {
     /// Frames refused for a missing or wrong MAC, or for claiming this bus's origin
     /// falsely: `Stats::global_rejected`.
     pub(super) rejected: AtomicU64,
+    /// Bytes received and waiting for a dispatch thread, and their bound.
+    pub(super) inbox_bytes: AtomicU64,
+    pub(super) receive_buffer_bytes: u64,
     /// Bits per [`Link`]: (not connected, subscriptions not restored).
     pub(super) links: Mutex<(u8, u8)>,
 
@@ -127,6 +133,8 @@ impl State {
         codec: Arc<Codec>,
         namespace: String,
         outage_buffer: usize,
+        outage_buffer_bytes: usize,
+        receive_buffer_bytes: usize,
         events: Arc<EventHub>,
     ) -> (State, mpsc::UnboundedReceiver<Change>) {
         let (changes, changes_rx) = mpsc::unbounded_channel();
@@ -137,6 +145,8 @@ impl State {
             events,
             queue: SegQueue::new(),
             waiting: AtomicU64::new(0),
+            waiting_bytes: AtomicU64::new(0),
+            outage_buffer_bytes: outage_buffer_bytes as u64,
             tickets: AtomicU64::new(1),
             publisher_parked: AtomicBool::new(false),
             publisher_waker: atomic_waker::AtomicWaker::new(),
@@ -152,6 +162,8 @@ impl State {
             sequences: Mutex::new(Sequences::default()),
             sequencer: Mutex::new(Sequencer::new()),
             rejected: AtomicU64::new(0),
+            inbox_bytes: AtomicU64::new(0),
+            receive_buffer_bytes: receive_buffer_bytes as u64,
             links: Mutex::new((0, 0)),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -360,7 +372,14 @@ mod tests {
     #[test]
     fn refusals_are_kept_only_while_their_deliveries_live() {
         let codec = Arc::new(Codec::new(WireFormat::Native, 1 << 20, HashMap::new()));
-        let (state, _changes) = State::new(codec, String::new(), 10, Arc::new(EventHub::new()));
+        let (state, _changes) = State::new(
+            codec,
+            String::new(),
+            10,
+            1 << 20,
+            1 << 20,
+            Arc::new(EventHub::new()),
+        );
         let state = Arc::new(state);
         // A Redis that refuses every PUBLISH (an ACL without +publish, OOM): 1,000 posts.
         let tickets: Vec<Ticket> = (1..=1000)

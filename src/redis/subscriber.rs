@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::connection::{Failure, Inbox, Incoming, Link, LinkState, Redis};
+use super::connection::{Failure, Link, LinkState, Redis};
 use super::sequences::WINDOW;
 use super::state::{Change, State};
 use crate::error::Reason;
@@ -200,30 +200,67 @@ impl Reader {
         Reader { state, local }
     }
 
-    pub(super) async fn run(self, mut inbox: Inbox) {
-        while let Some(incoming) = inbox.next().await {
-            match incoming {
-                Incoming::Message(message) => self.receive(message.channel(), message.payload()),
-                Incoming::Lagged(count) => self.lagged(count),
+    pub(super) fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// fred dropped `count` PUBLISHes that the reader read too slowly (G06: no loss is
+    /// silent). In the Serverpod format each is one message. A Native frame may hold many,
+    /// of origins unknown here: `count` is a lower bound, and the sequence marks are forgotten
+    /// so that the same loss does not show again as gaps (a duplicate arriving right after
+    /// is then not recognised).
+    pub(super) fn lagged(&self, count: u64) {
+        if self.state.codec.format == WireFormat::Native {
+            self.state.sequences.lock().forget_all();
+        }
+        self.missed_here(count, "this bus's Redis subscriber (read too slowly)");
+    }
+
+    /// A received message dropped because the receive buffer was full: its messages are
+    /// counted missed (a Native frame's from its header when it is authentic and plausible,
+    /// so that the gap the origin's next frame shows is not counted again).
+    pub(super) fn overflow(&self, channel: &[u8], payload: &[u8]) {
+        let state = &self.state;
+        let header = match state.codec.format {
+            WireFormat::Native if self.authentic(payload) => {
+                frame::decode_header(payload).filter(|&(_, _, count)| {
+                    count as usize <= payload.len().saturating_sub(HEADER_LEN) / RECORD_OVERHEAD
+                })
             }
+            _ => None,
+        };
+        match (std::str::from_utf8(channel), header) {
+            (Ok(channel), Some((origin, first, count))) => {
+                let tick = state.received.load(Relaxed);
+                let lost =
+                    state
+                        .sequences
+                        .lock()
+                        .lost(channel, &origin, first, u64::from(count), tick);
+                self.missed(&origin, lost);
+            }
+            _ => self.missed_here(1, "this bus's receive buffer (full)"),
         }
     }
 
-    /// fred dropped `count` PUBLISHes that this task read too slowly. Native frames carry
-    /// sequence numbers, so what they held is reported exactly as a gap when the next frame
-    /// of each origin arrives; in the Serverpod format each PUBLISH is one message and is
-    /// counted here.
-    fn lagged(&self, count: u64) {
-        if self.state.codec.format == WireFormat::Serverpod {
-            self.state.missed.fetch_add(count, Relaxed);
-            self.state.emit(BusEvent::MessagesMissed {
-                origin: "this bus's Redis subscriber (too slow)".into(),
-                count,
-            });
-        }
+    /// A dispatch thread could not be started.
+    pub(super) fn thread_failed(&self, index: usize, error: &std::io::Error) {
+        self.state.emit(BusEvent::DecodeFailed {
+            channel: String::new(),
+            reason: format!("dispatch thread {index} could not start: {error}"),
+        });
     }
 
-    fn receive(&self, channel: &[u8], payload: &[u8]) {
+    /// Counts `count` messages lost before their origin could be read, and says where.
+    fn missed_here(&self, count: u64, place: &str) {
+        add(&self.state.missed, count);
+        self.state.emit(BusEvent::MessagesMissed {
+            origin: place.into(),
+            count,
+        });
+    }
+
+    pub(super) fn receive(&self, channel: &[u8], payload: &[u8]) {
         let state = &self.state;
         // Not a channel of ours: we subscribe only UTF-8 names in our namespace.
         let Ok(channel) = std::str::from_utf8(channel) else {
