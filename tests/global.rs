@@ -24,8 +24,8 @@ use evbus::{
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use support::bus::{
-    blocking, build, delivered, eventually, flush, global, next, ready, redis_bus, wait_until,
-    DEADLINE,
+    blocking, build, delivered, eventually, flush, global, next, ready, redis_bus, shutdown,
+    wait_until, DEADLINE,
 };
 use support::redis::{numsub, RawSubscriber, RedisServer};
 use tokio::time::timeout;
@@ -1849,4 +1849,39 @@ async fn g12_a_shutdown_with_redis_gone_counts_and_names_every_failure() {
         );
     }
     assert_eq!(failed_count(&error), outcomes.len(), "{error}");
+}
+
+/// The least ACL the README's Security section names is enough for a bus: it builds,
+/// subscribes, posts and receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_acl_the_readme_names_is_enough() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">secret",
+        "resetchannels",
+        "&app1:*",
+        "-@all",
+        "+subscribe",
+        "+unsubscribe",
+        "+publish",
+        "+ping",
+        "+pubsub|numsub",
+        "+client|setname",
+        "+hello",
+        "+auth",
+    ]);
+    let url = format!("redis://app:secret@127.0.0.1:{}", server.port());
+    let bus = build(Bus::builder().redis_url(url).namespace("app1:")).await;
+    let lines = recorder::<String>(bus.messages(), "chat");
+    ready(&bus).await;
+    delivered(global(&bus, "chat", "hi".to_string())).await;
+    wait_until("its own post came back", DEADLINE, || {
+        snapshot(&lines) == ["hi"]
+    })
+    .await;
+    shutdown(&bus).await;
 }
