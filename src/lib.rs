@@ -104,11 +104,17 @@ pub use session::{ListenerId, Messages, Session};
 pub use stats::Stats;
 pub use wire::WireFormat;
 
-/// Decoders of untrusted bytes, for the fuzz targets in `fuzz/` only.
+/// Decoders of untrusted bytes and the sequence tracker, for the fuzz targets in `fuzz/`
+/// only.
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::wire::error::DecodeError;
     pub use crate::wire::frame::*;
     pub use crate::wire::serverpod::*;
+
+    /// Duplicate and gap tracking, for the `sequences` target.
+    pub mod sequences {
+        pub use crate::redis::sequences::{Sequences, Verdict, WINDOW};
+    }
 }

@@ -33,7 +33,7 @@
 mod connection;
 mod dispatch;
 mod publisher;
-mod sequences;
+pub(crate) mod sequences;
 mod state;
 mod subscriber;
 

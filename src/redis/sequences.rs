@@ -40,7 +40,7 @@ use crate::wire::frame::Origin;
 const MAX_ORIGINS: usize = 1024;
 
 /// How far from the mark, in sequence numbers, a frame may be and still be believed.
-pub(crate) const WINDOW: u64 = 1 << 20;
+pub const WINDOW: u64 = 1 << 20;
 
 /// What one origin has shown on one channel.
 #[derive(Clone, Copy, Debug)]
@@ -58,18 +58,18 @@ struct Seen {
 
 /// What [`Sequences::check`] found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Verdict {
+pub struct Verdict {
     /// Leading records already seen: drop them.
-    pub(crate) duplicates: u64,
+    pub duplicates: u64,
     /// Records of this origin skipped before the frame: count them missed.
-    pub(crate) missed: u64,
+    pub missed: u64,
     /// The frame is too far from the mark to be believed: refuse it whole.
-    pub(crate) implausible: bool,
+    pub implausible: bool,
 }
 
 /// Per Redis channel, per origin: what was seen.
 #[derive(Default)]
-pub(crate) struct Sequences {
+pub struct Sequences {
     channels: HashMap<String, HashMap<Origin, Seen>>,
 }
 
@@ -78,7 +78,7 @@ impl Sequences {
     /// at recency `tick`, and moves the mark past them unless they are implausible. The
     /// caller guarantees `count >= 1` and that the range does not pass `u64::MAX` (the frame
     /// decoder refuses such frames).
-    pub(crate) fn check(
+    pub fn check(
         &mut self,
         channel: &str,
         origin: &Origin,
@@ -117,7 +117,7 @@ impl Sequences {
     /// Counts the `count` records of an unreadable frame from `origin` starting at `first`
     /// as lost, without moving the mark; returns how many are newly counted (none that were
     /// already seen or counted, none of an implausible frame).
-    pub(crate) fn lost(
+    pub fn lost(
         &mut self,
         channel: &str,
         origin: &Origin,
@@ -146,12 +146,12 @@ impl Sequences {
     }
 
     /// Forgets everything seen: frames were lost whose origins are unknown.
-    pub(crate) fn forget_all(&mut self) {
+    pub fn forget_all(&mut self) {
         self.channels.clear();
     }
 
     /// Forgets what was seen on `channel`: it is subscribed afresh, or no more.
-    pub(crate) fn forget(&mut self, channel: &str) {
+    pub fn forget(&mut self, channel: &str) {
         self.channels.remove(channel);
     }
 
