@@ -74,6 +74,7 @@ mod events;
 mod message;
 mod revocation;
 mod stats;
+mod sync;
 mod trie;
 mod wire;
 

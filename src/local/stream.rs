@@ -22,13 +22,13 @@
 //!   buffered before it returns `None` (S02).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
 use futures_core::Stream;
+
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering::*};
 
 /// What the stream and its sink share.
 struct Buffer<M> {

@@ -1,0 +1,52 @@
+//! The atomics of the hand-written protocols, and loom's in their models.
+//!
+//! Three protocols are written by hand: a stream's parked/len handshake (`local/stream.rs`), the
+//! publisher's sleep (`redis/publisher.rs`) and the claim of a counter stripe (`stats.rs`). They
+//! take their atomics from here. In a normal build these are std's types (and atomic-waker's
+//! `AtomicWaker`), re-exported: the code and its cost are exactly what they would be without
+//! this module. Compiled with `--cfg evbus_loom`, they are loom's, and the `loom_*` tests
+//! model-check every interleaving of the protocols:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg evbus_loom" cargo test --release --lib loom_
+//! ```
+//!
+//! The cfg is our own, not `loom`: `--cfg loom` would also switch tokio and crossbeam into their
+//! loom modes, which this crate's build does not support. loom is a dev-dependency, so under
+//! `evbus_loom` only the library's unit tests build, and only the models are meant to run:
+//! loom's atomics work only inside a model.
+
+#[cfg(not(evbus_loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+#[cfg(not(evbus_loom))]
+pub(crate) use atomic_waker::AtomicWaker;
+
+#[cfg(evbus_loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+#[cfg(evbus_loom)]
+pub(crate) use self::model::AtomicWaker;
+
+#[cfg(evbus_loom)]
+mod model {
+    use std::task::Waker;
+
+    /// loom's `AtomicWaker` under atomic-waker's method names.
+    #[derive(Debug, Default)]
+    pub(crate) struct AtomicWaker(loom::future::AtomicWaker);
+
+    impl AtomicWaker {
+        pub(crate) fn new() -> Self {
+            AtomicWaker(loom::future::AtomicWaker::new())
+        }
+
+        pub(crate) fn register(&self, waker: &Waker) {
+            self.0.register_by_ref(waker);
+        }
+
+        pub(crate) fn wake(&self) {
+            self.0.wake();
+        }
+    }
+}
