@@ -50,3 +50,13 @@ mod model {
         }
     }
 }
+
+/// Runs `f` under loom, exploring every interleaving with up to three preemptions (or
+/// `LOOM_MAX_PREEMPTIONS`): enough for the bugs these protocols could have, small enough for
+/// CI.
+#[cfg(all(test, evbus_loom))]
+pub(crate) fn model<F: Fn() + Sync + Send + 'static>(f: F) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound.get_or_insert(3);
+    builder.check(f);
+}
