@@ -15,6 +15,10 @@
 //! loom modes, which this crate's build does not support. loom is a dev-dependency, so under
 //! `evbus_loom` only the library's unit tests build, and only the models are meant to run:
 //! loom's atomics work only inside a model.
+//!
+//! The publisher's flag is a field of the transport's `State`, a std `AtomicBool` in every
+//! build; its protocol is written once over the [`Flag`] trait, which std's `AtomicBool`
+//! implements and, in the models, loom's.
 
 #[cfg(not(evbus_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +31,37 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering
 
 #[cfg(evbus_loom)]
 pub(crate) use self::model::AtomicWaker;
+
+/// A boolean atomic and the fence of the same atomics: std's, or loom's in a model.
+pub(crate) trait Flag: Sync {
+    fn load(&self, order: Ordering) -> bool;
+    fn swap(&self, value: bool, order: Ordering) -> bool;
+    /// A fence that orders this flag's accesses: std's `fence`, or loom's.
+    fn fence(order: Ordering);
+}
+
+macro_rules! flag {
+    ($($atomic:ident)::+) => {
+        impl Flag for $($atomic)::+::AtomicBool {
+            #[inline(always)]
+            fn load(&self, order: Ordering) -> bool {
+                $($atomic)::+::AtomicBool::load(self, order)
+            }
+            #[inline(always)]
+            fn swap(&self, value: bool, order: Ordering) -> bool {
+                $($atomic)::+::AtomicBool::swap(self, value, order)
+            }
+            #[inline(always)]
+            fn fence(order: Ordering) {
+                $($atomic)::+::fence(order)
+            }
+        }
+    };
+}
+
+flag!(std::sync::atomic);
+#[cfg(evbus_loom)]
+flag!(loom::sync::atomic);
 
 #[cfg(evbus_loom)]
 mod model {
