@@ -3,8 +3,9 @@
 //! # Algorithm
 //!
 //! Producers are posting threads (any number), the consumer is the stream. The buffer is
-//! crossbeam's `SegQueue`, a lock-free MPMC queue made of 31-slot blocks allocated on demand and
-//! freed as they are consumed, so an idle stream holds no buffer at all and a busy one holds
+//! crossbeam's `SegQueue`, an MPMC queue (lock-free but for the waits under
+//! [Progress](#progress)) made of 31-slot blocks allocated on demand and freed as they are
+//! consumed, so an idle stream holds no buffer at all and a busy one holds
 //! what it buffers, not its capacity. A separate counter `len` bounds it:
 //!
 //! - push: `queue.push(m)`, then `len.fetch_add(1)`; if `len` already held the capacity, the
@@ -32,6 +33,33 @@
 //!   buffered before it returns `None` (S02). The consumer checks `closed` after registering its
 //!   waker: a close before the registration is visible (`register` acquires what `wake`
 //!   released), one after it wakes the consumer.
+//!
+//! # Progress
+//!
+//! A push is lock-free except in two windows, both inside `SegQueue`, where it waits for
+//! another thread. A `SegQueue` push reserves a slot with a CAS on the tail (retried only when
+//! another push won) and then writes the message into it; a pop reserves the head slot the
+//! same way and then reads it. The waits spin with `Backoff::snooze` (exponential spinning,
+//! then `thread::yield_now`):
+//!
+//! - At a block boundary: the push that reserved the last of a block's 31 slots installs the
+//!   next block (allocated before its CAS) with two stores after it, and until they land every
+//!   other push to this stream waits for it. If that producer is preempted in between, the
+//!   others wait until it runs again. This is once per 31 messages of a stream and a few
+//!   instructions long, but a push is not lock-free in the strict sense there.
+//! - In the eviction pop of a push to a full buffer: a pop waits until the slot it reserved
+//!   has been written, so an evicting push waits for a producer preempted between its CAS and
+//!   its write of the oldest slot. A pop that reserves the last slot of a block also waits
+//!   until the next block is linked (a store of the push that installs it), and one that finds
+//!   the head at a block's end waits for the pop that is moving it on (the consumer's or
+//!   another eviction's).
+//!
+//! The rest of a push is wait-free: `fetch_add`s, a load, and, for a parked consumer, one
+//! `swap` and an `AtomicWaker` wake that never waits. Besides, a push allocates a block once
+//! per 31 messages (the allocator's guarantee), and waking a parked consumer calls its
+//! executor's `Waker`, which is the executor's business: tokio's takes its scheduler's mutex
+//! when woken from outside the runtime's workers. The consumer's pops wait for producers as
+//! above; the consumer never waits for an evicting producer (see wake).
 
 use std::pin::Pin;
 use std::sync::Arc;
