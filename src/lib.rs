@@ -75,6 +75,7 @@ mod events;
 mod message;
 mod revocation;
 mod stats;
+mod sync;
 mod trie;
 mod wire;
 

@@ -8,7 +8,8 @@
 //! stripe index from a process-wide bitmap the first time it posts, owns it exclusively until
 //! it exits, and updates its stripe with a relaxed load and store (no `lock` prefix: only the
 //! owner writes). The claim is an `Acquire` CAS and the release at thread exit a `Release`
-//! `fetch_or`, so the next owner of a stripe continues from the previous owner's values.
+//! `fetch_or`, so the next owner of a stripe continues from the previous owner's values; the
+//! `loom_stripe_*` models check both halves.
 //! Beyond [`THREAD_STRIPES`] live threads, the rest share one extra stripe updated with
 //! `fetch_add`. [`Bus::stats`](crate::Bus::stats) sums the stripes: exact once the posts it
 //! should see happen-before it (a `join`, a channel message), a moment's approximation while
@@ -20,6 +21,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use crossbeam_utils::CachePadded;
+
+use crate::sync;
 
 /// Counters since the bus was built, except the gauges marked *(now)*.
 ///
@@ -78,11 +81,22 @@ pub(crate) const THREAD_STRIPES: usize = 64;
 
 #[derive(Default)]
 struct Stripe {
-    posted: AtomicU64,
-    delivered: AtomicU64,
-    mismatches: AtomicU64,
-    panics: AtomicU64,
-    dropped: AtomicU64,
+    posted: sync::AtomicU64,
+    delivered: sync::AtomicU64,
+    mismatches: sync::AtomicU64,
+    panics: sync::AtomicU64,
+    dropped: sync::AtomicU64,
+}
+
+/// Adds `n` to a stripe's counter: a relaxed load and store when this thread owns the stripe
+/// (only the owner writes it), a `fetch_add` on the shared stripe.
+#[inline(always)]
+fn add(counter: &sync::AtomicU64, n: u64, owned: bool) {
+    match (n, owned) {
+        (0, _) => {}
+        (n, true) => counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed),
+        (n, false) => _ = counter.fetch_add(n, Relaxed),
+    }
 }
 
 /// A bus's counters.
@@ -125,20 +139,15 @@ impl Counters {
     fn record(&self, posted: u64, tally: &Tally) {
         let (index, owned) = stripe::index();
         let stripe = &self.stripes[index];
-        let add = |counter: &AtomicU64, n: u64| match (n, owned) {
-            (0, _) => {}
-            (n, true) => counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed),
-            (n, false) => _ = counter.fetch_add(n, Relaxed),
-        };
-        add(&stripe.posted, posted);
-        add(&stripe.delivered, tally.delivered);
-        add(&stripe.mismatches, tally.mismatches);
-        add(&stripe.panics, tally.panics);
-        add(&stripe.dropped, tally.dropped);
+        add(&stripe.posted, posted, owned);
+        add(&stripe.delivered, tally.delivered, owned);
+        add(&stripe.mismatches, tally.mismatches, owned);
+        add(&stripe.panics, tally.panics, owned);
+        add(&stripe.dropped, tally.dropped, owned);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
-        let sum = |field: fn(&Stripe) -> &AtomicU64| {
+        let sum = |field: fn(&Stripe) -> &sync::AtomicU64| {
             self.stripes
                 .iter()
                 .map(|s| field(s).load(Relaxed))
@@ -161,26 +170,43 @@ impl Counters {
 /// The process-wide assignment of stripe indices to threads.
 mod stripe {
     use super::THREAD_STRIPES;
+    use crate::sync::{AtomicU64, Ordering::*};
     use std::cell::Cell;
-    use std::sync::atomic::{AtomicU64, Ordering::*};
 
+    #[cfg(not(evbus_loom))]
     /// Bit `i` set: stripe `i` is free.
     static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
+    #[cfg(evbus_loom)]
+    loom::lazy_static! {
+        static ref FREE: AtomicU64 = AtomicU64::new(u64::MAX);
+    }
     const _: () = assert!(THREAD_STRIPES == 64, "FREE has one bit per stripe");
+
+    /// Takes the lowest stripe that `free` has; `None` if it has none. The `Acquire` CAS
+    /// pairs with the `Release` of [`release_to`]: the new owner continues from the counts of the
+    /// stripe's previous owner.
+    pub(super) fn claim_from(free: &AtomicU64) -> Option<usize> {
+        let mut bits = free.load(Relaxed);
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            match free.compare_exchange_weak(bits, bits & !(1 << i), Acquire, Relaxed) {
+                Ok(_) => return Some(i),
+                Err(now) => bits = now,
+            }
+        }
+        None
+    }
+
+    /// Gives stripe `i` back to `free`, after the owner's last write to it.
+    pub(super) fn release_to(free: &AtomicU64, i: usize) {
+        free.fetch_or(1 << i, Release);
+    }
 
     struct Claim(Option<usize>);
 
     impl Claim {
         fn new() -> Claim {
-            let mut free = FREE.load(Relaxed);
-            while free != 0 {
-                let i = free.trailing_zeros() as usize;
-                match FREE.compare_exchange_weak(free, free & !(1 << i), Acquire, Relaxed) {
-                    Ok(_) => return Claim(Some(i)),
-                    Err(now) => free = now,
-                }
-            }
-            Claim(None)
+            Claim(claim_from(&FREE))
         }
     }
 
@@ -189,7 +215,7 @@ mod stripe {
             if let Some(i) = self.0 {
                 // Stop using the stripe before anyone else may claim it.
                 INDEX.set(UNCLAIMED);
-                FREE.fetch_or(1 << i, Release);
+                release_to(&FREE, i);
             }
         }
     }
@@ -256,5 +282,63 @@ mod tests {
         assert_eq!(stats.type_mismatches, 100_000);
         assert_eq!(stats.stream_dropped, 300_000);
         assert_eq!(stats.listener_panics, 0);
+    }
+}
+
+/// Models of the stripe claim, run by `RUSTFLAGS="--cfg evbus_loom" cargo test --lib loom_`.
+///
+/// They run the real `stripe::claim_from`, `stripe::release_to` and `add` on a bitmap with few free
+/// stripes (the thread-locals that call them in the bus are per-thread bookkeeping, not part of
+/// the protocol). An owner counts with a relaxed load and store, which is exact only while it
+/// is the stripe's sole writer and starts from its predecessor's count: two owners at once, or
+/// an owner that does not see what the previous one wrote, lose a count, and the sum shows it.
+#[cfg(all(test, evbus_loom))]
+mod loom_tests {
+    use super::*;
+
+    use std::sync::Arc;
+
+    use loom::thread;
+
+    /// Three threads claim from a bitmap with `free` set, count one post each (on the shared
+    /// stripe, the last, when none is free) and give the stripe back.
+    fn three_threads_count(free: u64) {
+        crate::sync::model(move || {
+            let bitmap = Arc::new(sync::AtomicU64::new(free));
+            let stripes: Arc<[sync::AtomicU64; 3]> = Arc::default();
+            let post = {
+                let (bitmap, stripes) = (bitmap.clone(), stripes.clone());
+                move || {
+                    let claimed = stripe::claim_from(&bitmap);
+                    let (index, owned) = claimed.map_or((2, false), |i| (i, true));
+                    add(&stripes[index], 1, owned);
+                    if let Some(i) = claimed {
+                        stripe::release_to(&bitmap, i);
+                    }
+                }
+            };
+            let threads: Vec<_> = (0..2).map(|_| thread::spawn(post.clone())).collect();
+            post();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            let sum: u64 = stripes.iter().map(|s| s.load(Relaxed)).sum();
+            assert_eq!(sum, 3, "a count was lost");
+            assert_eq!(bitmap.load(Relaxed), free, "a stripe was not given back");
+        });
+    }
+
+    /// One free stripe: it passes from owner to owner with its count, and the threads that
+    /// find it taken use the shared stripe.
+    #[test]
+    fn loom_stripe_claim_hands_a_stripe_and_its_counts_on() {
+        three_threads_count(0b1);
+    }
+
+    /// Two free stripes, three threads racing for the lowest: a losing CAS takes the next, and
+    /// no stripe has two owners at once.
+    #[test]
+    fn loom_stripe_claim_gives_a_stripe_to_one_thread_at_a_time() {
+        three_threads_count(0b11);
     }
 }

@@ -7,18 +7,23 @@
 //!
 //! # Posting (the hot path)
 //!
-//! A local post never takes a lock and never waits for another thread (L10):
+//! A local post takes no lock of this crate's, and one that reaches no stream never waits for
+//! another thread (L10). A post that reaches a stream can wait, in two short windows of the
+//! stream's queue described [below](#what-a-stream-push-can-wait-for):
 //!
 //! | step | progress guarantee |
 //! |---|---|
 //! | name lookup (`post_message`; skipped by a `Channel` handle) | lock-free (papaya's reads, seize's guard) |
 //! | snapshot load | arc-swap's `load`: lock-free; wait-free except for a fallback that arc-swap bounds to once in `usize::MAX / 4` loads |
 //! | walk and listener calls | bounded by the snapshot; each call is the user's code |
-//! | stream push | lock-free: `SegQueue::push` retries its CAS only when another push succeeded |
+//! | stream push | lock-free except at a block boundary (once per 31 messages) and in the eviction of a full buffer, where it can wait for a preempted thread (below) |
 //! | counters | wait-free: a store to a stripe only this thread writes |
 //!
 //! So a post to listeners only, through a handle, is wait-free apart from arc-swap's bounded
-//! fallback and the listeners' own code; a post that reaches streams is lock-free.
+//! fallback and the listeners' own code; a post that reaches streams is lock-free apart from
+//! the two windows below, and from waking a parked consumer, which calls its executor's
+//! `Waker` (tokio's takes its scheduler's mutex when woken from outside the runtime's
+//! workers).
 //!
 //! One exception, once per thread: the first time a thread touches any papaya map, seize (its
 //! memory reclaimer) gives the thread an id under a process-wide mutex, and frees it under the
@@ -31,19 +36,44 @@
 //! for the message, shared by all of them (L04), plus a 31-slot block per stream when its
 //! current block is full.
 //!
+//! ## What a stream push can wait for
+//!
+//! A stream's buffer is crossbeam's `SegQueue`, a list of 31-slot blocks. A push reserves a
+//! slot with a CAS on the tail, retried only when another push won, and then writes the
+//! message into it; a pop reserves the head slot the same way and then reads it. Two parts of
+//! a push are not lock-free in the strict sense; in both, the push spins with exponential
+//! backoff and then `thread::yield_now` until another thread has done a few instructions:
+//!
+//! - Block boundaries. The push that reserves the last slot of a block installs the next block
+//!   (allocated before its CAS) with two stores after the CAS. Until they land, every other
+//!   push to the same stream waits; if that producer is preempted in between, they wait until
+//!   it runs again. Once per 31 messages of a stream.
+//! - Eviction, when a push finds the buffer full and pops the oldest message. A pop waits
+//!   until its reserved slot has been written, so the evicting push waits for a producer
+//!   preempted between its CAS and its write of that slot. A pop that reserves the last slot of
+//!   a block also waits until the next block is linked, and one that finds the head at a
+//!   block's end waits for the pop that is moving it on (the consumer's, or another
+//!   eviction's).
+//!
+//! The rest of a push is wait-free (`fetch_add`s, a load, at most one `swap`, an `AtomicWaker`
+//! wake that never waits). The consumer's pops wait for producers in the same way; the consumer
+//! never waits for an evicting producer to finish. `stream.rs` has the algorithm.
+//!
 //! # Posting globally
 //!
-//! A global post does not wait for Redis or for another thread, but it is not wait-free:
+//! A global post does not wait for Redis, and waits for another thread only at a block
+//! boundary of the publish queue, but it is not wait-free:
 //!
 //! | step | progress guarantee |
 //! |---|---|
 //! | encoding (MessagePack or JSON) into a new buffer | the allocator's |
 //! | the outage bound and the ticket | wait-free: one `fetch_add` each |
-//! | the push onto the publish queue | lock-free: `SegQueue::push` |
+//! | the push onto the publish queue | `SegQueue::push`: lock-free except at a block boundary (once per 31 posts), where it can wait for a preempted poster, as a [stream push](#what-a-stream-push-can-wait-for) can |
 //! | waking the publisher | a fence and a load; only a post that finds the publisher asleep wakes its task, and waking a tokio task may take the runtime's scheduler lock |
 //!
 //! So under load, while the publisher is busy sending the previous batch, a global post is
-//! lock-free apart from the allocator; at low load one post per batch wakes the publisher.
+//! lock-free apart from the allocator and the block boundary; at low load one post per batch
+//! wakes the publisher.
 //! A post never waits for Redis: while Redis is unreachable posts are held (up to
 //! `outage_buffer` posts and `outage_buffer_bytes`), then refused with `Backpressure`.
 //!

@@ -3,11 +3,12 @@
 //!
 //! # Algorithm
 //!
-//! 1. Sleep while the queue is empty. The sleep is a flag and a waker, as a stream's
-//!    consumer's: the task sets `publisher_parked`, then (after a `SeqCst` fence) checks the
-//!    queue once more; a post pushes, fences, and wakes the task only if it finds the flag
-//!    set. Either the task sees the push or the post sees the flag, so no post is stranded,
-//!    and a busy publisher costs posts no wake-up.
+//! 1. Sleep while the queue is empty. The sleep is a flag and a waker (`poll_parked`,
+//!    `wake_parked`): the task sets `publisher_parked`, then (after a `SeqCst` fence) checks
+//!    the queue once more; a post pushes, fences, and wakes the task only if it finds the flag
+//!    set. The two fences fall in one total order, so either the task sees the push or the
+//!    post sees the flag: no post is stranded, and a busy publisher costs posts no wake-up (a
+//!    fence and a load). The `loom_publisher_*` model checks this.
 //! 2. Take everything queued (up to [`MAX_BATCH`] posts): that is the batch. Under load the
 //!    batch grows while the previous write is in flight, so throughput grows with load; a
 //!    lone post is a batch of one and leaves at once. There is no timer.
@@ -27,14 +28,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::poll_fn;
-use std::sync::atomic::{fence, Ordering::*};
+use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
 
 use super::connection::{Failure, Outbound, Redis};
 use super::state::{Outgoing, State};
 use crate::error::Reason;
+use crate::sync::Flag;
 use crate::wire::frame::{self, Origin, HEADER_LEN};
 use crate::wire::mac::Keys;
 use crate::wire::WireFormat;
@@ -48,11 +52,43 @@ const MAX_SEQUENCED_CHANNELS: usize = 1 << 16;
 /// Wakes the publisher if it sleeps. Called after every push.
 #[inline]
 pub(super) fn wake(state: &State) {
-    // Pairs with the fence in `next_batch`: either the publisher sees our push, or we see
-    // its flag.
-    fence(SeqCst);
-    if state.publisher_parked.load(Relaxed) && state.publisher_parked.swap(false, AcqRel) {
-        state.publisher_waker.wake();
+    wake_parked(&state.publisher_parked, &state.publisher_waker);
+}
+
+/// Step 1, the poster's half: after its push, wakes the publisher if it finds its flag set.
+///
+/// Pairs with the fence in [`poll_parked`]: either the publisher sees the push, or the poster
+/// sees the flag. Generic only so that the loom model runs this same code on loom's flag.
+#[inline]
+fn wake_parked<F: Flag>(parked: &F, waker: &AtomicWaker) {
+    F::fence(SeqCst);
+    if parked.load(Relaxed) && parked.swap(false, AcqRel) {
+        waker.wake();
+    }
+}
+
+/// Step 1, the publisher's half: ready if `queued()`; otherwise registers, sets the flag,
+/// fences, and checks `queued()` once more before it sleeps.
+fn poll_parked<F: Flag>(
+    parked: &F,
+    waker: &AtomicWaker,
+    cx: &mut Context<'_>,
+    queued: impl Fn() -> bool,
+) -> Poll<()> {
+    if queued() {
+        return Poll::Ready(());
+    }
+    waker.register(cx.waker());
+    // Swaps where stores would do, here and below: loom does not order a plain store after a
+    // swap of another thread that the storing thread has not seen (tokio-rs/loom#254), and
+    // reports lost wake-ups that cannot happen. Only a publisher going to sleep pays for them.
+    parked.swap(true, Relaxed);
+    F::fence(SeqCst);
+    if queued() {
+        parked.swap(false, Relaxed);
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
@@ -83,18 +119,9 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
 /// Waits until something is queued, then moves up to [`MAX_BATCH`] posts into `batch`.
 async fn next_batch(state: &State, batch: &mut Vec<Outgoing>) {
     poll_fn(|cx| {
-        if !state.queue.is_empty() {
-            return Poll::Ready(());
-        }
-        state.publisher_waker.register(cx.waker());
-        state.publisher_parked.store(true, Relaxed);
-        fence(SeqCst);
-        if state.queue.is_empty() {
-            Poll::Pending
-        } else {
-            state.publisher_parked.store(false, Relaxed);
-            Poll::Ready(())
-        }
+        poll_parked(&state.publisher_parked, &state.publisher_waker, cx, || {
+            !state.queue.is_empty()
+        })
     })
     .await;
     while batch.len() < MAX_BATCH {
@@ -346,5 +373,54 @@ mod tests {
         assert_eq!(tickets, vec![vec![1, 3], vec![4], vec![2]]);
         assert_eq!(sequencer.next("a", 1), 4);
         assert_eq!(sequencer.next("b", 1), 2);
+    }
+}
+
+/// A model of step 1, run by `RUSTFLAGS="--cfg evbus_loom" cargo test --lib loom_`.
+///
+/// It runs the real [`wake_parked`] and [`poll_parked`] on loom's flag and fences. loom cannot
+/// see inside `SegQueue`, so a counter stands for the queue, pushed and read with `Relaxed`
+/// (weaker than the queue's own orderings): the fence pair alone must keep the wake-up.
+#[cfg(all(test, evbus_loom))]
+mod loom_tests {
+    use super::*;
+
+    use loom::future::block_on;
+    use loom::sync::atomic::{AtomicBool, AtomicUsize};
+    use loom::thread;
+
+    /// Two posters push and wake; the publisher sleeps until something is queued and takes
+    /// everything, until it has taken both posts. A post stranded in the queue with the
+    /// publisher asleep is a deadlock to loom.
+    #[test]
+    fn loom_publisher_wakes_for_every_post() {
+        crate::sync::model(|| {
+            let shared = Arc::new((
+                AtomicBool::new(false),
+                AtomicWaker::new(),
+                AtomicUsize::new(0),
+            ));
+            let posters: Vec<_> = (0..2)
+                .map(|_| {
+                    let shared = shared.clone();
+                    thread::spawn(move || {
+                        let (parked, waker, queue) = &*shared;
+                        queue.fetch_add(1, Relaxed);
+                        wake_parked(parked, waker);
+                    })
+                })
+                .collect();
+            let (parked, waker, queue) = &*shared;
+            let mut taken = 0;
+            while taken < 2 {
+                block_on(poll_fn(|cx| {
+                    poll_parked(parked, waker, cx, || queue.load(Relaxed) != 0)
+                }));
+                taken += queue.swap(0, Relaxed);
+            }
+            for poster in posters {
+                poster.join().unwrap();
+            }
+        });
     }
 }
