@@ -95,9 +95,11 @@
 //!
 //! ## L10
 //!
-//! Posting does not block and does not wait for any other thread: the post path takes no lock,
-//! whatever registrations, removals or session closes run beside it. The exact progress
-//! guarantee of each step, and the one once-per-thread exception, are in
+//! Posting takes no lock, whatever registrations, removals or session closes run beside it:
+//! to listeners it is wait-free; a push to a stream can spin briefly in two windows of the
+//! stream's queue where another producer, preempted at the wrong instruction, must run first
+//! (once per 31 messages, and when evicting from a full buffer). The exact progress guarantee
+//! of each step, and the one once-per-thread exception, are in
 //! [`performance`](super::performance).
 //!
 //! Tests: `tests/rules.rs`, `l10_posts_never_wait_for_running_posts_or_registrations`;

@@ -14,11 +14,13 @@
 //! No lock, no allocation for listeners. `delivered` is the walked group's length, so the
 //! loop counts nothing per listener; panics and stream drops are counted when they happen.
 //!
-//! Why this is wait-free (L10): `ArcSwap::load` is wait-free except for a bounded fallback
+//! Why this never blocks (L10): `ArcSwap::load` is wait-free except for a bounded fallback
 //! that arc-swap documents as lock-free and takes at most once per `usize::MAX / 4` loads; the
-//! walk is bounded by the snapshot; the counters are stores to a thread-owned stripe. A stream
-//! push is lock-free (crossbeam's `SegQueue`: a CAS loop that retries only when another push
-//! succeeded). Nothing waits for another thread.
+//! walk is bounded by the snapshot; the counters are stores to a thread-owned stripe. To
+//! listeners only, a post is wait-free. A stream push is lock-free except in two short windows
+//! inside crossbeam's `SegQueue` where it spins until another producer, if preempted there,
+//! runs again: once per 31 messages of a stream, and in the eviction of a full buffer (exactly:
+//! [`crate::local::stream`], § Progress).
 //!
 //! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
 //! panic happens, so one listener's panic is counted and the walk goes on.
