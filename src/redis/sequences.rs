@@ -68,7 +68,7 @@ pub struct Verdict {
 }
 
 /// Per Redis channel, per origin: what was seen.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Sequences {
     channels: HashMap<String, HashMap<Origin, Seen>>,
 }
