@@ -250,11 +250,12 @@
 //! ## G07
 //!
 //! While Redis cannot be reached, global posts are held, up to
-//! [`BusBuilder::outage_buffer`] of them ([`Stats::global_buffered`]), and sent once the bus
-//! has reconnected, in the order they were posted (per channel and posting thread, as
-//! always). A post beyond that bound fails with
-//! [`PostError::Backpressure`]. A [`Delivery`] whose message can never be sent (the bus shut
-//! down first) resolves to an error: nothing is dropped without a trace.
+//! [`BusBuilder::outage_buffer`] of them ([`Stats::global_buffered`]) and
+//! `outage_buffer_bytes` of their bytes, and sent once the bus has reconnected, in the order
+//! they were posted (per channel and posting thread, as always). A post beyond either bound
+//! fails with [`PostError::Backpressure`]. A [`Delivery`] whose message can never be sent (the
+//! bus shut down first) resolves to an error that says whether it was never written to Redis
+//! or written without an answer: nothing is dropped without a trace.
 //!
 //! Tests: `tests/global.rs`, `g07_posts_are_held_during_an_outage_sent_in_order_after_and_bounded`;
 //! under faults, `tests/faults.rs`, `kill_and_restart_redis_mid_stream`,
@@ -274,10 +275,14 @@
 //!
 //! ## G09
 //!
-//! Everything that comes from Redis is untrusted. A payload that does not decode, names a
-//! class no receiver of the bus takes, or is larger than [`BusBuilder::max_message_bytes`] is
-//! counted in [`Stats::global_decode_errors`], reported as [`BusEvent::DecodeFailed`], and
-//! skipped. The subscription keeps working, and nothing panics.
+//! Everything that comes from Redis is untrusted. A payload that does not decode, a message
+//! that names a class no receiver of the bus takes, or one larger than
+//! [`BusBuilder::max_message_bytes`] (judged message by message, also inside a frame that
+//! carries others) is counted in [`Stats::global_decode_errors`], reported as
+//! [`BusEvent::DecodeFailed`], and skipped; the rest of the frame is delivered. A frame whose
+//! body cannot be read but whose header can counts its messages missed. A message one
+//! receiver type cannot decode still reaches the other types. The subscription keeps working,
+//! and nothing panics.
 //!
 //! Test: `tests/global.rs`,
 //! `g09_undecodable_unknown_and_oversized_payloads_are_counted_reported_and_skipped`.
