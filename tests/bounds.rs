@@ -171,3 +171,63 @@ async fn g06_received_messages_are_bounded_in_bytes_and_losses_counted() {
         "{stats:?}"
     );
 }
+
+/// A new origin's frames wait behind a blocked listener of another channel of the same
+/// dispatch thread, and some are dropped at the bound before the first is read: the dropped
+/// ones are counted, once, and nothing read afterwards is taken for a duplicate or a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g06_losses_at_the_start_of_an_origins_stream_are_counted() {
+    let server = RedisServer::start();
+    let receiver = build(
+        Bus::builder()
+            .redis_url(server.url())
+            .receive_buffer_bytes(16 << 10),
+    )
+    .await;
+    let blocker = (0..)
+        .map(|n| format!("blocker-{n}"))
+        .find(|name| worker_of(name) == worker_of("origin"))
+        .unwrap();
+    let gate = Arc::new(Gate::default());
+    let blocked = gate.clone();
+    let entered = Arc::new(AtomicU64::new(0));
+    let entering = entered.clone();
+    receiver.messages().add_listener(&blocker, move |_: &u64| {
+        entering.fetch_add(1, SeqCst);
+        blocked.wait();
+    });
+    let got = Arc::new(AtomicU64::new(0));
+    let counted = got.clone();
+    receiver
+        .messages()
+        .add_listener("origin", move |_: &String| {
+            counted.fetch_add(1, SeqCst);
+        });
+    ready(&receiver).await;
+    let other = redis_bus(&server).await;
+    global(&other, &blocker, 0u64).await.expect("acknowledged");
+    wait_until("the dispatch thread is blocked", DEADLINE, || {
+        entered.load(SeqCst) == 1
+    })
+    .await;
+    // A bus that never posted before: a new origin for the receiver.
+    let poster = redis_bus(&server).await;
+    const POSTS: u64 = 100;
+    for _ in 0..POSTS {
+        global(&poster, "origin", "z".repeat(1000))
+            .await
+            .expect("acknowledged");
+    }
+    wait_until("some frames were dropped at the bound", DEADLINE, || {
+        receiver.stats().global_missed > 0
+    })
+    .await;
+    gate.open();
+    wait_until("received + missed == posted", DEADLINE, || {
+        got.load(SeqCst) + receiver.stats().global_missed == POSTS
+    })
+    .await;
+    let stats = receiver.stats();
+    assert_eq!(stats.global_duplicates, 0, "{stats:?}");
+    assert_eq!(got.load(SeqCst) + stats.global_missed, POSTS, "{stats:?}");
+}

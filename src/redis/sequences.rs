@@ -47,6 +47,10 @@ pub const WINDOW: u64 = 1 << 20;
 struct Seen {
     /// The highest sequence number accepted.
     mark: u64,
+    /// Whether a frame of this origin was read yet: only lost ones were when false, and
+    /// then `mark` means nothing. (A frame dropped before delivery can be counted before the
+    /// frames queued ahead of it are read: it must not become their mark.)
+    based: bool,
     /// Recency, for eviction.
     stamp: u64,
     /// The last sequence number of the last implausible frame: a frame that follows it
@@ -93,6 +97,13 @@ impl Sequences {
             return Verdict::default();
         };
         seen.stamp = tick;
+        if !seen.based {
+            // The first frame read of an origin some of whose frames were counted lost.
+            let counted = seen.counted.filter(|&(_, end)| end > last);
+            *seen = Seen::new(last, tick);
+            seen.counted = counted;
+            return Verdict::default();
+        }
         let verdict = seen.verdict(first, last);
         if verdict.implausible {
             if seen
@@ -127,15 +138,18 @@ impl Sequences {
     ) -> u64 {
         let last = first + (count - 1);
         let origins = self.origins(channel, origin);
-        let seen = origins.entry(*origin).or_insert_with(|| {
-            // A new origin: the mark just before the frame, so the range counts.
-            Seen::new(first.saturating_sub(1), tick)
+        let seen = origins.entry(*origin).or_insert_with(|| Seen {
+            based: false,
+            ..Seen::new(0, tick)
         });
-        let verdict = seen.verdict(first, last);
-        if verdict.implausible {
+        if seen.based && seen.verdict(first, last).implausible {
             return 0;
         }
-        let from = first.max(seen.mark + 1);
+        let from = if seen.based {
+            first.max(seen.mark + 1)
+        } else {
+            first
+        };
         if from > last {
             return 0;
         }
@@ -181,6 +195,7 @@ impl Seen {
     fn new(mark: u64, stamp: u64) -> Self {
         Seen {
             mark,
+            based: true,
             stamp,
             refused_up_to: None,
             counted: None,
@@ -289,5 +304,16 @@ mod tests {
         assert_eq!(check(&mut s, 8, 1), v(0, 0, false));
         // A lying header far away counts nothing.
         assert_eq!(s.lost("c", &A, u64::MAX - 10, 5, 0), 0);
+    }
+
+    #[test]
+    fn a_frame_counted_lost_before_the_frames_queued_ahead_of_it_are_read() {
+        // A new origin's frames 1..=3 wait to be read when its frame 4 is dropped.
+        let mut s = Sequences::default();
+        assert_eq!(s.lost("c", &A, 4, 1, 0), 1);
+        assert_eq!(check(&mut s, 1, 1), v(0, 0, false));
+        assert_eq!(check(&mut s, 2, 2), v(0, 0, false));
+        // Frame 5 shows no gap: 4 was counted.
+        assert_eq!(check(&mut s, 5, 1), v(0, 0, false));
     }
 }
