@@ -6,14 +6,13 @@
 mod support;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use evbus::{Bus, BusEvent, BusEvents, Message, MessageScope, Messages, PostError, WireFormat};
+use evbus::{Bus, BusEvent, BusEvents, MessageScope, PostError, WireFormat};
 use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 
-use support::bus::{build, flush, global, ready, wait_until, DEADLINE};
+use support::bus::{build, flush, global, ready, recorder, snapshot, wait_until, Log, DEADLINE};
 use support::redis::RedisServer;
 
 mod a {
@@ -45,20 +44,6 @@ mod b {
     pub struct Ping {
         pub seq: u64,
     }
-}
-
-type Log<M> = Arc<Mutex<Vec<M>>>;
-
-/// A listener on `channel` that records what it gets.
-fn recorder<M: Message + Clone>(messages: &Messages, channel: &str) -> Log<M> {
-    let log: Log<M> = Arc::default();
-    let sink = log.clone();
-    messages.add_listener(channel, move |m: &M| sink.lock().unwrap().push(m.clone()));
-    log
-}
-
-fn snapshot<M: Clone>(log: &Log<M>) -> Vec<M> {
-    log.lock().unwrap().clone()
 }
 
 /// The reason of the next `DecodeFailed` on `channel`; panics if none comes in time.

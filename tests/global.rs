@@ -18,14 +18,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use evbus::{
-    revoked_authentication_channel, Bus, BusEvent, BusEvents, Delivery, Message, MessageScope,
-    Messages, PostError, RevokedAuthentication, WireFormat,
+    revoked_authentication_channel, Bus, BusEvent, BusEvents, Delivery, MessageScope, PostError,
+    RevokedAuthentication, WireFormat,
 };
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use support::bus::{
-    blocking, build, delivered, eventually, flush, global, next, ready, redis_bus, shutdown,
-    wait_until, DEADLINE,
+    blocking, build, delivered, eventually, flush, global, next, ready, recorder, redis_bus,
+    shutdown, snapshot, wait_until, Log, DEADLINE,
 };
 use support::redis::{numsub, RawSubscriber, RedisServer};
 use tokio::time::timeout;
@@ -92,20 +92,6 @@ fn is_disconnected(event: &BusEvent) -> bool {
 
 fn is_reconnected(event: &BusEvent) -> bool {
     matches!(event, BusEvent::Reconnected)
-}
-
-type Log<M> = Arc<Mutex<Vec<M>>>;
-
-/// Adds a listener of `M` on `channel` that records every message; returns the record.
-fn recorder<M: Message + Clone>(messages: &Messages, channel: &str) -> Log<M> {
-    let log: Log<M> = Arc::default();
-    let sink = log.clone();
-    messages.add_listener(channel, move |m: &M| sink.lock().unwrap().push(m.clone()));
-    log
-}
-
-fn snapshot<M: Clone>(log: &Log<M>) -> Vec<M> {
-    log.lock().unwrap().clone()
 }
 
 /// Every payload `subscriber` receives until none came for [`QUIET`].

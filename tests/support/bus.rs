@@ -8,9 +8,10 @@
 
 use std::future::{poll_fn, IntoFuture};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evbus::{Bus, BusBuilder, Delivery, Message, MessageScope};
+use evbus::{Bus, BusBuilder, Delivery, Message, MessageScope, Messages};
 use futures_core::Stream;
 use tokio::time::timeout;
 
@@ -122,4 +123,20 @@ pub async fn wait_until(what: &str, deadline: Duration, condition: impl FnMut() 
         eventually(deadline, condition).await,
         "timed out after {deadline:?} waiting until {what}"
     );
+}
+
+/// What a [`recorder`] listener got, in order.
+pub type Log<M> = Arc<Mutex<Vec<M>>>;
+
+/// Adds a listener of `M` on `channel` that records every message; returns the record.
+pub fn recorder<M: Message + Clone>(messages: &Messages, channel: &str) -> Log<M> {
+    let log: Log<M> = Arc::default();
+    let sink = log.clone();
+    messages.add_listener(channel, move |m: &M| sink.lock().unwrap().push(m.clone()));
+    log
+}
+
+/// What `log` holds now.
+pub fn snapshot<M: Clone>(log: &Log<M>) -> Vec<M> {
+    log.lock().unwrap().clone()
 }
