@@ -39,11 +39,14 @@ use crate::wire::frame::Origin;
 /// Most origins remembered per channel; past it the least recently seen is forgotten.
 const MAX_ORIGINS: usize = 1024;
 
+/// Most ranges counted missed that one origin keeps above its mark.
+const MAX_COUNTED: usize = 64;
+
 /// How far from the mark, in sequence numbers, a frame may be and still be believed.
 pub const WINDOW: u64 = 1 << 20;
 
 /// What one origin has shown on one channel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Seen {
     /// The highest sequence number accepted.
     mark: u64,
@@ -56,8 +59,10 @@ struct Seen {
     /// The last sequence number of the last implausible frame: a frame that follows it
     /// directly re-synchronises the mark.
     refused_up_to: Option<u64>,
-    /// A range above the mark already counted missed (an unreadable frame's).
-    counted: Option<(u64, u64)>,
+    /// Ranges above the mark already counted missed (unreadable or dropped frames'), sorted
+    /// and disjoint; at most [`MAX_COUNTED`] (past it the lowest is forgotten, and counted
+    /// again if a gap covers it).
+    counted: Vec<(u64, u64)>,
 }
 
 /// What [`Sequences::check`] found.
@@ -99,7 +104,8 @@ impl Sequences {
         seen.stamp = tick;
         if !seen.based {
             // The first frame read of an origin some of whose frames were counted lost.
-            let counted = seen.counted.filter(|&(_, end)| end > last);
+            let mut counted = std::mem::take(&mut seen.counted);
+            counted.retain(|&(_, end)| end > last);
             *seen = Seen::new(last, tick);
             seen.counted = counted;
             return Verdict::default();
@@ -119,9 +125,8 @@ impl Sequences {
         }
         seen.refused_up_to = None;
         seen.mark = seen.mark.max(last);
-        if seen.counted.is_some_and(|(_, end)| end <= seen.mark) {
-            seen.counted = None;
-        }
+        let mark = seen.mark;
+        seen.counted.retain(|&(_, end)| end > mark);
         verdict
     }
 
@@ -154,8 +159,7 @@ impl Sequences {
             return 0;
         }
         let newly = seen.uncounted(from, last);
-        let start = seen.counted.map_or(from, |(start, _)| start.min(from));
-        seen.counted = Some((start, last.max(seen.counted.map_or(last, |(_, end)| end))));
+        seen.count(from, last);
         newly
     }
 
@@ -198,7 +202,7 @@ impl Seen {
             based: true,
             stamp,
             refused_up_to: None,
-            counted: None,
+            counted: Vec::new(),
         }
     }
 
@@ -232,12 +236,31 @@ impl Seen {
 
     /// How many of `from..=to` were not already counted missed.
     fn uncounted(&self, from: u64, to: u64) -> u64 {
-        let total = to - from + 1;
-        match self.counted {
-            Some((start, end)) if start <= to && from <= end => {
-                total - (end.min(to) - start.max(from) + 1)
+        let counted: u64 = self
+            .counted
+            .iter()
+            .filter(|&&(start, end)| start <= to && from <= end)
+            .map(|&(start, end)| end.min(to) - start.max(from) + 1)
+            .sum();
+        (to - from + 1) - counted
+    }
+
+    /// Records `from..=to` as counted missed.
+    fn count(&mut self, from: u64, to: u64) {
+        let (mut start, mut end) = (from, to);
+        // Merge every range that overlaps or touches it.
+        self.counted.retain(|&(s, e)| {
+            let apart = e.saturating_add(1) < start || end.saturating_add(1) < s;
+            if !apart {
+                start = start.min(s);
+                end = end.max(e);
             }
-            _ => total,
+            apart
+        });
+        let at = self.counted.partition_point(|&(s, _)| s < start);
+        self.counted.insert(at, (start, end));
+        if self.counted.len() > MAX_COUNTED {
+            self.counted.remove(0);
         }
     }
 }
