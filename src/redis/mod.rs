@@ -32,6 +32,7 @@
 
 mod connection;
 mod dispatch;
+mod ledger;
 mod publisher;
 pub(crate) mod sequences;
 mod state;

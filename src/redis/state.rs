@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::connection::{Link, LinkState};
-use super::publisher::{Sequencer, Settler};
+use super::ledger::{Sequencer, Settler};
 use super::sequences::Sequences;
 use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
