@@ -11,7 +11,9 @@
 //! | `wire/frame.rs`, `wire/layout.rs` | the Native frame: layout, writer, total decoder |
 //! | `wire/serverpod.rs` | Serverpod's JSON envelope: writer, total decoder |
 //! | `wire/error.rs` | why received bytes were refused, in either format |
+//! | `wire/mac.rs` | the MAC of a signed frame (keyed BLAKE3) |
 //! | `wire/codec.rs`, `wire/format.rs` | class names, MessagePack and JSON payloads, the revocation classes |
+//! | `sync.rs` | the atomics the hand-written protocols use, std's or, under `--cfg evbus_loom`, loom's |
 //! | `local/post.rs` | **the hot path**: walking a snapshot, calling listeners, pushing to streams; and the same for a received message |
 //! | `local/registry.rs` | interning names to topics, registration, session ownership, forgetting unused channels; the `Interest` trait |
 //! | `local/stream.rs` | `MessageStream`: the drop-oldest buffer and its waker |
@@ -19,8 +21,10 @@
 //! | `redis/mod.rs` | the Redis transport: broadcast, tickets, flush, shutdown |
 //! | `redis/state.rs` | what the post path, the tasks and every `Delivery` share; link events |
 //! | `redis/publisher.rs` | the batching publisher: one task, one pipelined write per batch |
-//! | `redis/subscriber.rs` | subscription changes in order; the reader: refusals, delivery |
-//! | `redis/sequences.rs` | duplicates and gaps, per channel and origin |
+//! | `redis/ledger.rs` | the origin's sent sequence numbers, and which tickets are settled |
+//! | `redis/subscriber.rs` | subscription changes in order, refused ones found; received frames checked and delivered |
+//! | `redis/dispatch.rs` | the reader that never waits, the receive byte bound, dispatch threads by channel |
+//! | `redis/sequences.rs` | duplicates, gaps and implausible frames, per channel and origin |
 //! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines |
 //! | `inner.rs` | what every handle of a bus shares: the core, the transport, the codec |
 //! | `bus.rs`, `session.rs`, `channel.rs`, `delivery.rs` | the facade: the public handles |
