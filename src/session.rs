@@ -10,13 +10,8 @@
 //! dropping a session closes it. The lock order is the registry's
 //! ([`Registry::register`](crate::local::registry::Registry::register)).
 
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
-use std::task::Poll;
-
-use futures_core::Stream;
 
 use crate::delivery::Delivery;
 use crate::error::{BusError, PostError};
@@ -359,32 +354,17 @@ impl Registration for StreamRegistration {
 }
 
 /// `Bus::subscriptions_ready` and `MessageStream::subscribed`: the transport's wait for the
-/// subscription changes issued so far (at once without a transport), ended with `ShutDown`
-/// by a shutdown before or during it. During, that is when the bus's events end, the last
-/// step of a shutdown: with Redis unreachable, the transport's wait would never end, as the
-/// changes it waits for are never confirmed.
+/// subscription changes issued so far (at once without a transport). A shutdown before the
+/// call ends it with `ShutDown` here; one during it, in the transport, whose close ends its
+/// waiters also while Redis is unreachable.
 pub(crate) async fn subscriptions_ready(bus: &BusInner) -> Result<(), BusError> {
-    // Before the check: a shutdown that passes the check closes these events later.
-    let mut events = bus.events.subscribe();
     if bus.registry.is_closed() {
         return Err(BusError::ShutDown);
     }
-    let Some(global) = &bus.global else {
-        return Ok(());
-    };
-    let mut ready = global.transport.subscriptions_ready();
-    poll_fn(|cx| {
-        if let Poll::Ready(result) = ready.as_mut().poll(cx) {
-            return Poll::Ready(result);
-        }
-        while let Poll::Ready(event) = Pin::new(&mut events).poll_next(cx) {
-            if event.is_none() {
-                return Poll::Ready(Err(BusError::ShutDown));
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    match &bus.global {
+        Some(global) => global.transport.subscriptions_ready().await,
+        None => Ok(()),
+    }
 }
 
 impl Messages {

@@ -99,7 +99,8 @@ pub(super) async fn apply_changes(
             subscribe_all(&state, &redis, subscribe).await;
         }
         if !unsubscribe.is_empty() && !restore {
-            until_done(|| redis.unsubscribe(unsubscribe.clone())).await;
+            // Redis never refuses an UNSUBSCRIBE of ours; if it did, there is nothing to undo.
+            let _ = until_answered(|| redis.unsubscribe(unsubscribe.clone())).await;
         }
         if applied > 0 {
             state
@@ -171,20 +172,6 @@ where
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
-    }
-}
-
-/// Runs `command` until Redis confirms it. While Redis is unreachable that is after the
-/// reconnect: `subscriptions_ready` waits meanwhile, as documented.
-async fn until_done<F, Fut>(mut command: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), Failure>>,
-{
-    let mut pause = Duration::from_millis(20);
-    while command().await.is_err() {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
