@@ -43,6 +43,34 @@ fn worker_of(channel: &str) -> u64 {
     hash % 4
 }
 
+/// Posts `posts` messages of 1 kB on `channel`, one frame each, while `receiver`'s listener
+/// waits at `gate`; once some were dropped at the receive bound, opens the gate and waits
+/// until what the listener `got` and what was counted missed add up to what was posted.
+async fn flood_past_the_bound(
+    poster: &Bus,
+    receiver: &Bus,
+    channel: &str,
+    posts: u64,
+    gate: &Gate,
+    got: &AtomicU64,
+) {
+    for _ in 0..posts {
+        global(poster, channel, "z".repeat(1000))
+            .await
+            .expect("acknowledged");
+    }
+    flush(poster).await;
+    wait_until("some frames were dropped at the bound", DEADLINE, || {
+        receiver.stats().global_missed > 0
+    })
+    .await;
+    gate.open();
+    wait_until("received + missed == posted", DEADLINE, || {
+        got.load(SeqCst) + receiver.stats().global_missed == posts
+    })
+    .await;
+}
+
 /// Four 500 KB posts a thread, with Redis down, used to grow to the OOM killer: the publish
 /// queue held `outage_buffer` posts of any size. Now it holds at most
 /// `outage_buffer_bytes`, and past it posting fails with `Backpressure`.
@@ -146,23 +174,7 @@ async fn g06_received_messages_are_bounded_in_bytes_and_losses_counted() {
         });
     ready(&receiver).await;
     const POSTS: u64 = 200;
-    let payload = "y".repeat(1000);
-    for _ in 0..POSTS {
-        // One frame each: flushed one by one.
-        global(&poster, "flood", payload.clone())
-            .await
-            .expect("acknowledged");
-    }
-    flush(&poster).await;
-    wait_until("some frames were dropped at the bound", DEADLINE, || {
-        receiver.stats().global_missed > 0
-    })
-    .await;
-    gate.open();
-    wait_until("received + missed == posted", DEADLINE, || {
-        got.load(SeqCst) + receiver.stats().global_missed == POSTS
-    })
-    .await;
+    flood_past_the_bound(&poster, &receiver, "flood", POSTS, &gate, &got).await;
     let stats = receiver.stats();
     assert!(got.load(SeqCst) < POSTS, "{stats:?}");
     assert_eq!(
@@ -213,20 +225,7 @@ async fn g06_losses_at_the_start_of_an_origins_stream_are_counted() {
     // A bus that never posted before: a new origin for the receiver.
     let poster = redis_bus(&server).await;
     const POSTS: u64 = 100;
-    for _ in 0..POSTS {
-        global(&poster, "origin", "z".repeat(1000))
-            .await
-            .expect("acknowledged");
-    }
-    wait_until("some frames were dropped at the bound", DEADLINE, || {
-        receiver.stats().global_missed > 0
-    })
-    .await;
-    gate.open();
-    wait_until("received + missed == posted", DEADLINE, || {
-        got.load(SeqCst) + receiver.stats().global_missed == POSTS
-    })
-    .await;
+    flood_past_the_bound(&poster, &receiver, "origin", POSTS, &gate, &got).await;
     let stats = receiver.stats();
     assert_eq!(stats.global_duplicates, 0, "{stats:?}");
     assert_eq!(got.load(SeqCst) + stats.global_missed, POSTS, "{stats:?}");
