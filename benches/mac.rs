@@ -17,7 +17,7 @@ fn mac(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("frame_mac");
     for messages in [1usize, 64, 1024] {
-        let frame = vec![0x5au8; 32 + messages * MESSAGE];
+        let frame = vec![0x5au8; 40 + messages * MESSAGE];
         group.throughput(Throughput::Elements(messages as u64));
         group.bench_with_input(BenchmarkId::new("sign", messages), &frame, |b, frame| {
             b.iter(|| blake3::keyed_hash(&key, black_box(frame)))

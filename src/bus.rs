@@ -74,6 +74,7 @@ impl Bus {
     pub fn local() -> Bus {
         let config = Config {
             stream_capacity: DEFAULT_STREAM_CAPACITY,
+            namespace: String::new(),
         };
         Bus::with(config, Arc::new(EventHub::new()), None, None)
     }
@@ -151,6 +152,24 @@ impl Bus {
             global.transport.fill(&mut stats);
         }
         stats
+    }
+
+    /// Hands the bus's [`Stats`] to the installed `metrics` recorder (the `metrics` feature):
+    /// every counter as `evbus_<field>_total`, every gauge as `evbus_<field>`, labelled with
+    /// the namespace when the bus has one. Call it before each scrape, or on a timer; the
+    /// post path itself never calls a recorder. The global path's histograms (batch size,
+    /// end-to-end latency) are recorded as they happen. The table of metrics, and the clock
+    /// caveat of the latency, are in the crate's source, `src/export.rs`, and the README.
+    ///
+    /// ```
+    /// let bus = evbus::Bus::local();
+    /// bus.messages().post_message("room", 1u64, evbus::MessageScope::Local)?;
+    /// bus.record_metrics(); // evbus_posted_total 1, with whatever recorder is installed
+    /// # Ok::<(), evbus::PostError>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        crate::export::record(&self.stats(), &self.inner().config.namespace);
     }
 
     /// A new stream of [`BusEvent`](crate::BusEvent)s emitted from now on.
@@ -502,6 +521,7 @@ impl BusBuilder {
         }
         let config = Config {
             stream_capacity: self.stream_capacity,
+            namespace: self.namespace.clone(),
         };
         let events = Arc::new(EventHub::new());
         let Some(url) = self.redis_url else {

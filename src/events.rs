@@ -107,6 +107,35 @@ impl fmt::Display for BusEvent {
     }
 }
 
+impl BusEvent {
+    /// Emits the event as a `tracing` event of target `evbus`, with its fields structured
+    /// (`channel`, `origin`, `count`, `reason`) and at the level an operator expects: a loss,
+    /// a refused payload or a dropped connection is `warn`, a subscription Redis refuses
+    /// (which stays refused until the ACL changes) `error`, a recovery `info`.
+    fn trace(&self) {
+        use tracing::{error, info, warn};
+        match self {
+            BusEvent::Connected => info!(target: "evbus", "{self}"),
+            BusEvent::Disconnected => warn!(target: "evbus", "{self}"),
+            BusEvent::Reconnected => info!(target: "evbus", "{self}"),
+            BusEvent::MessagesMissed { origin, count } => {
+                warn!(target: "evbus", origin = %origin, count, "{self}");
+            }
+            BusEvent::DecodeFailed { channel, reason } => {
+                warn!(target: "evbus", channel = %channel, reason = %reason, "{self}");
+            }
+            BusEvent::Rejected { channel, reason } => {
+                warn!(target: "evbus", channel = %channel, reason = %reason, "{self}");
+            }
+            BusEvent::SubscribeRefused { channel, reason } => {
+                error!(target: "evbus", channel = %channel, reason = %reason, "{self}");
+            }
+            // A reader's own lag: the reader logs it if it wants; the bus lost nothing.
+            BusEvent::Lagged { .. } => {}
+        }
+    }
+}
+
 struct Queue {
     buffer: Mutex<Buffer>,
     waker: AtomicWaker,
@@ -150,8 +179,9 @@ impl EventHub {
         BusEvents { queue }
     }
 
-    /// Hands `event` to every live `BusEvents`.
+    /// Hands `event` to every live `BusEvents`, and to `tracing` ([`BusEvent::trace`]).
     pub(crate) fn emit(&self, event: BusEvent) {
+        event.trace();
         let queues = self.queues.lock();
         for queue in queues.iter().flatten().filter_map(Weak::upgrade) {
             let mut buffer = queue.buffer.lock();

@@ -16,6 +16,9 @@ use crate::wire::codec::Codec;
 /// Settings a running bus reads.
 pub(crate) struct Config {
     pub(crate) stream_capacity: usize,
+    /// The Redis namespace (empty on a local bus): the label of the bus's metrics.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) namespace: String,
 }
 
 /// The transport of a bus that has one, and the codec its messages are encoded with.

@@ -79,6 +79,8 @@ mod sync;
 mod trie;
 mod wire;
 
+mod export;
+
 mod local;
 
 mod transport;

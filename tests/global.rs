@@ -1402,10 +1402,11 @@ async fn build_errors_hide_the_password_and_keep_the_cause() {
 /// `max_message_bytes` publishes when it coalesces posts queued together. Payloads are
 /// MessagePack str32.
 fn string_frame(origin: [u8; 16], first_seq: u64, messages: &[&str]) -> Vec<u8> {
-    let mut out = b"EVB\x01".to_vec();
+    let mut out = b"EVB\x03".to_vec();
     out.extend_from_slice(&origin);
     out.extend_from_slice(&first_seq.to_le_bytes());
     out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes()); // sent_at: unknown
     for message in messages {
         out.extend_from_slice(&6u16.to_le_bytes());
         out.extend_from_slice(b"String");
@@ -1457,7 +1458,7 @@ async fn a_message_within_the_limit_is_delivered_beside_one_over_it() {
     );
 
     // Several sizes in one frame, in order: only the ones over the limit are refused.
-    let limit_payload = MAX - (32 + 6 + "String".len() + 5);
+    let limit_payload = MAX - (40 + 6 + "String".len() + 5); // header, record, class, str32
     let fits = "f".repeat(limit_payload);
     let over = "o".repeat(limit_payload + 1);
     let messages = ["one", over.as_str(), fits.as_str(), &big, "five"];
@@ -1593,7 +1594,7 @@ async fn signed_frames_are_verified_and_the_rest_rejected() {
 
     delivered(global(&a, "signed", "from a".to_string())).await;
     let (_, frame) = raw_payload(&mut raw);
-    assert_eq!(frame[3], 2, "a signed frame is version 2");
+    assert_eq!(frame[3], 4, "a signed frame is version 4");
     wait_until(
         "a's post reached b, the rotated bus and the unsigned one",
         DEADLINE,

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     check(data);
     if let Some((&count, records)) = data.split_first() {
         let mut framed = Vec::with_capacity(HEADER_LEN + records.len());
-        write_header(&mut framed, &[7; 16], u64::MAX - 255, u32::from(count));
+        write_header(&mut framed, &[7; 16], u64::MAX - 255, u32::from(count), 9);
         framed.extend_from_slice(records);
         check(&framed);
     }
@@ -44,7 +44,7 @@ fn check(data: &[u8]) {
 
     let count = u32::try_from(frame.records.len()).expect("at most u32::MAX records");
     let mut out = Vec::with_capacity(data.len());
-    write_header(&mut out, &frame.origin, frame.first_seq, count);
+    write_header(&mut out, &frame.origin, frame.first_seq, count, frame.sent_at);
     for record in &frame.records {
         write_record(&mut out, record.class, |out| {
             out.extend_from_slice(record.payload);

@@ -6,13 +6,14 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `error.rs`, `message.rs`, `stats.rs`, `events.rs`, `revocation.rs` | leaves: the public values, counters and events |
+//! | `error.rs`, `message.rs`, `stats.rs`, `events.rs`, `revocation.rs` | leaves: the public values, counters and events (each event also a `tracing` event) |
 //! | `trie.rs` | the persistent trie that makes a snapshot write `O(log n)` |
 //! | `wire/frame.rs`, `wire/layout.rs` | the Native frame: layout, writer, total decoder |
 //! | `wire/serverpod.rs` | Serverpod's JSON envelope: writer, total decoder |
 //! | `wire/error.rs` | why received bytes were refused, in either format |
 //! | `wire/mac.rs` | the MAC of a signed frame (keyed BLAKE3) |
 //! | `wire/codec.rs`, `wire/format.rs` | class names, MessagePack and JSON payloads, the revocation classes |
+//! | `export.rs` | the `metrics` feature: `Stats` and the global path's histograms to a `metrics` recorder (empty without it) |
 //! | `sync.rs` | the atomics the hand-written protocols use, std's or, under `--cfg evbus_loom`, loom's |
 //! | `local/post.rs` | **the hot path**: walking a snapshot, calling listeners, pushing to streams; and the same for a received message |
 //! | `local/registry.rs` | interning names to topics, registration, session ownership, forgetting unused channels; the `Interest` trait |

@@ -74,6 +74,11 @@ impl Outbound {
             payload: payload.into(),
         }
     }
+
+    /// The Redis channel it goes to.
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
 }
 
 /// Which connection a [`Redis::watch`] report is about.

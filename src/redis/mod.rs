@@ -178,6 +178,7 @@ impl Transport for RedisTransport {
         let state = &self.state;
         if state.waiting.fetch_add(1, SeqCst) >= state.outage_buffer {
             state.waiting.fetch_sub(1, AcqRel);
+            state.backpressure(true);
             return Err(PostError::Backpressure);
         }
         // The byte bound; one post is always taken, so that a bound below the largest
@@ -187,6 +188,7 @@ impl Transport for RedisTransport {
         if before > 0 && before + bytes > state.outage_buffer_bytes {
             state.waiting_bytes.fetch_sub(bytes, AcqRel);
             state.waiting.fetch_sub(1, AcqRel);
+            state.backpressure(true);
             return Err(PostError::Backpressure);
         }
         // Pairs with `Closing::run`, which sets `closed` and then counts `waiting`: either
@@ -203,6 +205,7 @@ impl Transport for RedisTransport {
             ticket: number,
         });
         state.posted.fetch_add(1, Relaxed);
+        state.backpressure(false);
         publisher::wake(state);
         Ok(Ticket {
             number,
@@ -304,6 +307,16 @@ impl Closing {
         let unsettled = state.waiting.load(SeqCst);
         let unknown = state.sending.lock().len() as u64;
         let not_sent = unsettled.saturating_sub(unknown);
+        if unsettled == 0 {
+            tracing::info!(target: "evbus", "shutting down: every global post was acknowledged");
+        } else {
+            tracing::warn!(
+                target: "evbus",
+                not_sent,
+                unknown,
+                "shutting down with global posts Redis never acknowledged"
+            );
+        }
         let result = match flushed {
             Ok(Ok(())) if unsettled == 0 => Ok(()),
             _ => Err(BusError::Redis(

@@ -39,6 +39,7 @@ use super::connection::{Failure, Outbound, Redis};
 use super::ledger::Sequencer;
 use super::state::{Outgoing, State};
 use crate::error::Reason;
+use crate::export;
 use crate::sync::Flag;
 use crate::wire::frame::{self, HEADER_LEN};
 use crate::wire::mac::Keys;
@@ -158,6 +159,8 @@ fn frames(
         }
     }
     let mut commands = Vec::new();
+    // One clock read per batch: its frames are written together and sent in one write.
+    let sent_at = frame::now_micros();
     for (channel, posts) in order {
         let mut rest = &posts[..];
         while !rest.is_empty() {
@@ -178,6 +181,7 @@ fn frames(
                 &sequencer.origin,
                 first_seq,
                 count as u32,
+                sent_at,
                 signed,
             );
             for post in now {
@@ -207,6 +211,10 @@ async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
         let outbound: Vec<Outbound> = commands.iter().map(|c| c.outbound.clone()).collect();
         let results = redis.publish(outbound).await;
         state.batches.fetch_add(1, Relaxed);
+        export::batch(
+            &state.namespace,
+            commands.iter().map(|c| c.tickets.len()).sum(),
+        );
         let mut settled = Vec::new();
         let mut settled_bytes = 0;
         let mut refused = Vec::new();
@@ -219,6 +227,13 @@ async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
                     settled.extend(command.tickets);
                 }
                 Err(Failure::Refused(reason)) => {
+                    tracing::warn!(
+                        target: "evbus",
+                        channel = %command.outbound.channel(),
+                        messages = command.tickets.len(),
+                        reason = %reason,
+                        "Redis refused a PUBLISH; its posts' Deliveries fail with the reason"
+                    );
                     refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
                     settled_bytes += command.posted_bytes;
                     settled.extend(command.tickets);

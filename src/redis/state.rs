@@ -118,6 +118,9 @@ pub(crate) struct State {
     pub(super) receive_buffer_bytes: u64,
     /// Bits per [`Link`]: (not connected, subscriptions not restored).
     pub(super) links: Mutex<(u8, u8)>,
+    /// Posts refused with `Backpressure` since the last one accepted; `u64::MAX` is never
+    /// reached in practice (saturating). Only for the `tracing` events of [`State::backpressure`].
+    pub(super) refusing: AtomicU64,
 
     pub(super) posted: AtomicU64,
     pub(super) batches: AtomicU64,
@@ -165,6 +168,7 @@ impl State {
             inbox_bytes: AtomicU64::new(0),
             receive_buffer_bytes: receive_buffer_bytes as u64,
             links: Mutex::new((0, 0)),
+            refusing: AtomicU64::new(0),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -198,6 +202,32 @@ impl State {
         };
         // The receiver lives as long as the bus's tasks; after close nothing listens.
         let _ = self.changes.send(change);
+    }
+
+    /// A post refused with `Backpressure` (`refused`) or accepted. Logs the first refusal
+    /// (`warn`) and the first post accepted after refusals (`info`, with how many were
+    /// refused), not each post: a full buffer refuses thousands a second. An accepted post
+    /// pays one relaxed load while nothing was refused.
+    pub(super) fn backpressure(&self, refused: bool) {
+        if refused {
+            if self.refusing.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(
+                    target: "evbus",
+                    waiting = self.waiting.load(Relaxed),
+                    waiting_bytes = self.waiting_bytes.load(Relaxed),
+                    "the outage buffer is full: global posts fail with Backpressure"
+                );
+            }
+        } else if self.refusing.load(Relaxed) != 0 {
+            let refused = self.refusing.swap(0, Relaxed);
+            if refused != 0 {
+                tracing::info!(
+                    target: "evbus",
+                    refused,
+                    "the outage buffer takes global posts again"
+                );
+            }
+        }
     }
 
     pub(super) fn emit(&self, event: BusEvent) {

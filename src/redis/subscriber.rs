@@ -34,6 +34,7 @@ use super::sequences::WINDOW;
 use super::state::{Change, State};
 use crate::error::Reason;
 use crate::events::BusEvent;
+use crate::export;
 use crate::local::post::{self, Snapshot};
 use crate::stats::Tally;
 use crate::transport::Receive;
@@ -88,6 +89,7 @@ pub(super) async fn apply_changes(
         if restore {
             // The new connection has no subscriptions: subscribe everything wanted.
             subscribe = wanted.iter().cloned().collect();
+            tracing::info!(target: "evbus", channels = subscribe.len(), "resubscribing after a reconnect");
         }
         if !unsubscribe.is_empty() {
             let mut refused = state.refused_subscriptions.lock();
@@ -297,7 +299,7 @@ impl Reader {
             // touches nothing.
             WireFormat::Native if !self.authentic(payload) => {
                 let why = match payload.get(3) {
-                    Some(&2) => "a wrong MAC",
+                    Some(&VERSION_SIGNED) => "a wrong MAC",
                     _ => "no MAC",
                 };
                 self.reject(
@@ -339,6 +341,7 @@ impl Reader {
                     }
                     add(&state.duplicates, verdict.duplicates);
                     self.missed(&frame.origin, verdict.missed);
+                    export::latency(&state.namespace, frame.sent_at);
                     for record in &frame.records[verdict.duplicates as usize..] {
                         // Measured as the poster measures it (`PostError::TooLarge`): the
                         // record in a frame of its own.

@@ -387,7 +387,7 @@ mod tests {
                 let back: RevokedAuthentication = match format {
                     WireFormat::Native => {
                         let mut bytes_of_frame = Vec::new();
-                        frame::write_header(&mut bytes_of_frame, &[0; 16], 1, 1);
+                        frame::write_header(&mut bytes_of_frame, &[0; 16], 1, 1, 0);
                         bytes_of_frame.extend_from_slice(&bytes);
                         let frame = frame::decode_frame(&bytes_of_frame).unwrap();
                         let record = frame.records[0];

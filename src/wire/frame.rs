@@ -5,14 +5,20 @@
 //!
 //! ```text
 //! offset 0   b"EVB"          magic
-//! offset 3   version: u8     1
+//! offset 3   version: u8     3 (4: signed, a MAC follows the records)
 //! offset 4   origin: [u8;16] the posting bus's random id
 //! offset 20  first_seq: u64  sequence number of the first record
 //! offset 28  count: u32      number of records, at least 1
-//! offset 32  count records, each:
+//! offset 32  sent_at: u64    when the origin wrote the frame: microseconds since the Unix
+//!                            epoch by its clock (0: unknown)
+//! offset 40  count records, each:
 //!              class_len: u16, class: class_len bytes of UTF-8 (1 to u16::MAX)
 //!              payload_len: u32, payload: payload_len bytes
+//! [version 4: a MAC of 32 bytes over everything before it]
 //! ```
+//!
+//! `sent_at` is only ever read for the end-to-end latency a receiver reports (a metric); no
+//! decision depends on it, so a wrong clock skews a histogram and nothing else.
 //!
 //! Record `i` has sequence number `first_seq + i`; a frame whose last sequence number would
 //! pass `u64::MAX` is refused. A record is a self-contained byte string ([`write_record`]),
@@ -92,17 +98,18 @@ pub fn write_record<E>(
 /// 1, and `first_seq + count - 1` must not pass `u64::MAX`, or the frame is refused when
 /// decoded.
 #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))] // the publisher writes either version
-pub fn write_header(out: &mut Vec<u8>, origin: &Origin, first_seq: u64, count: u32) {
-    write_header_of(out, origin, first_seq, count, false);
+pub fn write_header(out: &mut Vec<u8>, origin: &Origin, first_seq: u64, count: u32, sent_at: u64) {
+    write_header_of(out, origin, first_seq, count, sent_at, false);
 }
 
-/// [`write_header`] of a version-2 frame, when `signed`: its writer appends a MAC of
+/// [`write_header`] of a version-4 frame, when `signed`: its writer appends a MAC of
 /// [`MAC_LEN`] bytes after the records.
 pub fn write_header_of(
     out: &mut Vec<u8>,
     origin: &Origin,
     first_seq: u64,
     count: u32,
+    sent_at: u64,
     signed: bool,
 ) {
     out.reserve(HEADER_LEN);
@@ -111,6 +118,17 @@ pub fn write_header_of(
     out.extend_from_slice(origin);
     out.extend_from_slice(&first_seq.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&sent_at.to_le_bytes());
+}
+
+/// The time now as a frame's `sent_at`: microseconds since the Unix epoch, 0 if the clock
+/// reads before it.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
 }
 
 /// A decoded Native frame.
@@ -120,6 +138,9 @@ pub struct Frame<'a> {
     pub origin: Origin,
     /// Sequence number of the first record; record `i` has `first_seq + i`.
     pub first_seq: u64,
+    /// When the origin wrote the frame, in microseconds since the Unix epoch by its clock
+    /// (0: unknown). Informational only: see the module docs.
+    pub sent_at: u64,
     /// The messages, in order.
     pub records: Vec<Record<'a>>,
     /// A version-2 frame's MAC, and the bytes it covers (all before it).
@@ -144,7 +165,7 @@ pub struct Record<'a> {
 /// # Errors
 ///
 /// A [`DecodeError`] naming the first thing wrong: a short or foreign header, a version
-/// other than 1, no records, a sequence range past `u64::MAX`, a truncated record, a class
+/// other than 3 and 4, no records, a sequence range past `u64::MAX`, a truncated record, a class
 /// name that is empty or not UTF-8, or bytes after the last record.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let all = bytes;
@@ -181,6 +202,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
         origin,
         first_seq,
         count,
+        sent_at,
         ..
     } = header;
     if count == 0 {
@@ -226,6 +248,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
     Ok(Frame {
         origin,
         first_seq,
+        sent_at,
         records,
         mac,
     })
@@ -260,6 +283,7 @@ struct Header {
     origin: Origin,
     first_seq: u64,
     count: u32,
+    sent_at: u64,
 }
 
 /// Reads the [`HEADER_LEN`] bytes of a header; `None` if there are fewer.
@@ -270,6 +294,7 @@ fn read_header(cursor: &mut Cursor<'_>) -> Option<Header> {
         origin: *cursor.array()?,
         first_seq: u64::from_le_bytes(*cursor.array()?),
         count: u32::from_le_bytes(*cursor.array()?),
+        sent_at: u64::from_le_bytes(*cursor.array()?),
     })
 }
 
@@ -322,12 +347,13 @@ mod tests {
     use crate::wire::serverpod::decode_serverpod;
 
     const ORIGIN: Origin = *b"0123456789abcdef";
+    const SENT_AT: u64 = 0x1122_3344_5566_7788;
 
     /// The frame of `records`, written as the publisher writes one.
     fn frame(first_seq: u64, records: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         let count = u32::try_from(records.len()).unwrap();
-        write_header(&mut out, &ORIGIN, first_seq, count);
+        write_header(&mut out, &ORIGIN, first_seq, count, SENT_AT);
         for (class, payload) in records {
             let mut record = Vec::new();
             write_record(&mut record, class, |out| {
@@ -350,6 +376,7 @@ mod tests {
             &frame.origin,
             frame.first_seq,
             u32::try_from(owned.len()).unwrap(),
+            frame.sent_at,
             frame.mac.is_some(),
         );
         for (class, payload) in owned {
@@ -368,7 +395,7 @@ mod tests {
     /// A header claiming `count` records, followed by `body`.
     fn raw_frame(first_seq: u64, count: u32, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        write_header(&mut out, &ORIGIN, first_seq, count);
+        write_header(&mut out, &ORIGIN, first_seq, count, SENT_AT);
         out.extend_from_slice(body);
         out
     }
@@ -376,10 +403,11 @@ mod tests {
     #[test]
     fn header_and_record_layout_is_the_documented_one() {
         let bytes = frame(0x0102_0304_0506_0708, &[("Ab", b"xyz")]);
-        let mut expected = b"EVB\x01".to_vec();
+        let mut expected = b"EVB\x03".to_vec();
         expected.extend_from_slice(&ORIGIN);
         expected.extend_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]);
         expected.extend_from_slice(&[1, 0, 0, 0]);
+        expected.extend_from_slice(&[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
         assert_eq!(expected.len(), HEADER_LEN);
         expected.extend_from_slice(&[2, 0, b'A', b'b', 3, 0, 0, 0, b'x', b'y', b'z']);
         assert_eq!(bytes, expected);
@@ -395,6 +423,7 @@ mod tests {
             Frame {
                 origin: ORIGIN,
                 first_seq: 7,
+                sent_at: SENT_AT,
                 records: vec![Record {
                     class: "SimpleData",
                     payload: b"\x81\xa3num\x2a",
@@ -450,7 +479,7 @@ mod tests {
         }
         assert_eq!(
             DecodeError::TooShort { len: 10 }.to_string(),
-            "frame too short: 10 bytes, header needs 32"
+            "frame too short: 10 bytes, header needs 40"
         );
     }
 
@@ -469,13 +498,17 @@ mod tests {
     #[test]
     fn decode_refuses_unsupported_version() {
         let mut bytes = frame(1, &[("A", b"")]);
-        bytes[3] = 3;
-        let error = decode_frame(&bytes).unwrap_err();
-        assert_eq!(error, DecodeError::UnsupportedVersion { version: 3 });
-        assert_eq!(
-            error.to_string(),
-            "unsupported frame version 3, this build reads versions 1 and 2"
-        );
+        // 1 and 2: the versions before the header carried the send time.
+        for version in [0, 1, 2, 5, 255] {
+            bytes[3] = version;
+            let error = decode_frame(&bytes).unwrap_err();
+            assert_eq!(error, DecodeError::UnsupportedVersion { version });
+            assert_eq!(
+                error.to_string(),
+                format!("unsupported frame version {version}, this build reads versions 3 and 4")
+            );
+            assert_eq!(decode_header(&bytes), None);
+        }
     }
 
     #[test]
@@ -532,7 +565,7 @@ mod tests {
         }
         assert_eq!(
             decode_frame(&bytes[..second + 9]).unwrap_err().to_string(),
-            "record 1 truncated at byte 48: its payload needs 2 bytes, 1 left"
+            "record 1 truncated at byte 56: its payload needs 2 bytes, 1 left"
         );
     }
 
@@ -574,9 +607,9 @@ mod tests {
 
     #[test]
     fn a_huge_count_is_refused_without_a_huge_allocation() {
-        // 40 bytes claiming u32::MAX records: one record fits, and it is cut short.
+        // 48 bytes claiming u32::MAX records: one record fits, and it is cut short.
         let bytes = raw_frame(0, u32::MAX, &[1, 0, b'A', 0, 0, 0, 0, 0]);
-        assert_eq!(bytes.len(), 40);
+        assert_eq!(bytes.len(), HEADER_LEN + 8);
         assert_eq!(record_capacity(u32::MAX, bytes.len()), 1);
         let started = Instant::now();
         let error = decode_frame(&bytes).unwrap_err();
@@ -585,7 +618,7 @@ mod tests {
             error,
             DecodeError::Truncated {
                 record: 1,
-                offset: 39,
+                offset: 47,
                 field: "class length",
                 needed: 2,
                 available: 1
