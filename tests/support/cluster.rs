@@ -449,3 +449,4 @@ pub fn ran(port: u16, command: &str) -> bool {
         .lines()
         .any(|line| line.starts_with(&format!("cmdstat_{command}:")))
 }
+
