@@ -1,6 +1,7 @@
 //! Redis Cluster: sharded pub/sub through a `redis-cluster://` URL, one test per rule of the
 //! behaviour contract's C section (C01 to C04), named after it, and the bad URLs that must
-//! fail fast.
+//! fail fast. Also a Sentinel failover through a `redis-sentinel://` URL (one master, one
+//! replica, three sentinels of the test's own).
 //!
 //! Every test starts its own six-node cluster (tests/support/cluster.rs: three masters, three
 //! replicas, on free loopback ports) and checks the wire with redis-cli and raw RESP
@@ -20,7 +21,7 @@ use support::bus::{
     blocking, build, delivered, flush, global, next, ready, recorder, shutdown, snapshot,
     wait_until, Log, DEADLINE,
 };
-use support::cluster::{ran, spublish, Raw, RedisCluster};
+use support::cluster::{ran, spublish, Raw, RedisCluster, Sentinels};
 use support::redis::{free_port, RawSubscriber, RedisServer};
 use tokio::time::timeout;
 
@@ -383,6 +384,39 @@ async fn c04_a_master_failover_moves_subscriptions_and_posts_to_the_promoted_rep
     })
     .await;
     assert_eq!(blocking(|| cluster.shardnumsub(promoted, &channel)), 1);
+    stop.store(true, SeqCst);
+    let (sent, deliveries) = poster.await.unwrap();
+    for delivery in deliveries {
+        delivered(delivery).await;
+    }
+    flush(&a).await;
+    accounted(&b, &log, sent).await;
+    shutdown(&a).await;
+    shutdown(&b).await;
+}
+
+/// Sentinel: with a `redis-sentinel://` URL the bus follows a Sentinel failover (one master,
+/// one replica, three sentinels; the master killed): delivery resumes on the promoted
+/// replica by itself, and every message is delivered once or reported missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_a_failover_is_followed_and_losses_reported() {
+    let mut sentinels = blocking(Sentinels::start);
+    let url = sentinels.url();
+    let a = build(Bus::builder().redis_url(&url)).await;
+    let b = build(Bus::builder().redis_url(&url)).await;
+    let channel = "sentinel_failover";
+    let log = recorder::<u64>(b.messages(), channel);
+    ready(&b).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let poster = keep_posting(&a, channel, stop.clone());
+    wait_until("posts flow", DEADLINE, || snapshot(&log).len() >= 50).await;
+    blocking(|| sentinels.kill_master());
+    let seen = snapshot(&log).len();
+    wait_until("posts flow through the promoted replica", DEADLINE, || {
+        snapshot(&log).len() >= seen + 50
+    })
+    .await;
     stop.store(true, SeqCst);
     let (sent, deliveries) = poster.await.unwrap();
     for delivery in deliveries {

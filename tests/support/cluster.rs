@@ -450,3 +450,173 @@ pub fn ran(port: u16, command: &str) -> bool {
         .any(|line| line.starts_with(&format!("cmdstat_{command}:")))
 }
 
+// ---- Sentinel ---------------------------------------------------------------------------------
+
+/// A master, its replica, and three sentinels (`redis-server <conf> --sentinel`) watching it
+/// as service [`Sentinels::SERVICE`] (quorum 2, down after 1 s), each on a free loopback port.
+pub struct Sentinels {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<SentinelProcess>,
+}
+
+struct SentinelProcess {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Sentinels {
+    pub const SERVICE: &'static str = "evbus";
+
+    /// Starts the master, the replica (waiting for its link to be up) and the sentinels
+    /// (waiting until each knows the replica and the other sentinels).
+    pub fn start() -> Sentinels {
+        let master = RedisServer::start();
+        let master_port = master.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+        let sentinels: Vec<SentinelProcess> =
+            (0..3).map(|_| start_sentinel(master.port())).collect();
+        let all = Sentinels {
+            master,
+            replica,
+            sentinels,
+        };
+        all.wait("the replica is linked", || {
+            try_cli(all.replica.port(), &["INFO", "replication"])
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        });
+        all.wait("every sentinel knows the replica and the others", || {
+            all.sentinels.iter().all(|s| {
+                let master =
+                    try_cli(s.port, &["SENTINEL", "MASTER", Self::SERVICE]).unwrap_or_default();
+                let mut lines = master.lines();
+                let mut fields = HashMapLite::default();
+                while let (Some(k), Some(v)) = (lines.next(), lines.next()) {
+                    fields.0.push((k.to_string(), v.to_string()));
+                }
+                fields.get("num-slaves") == Some("1")
+                    && fields.get("num-other-sentinels") == Some("2")
+            })
+        });
+        all
+    }
+
+    /// `redis-sentinel://127.0.0.1:S1?sentinelServiceName=evbus&node=127.0.0.1:S2&..`
+    pub fn url(&self) -> String {
+        let mut ports = self.sentinels.iter().map(|s| s.port);
+        let first = ports.next().unwrap();
+        let rest: String = ports.map(|p| format!("&node=127.0.0.1:{p}")).collect();
+        format!(
+            "redis-sentinel://127.0.0.1:{first}?sentinelServiceName={}{rest}",
+            Self::SERVICE
+        )
+    }
+
+    /// The port of the master the sentinels name now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = self.sentinels.iter().find_map(|s| {
+            try_cli(
+                s.port,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE],
+            )
+        })?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Kills the master and waits until the sentinels have promoted the replica and it
+    /// takes writes.
+    pub fn kill_master(&mut self) {
+        self.master.stop();
+        let replica = self.replica.port();
+        self.wait("the sentinels promoted the replica", || {
+            self.master_port() == Some(replica)
+                && try_cli(replica, &["INFO", "replication"])
+                    .is_some_and(|info| info.contains("role:master"))
+        });
+    }
+
+    fn wait(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !condition() {
+            assert!(
+                started.elapsed() < SETTLE_DEADLINE,
+                "timed out after {SETTLE_DEADLINE:?} waiting until {what}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Pairs of `SENTINEL MASTER`'s flat answer.
+#[derive(Default)]
+struct HashMapLite(Vec<(String, String)>);
+
+impl HashMapLite {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn start_sentinel(master_port: u16) -> SentinelProcess {
+    let mut last_error = String::new();
+    for _ in 0..8 {
+        let port = super::redis::free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "evbus-sentinel-{}-{port}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {service} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 5000\n\
+                 sentinel parallel-syncs {service} 1\n",
+                dir.display(),
+                service = Sentinels::SERVICE
+            ),
+        )
+        .expect("sentinel.conf");
+        let log = std::fs::File::create(dir.join("sentinel.log")).expect("sentinel.log");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("could not run redis-server --sentinel");
+        let mut process = SentinelProcess { port, dir, child };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = process.child.try_wait() {
+                break;
+            }
+            if try_cli(port, &["PING"]).as_deref() == Some("PONG") {
+                return process;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        last_error = std::fs::read_to_string(process.dir.join("sentinel.log")).unwrap_or_default();
+    }
+    panic!("a sentinel did not start after 8 attempts: {last_error}");
+}
