@@ -427,3 +427,48 @@ async fn sentinel_a_failover_is_followed_and_losses_reported() {
     shutdown(&a).await;
     shutdown(&b).await;
 }
+
+/// C03 with a node added: a new master joins the cluster and a subscribed channel's slot is
+/// rebalanced onto it; the bus connects to it, subscribes the channel there by itself, and
+/// posts follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c03_a_slot_rebalanced_onto_an_added_node_is_followed() {
+    let mut cluster = blocking(RedisCluster::start);
+    let (a, b) = (cluster_bus(&cluster).await, cluster_bus(&cluster).await);
+    let channel = blocking(|| cluster.channel_on(cluster.masters()[1], "c03_added_"));
+    let slot = blocking(|| cluster.slot(&channel));
+    let log = recorder::<u64>(b.messages(), &channel);
+    let mut events = b.events();
+    ready(&b).await;
+    delivered(global(&a, &channel, 0u64)).await;
+    wait_until("the first post arrived", DEADLINE, || snapshot(&log) == [0]).await;
+
+    let added = blocking(|| cluster.add_node());
+    blocking(|| cluster.move_slot(slot, added));
+    let to = format!("127.0.0.1:{}", cluster.nodes[added].port());
+    timeout(DEADLINE, async {
+        loop {
+            match next(&mut events).await {
+                Some(BusEvent::Resubscribed { channel: c, to: t }) if c == channel && t == to => {
+                    return
+                }
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no BusEvent::Resubscribed naming the added node");
+    assert_eq!(blocking(|| cluster.shardnumsub(added, &channel)), 1);
+    for i in 1..=20u64 {
+        global(&a, &channel, i);
+    }
+    flush(&a).await;
+    wait_until("posts arrive through the added node", DEADLINE, || {
+        snapshot(&log) == (0..=20).collect::<Vec<u64>>()
+    })
+    .await;
+    assert!(blocking(|| ran(cluster.nodes[added].port(), "spublish")));
+    shutdown(&a).await;
+    shutdown(&b).await;
+}

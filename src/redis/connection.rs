@@ -12,6 +12,18 @@
 //! each message on to a dispatch thread (`super::dispatch`), so [`SUBSCRIBER_BUFFER`] slots
 //! are plenty (an idle bus now takes about 2.6 MB); a `Lagged(n)` fred still reports is
 //! counted ([`Incoming::Lagged`]).
+//!
+//! # Redis Cluster (C01-C04)
+//!
+//! A `redis-cluster://` URL makes both clients clustered: fred keeps one connection per
+//! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
+//! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
+//! is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
+//! alone). No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
+//! node. A slot that moves (C03) or a master that fails over (C04) is found by
+//! [`Redis::moved`], since fred drops the `SUNSUBSCRIBE` Redis pushes then. A
+//! `redis-sentinel://` URL uses classic pub/sub on the master the sentinels name; fred asks
+//! them again after a failover.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -226,6 +226,32 @@ impl RedisCluster {
         self.wait_settled();
     }
 
+    /// Starts a seventh (eighth, ..) node, joins it to the cluster with `CLUSTER MEET`, and
+    /// waits until every node knows it: a master without slots, until some are moved to it.
+    /// Returns its index in `nodes`.
+    pub fn add_node(&mut self) -> usize {
+        let node = RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+        ]);
+        let port = node.port();
+        self.nodes[0].cli(&["CLUSTER", "MEET", "127.0.0.1", &port.to_string()]);
+        self.nodes.push(node);
+        let count = self.running().count();
+        self.wait("every node knows the new one", SETTLE_DEADLINE, || {
+            self.running().all(|n| {
+                let view = self.view_from(n.port());
+                view.len() == count && view.iter().any(|v| v.port == port && !v.failed)
+            })
+        });
+        self.wait_settled();
+        self.nodes.len() - 1
+    }
+
     /// Kills master `index` (SIGKILL) and waits until its replica has taken its slots and
     /// the cluster is `ok` again.
     pub fn kill(&mut self, index: usize) {
