@@ -240,6 +240,7 @@ async fn bad_url_a_cluster_url_at_a_node_not_in_cluster_mode_fails_fast() {
         Err(error) => error.to_string(),
     };
     assert!(error.contains(&url), "{error:?} names {url}");
+    assert!(error.contains("not in cluster mode"), "{error:?} says why");
     assert!(started.elapsed() < FAIL_FAST);
 }
 

@@ -215,13 +215,14 @@ impl Redis {
         let publisher = builder.build().map_err(invalid)?;
         let subscriber = builder.build_subscriber_client().map_err(invalid)?;
         let unreachable = |e: fred::error::Error| {
-            Reason::caused_by(
-                format!(
-                    "cannot connect to {shown}: {}",
-                    redact_in(&e.to_string(), url)
-                ),
-                e,
-            )
+            let text = redact_in(&e.to_string(), url);
+            // A cluster URL at a Redis that is not a cluster node: say what to use instead.
+            let hint = if clustered && text.contains("cluster support disabled") {
+                " (that Redis is not in cluster mode: use a redis:// URL for a single Redis)"
+            } else {
+                ""
+            };
+            Reason::caused_by(format!("cannot connect to {shown}: {text}{hint}"), e)
         };
         publisher.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
