@@ -42,18 +42,22 @@ impl RedisCluster {
     /// # Panics
     /// If redis-server or redis-cli is missing, or the cluster does not form in time.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                ])
-            })
-            .collect();
+        Self::start_with(6, 1, &[])
+    }
+
+    /// [`start`](Self::start) with `count` nodes, `replicas` per master, and extra
+    /// `redis-server` arguments for every node (such as `--cluster-require-full-coverage no`).
+    pub fn start_with(count: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        let nodes: Vec<RedisServer> = (0..count).map(|_| RedisServer::start_with(&args)).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
@@ -62,7 +66,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("could not run redis-cli --cluster create");
