@@ -134,12 +134,16 @@ pub(super) async fn apply_changes(
 /// How often a cluster's slot table is read, to follow a channel whose slot moved (C03).
 /// Redis tells a subscriber at once (an unsolicited `SUNSUBSCRIBE`), but fred drops it.
 const SLOT_CHECK: Duration = Duration::from_millis(250);
+/// How long one reading of the slot table may take.
+const SLOT_CHECK_LIMIT: Duration = Duration::from_secs(1);
 
 /// Subscribes again, on its new owner, every wanted channel whose slot moved to another
 /// master, and says so (C03, C04). Its sequence marks are kept, so that what was posted
 /// while it was not subscribed shows as a gap (G06).
 async fn follow_slots(state: &State, redis: &Redis, wanted: &HashSet<String>) {
-    let Ok(moved) = redis.moved().await else {
+    // Bounded: while a master is unreachable, reading the slot table may wait on it, and
+    // subscription changes must not wait behind it.
+    let Ok(Ok(moved)) = tokio::time::timeout(SLOT_CHECK_LIMIT, redis.moved()).await else {
         // The cluster is unreachable now: fred reconnects, and the restore follows.
         return;
     };
