@@ -13,6 +13,16 @@
 //! from that origin arrives; the Serverpod format has no sequence numbers, so there only
 //! client-side lag is counted.
 //!
+//! # A moved slot (C03, C04)
+//!
+//! On a Redis Cluster a channel is subscribed on the master that owns its slot. When the slot
+//! moves (a resharding, a node added and given slots, a replica promoted after its master
+//! failed), that master unsubscribes it, and nothing re-subscribes it but the bus. So the
+//! subscription task reads the slot table every 250 ms ([`apply_changes`]) and subscribes
+//! each moved channel on its new owner at once, emitting [`BusEvent::Resubscribed`]. Its
+//! sequence marks are kept: what was posted between the move and the new subscription shows
+//! as a gap when the origin's next message arrives, and is reported missed (G06).
+//!
 //! # Untrusted input (G09)
 //!
 //! Whatever arrives is untrusted. A message over `max_message_bytes` (judged one by one in
