@@ -275,6 +275,24 @@ impl RedisCluster {
         self.wait_settled();
     }
 
+    /// Kills every node (SIGKILL): the whole cluster is unreachable.
+    pub fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every stopped node again on its port, with its `nodes.conf`, and waits until
+    /// the cluster is settled.
+    pub fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                node.restart();
+            }
+        }
+        self.wait_settled();
+    }
+
     fn wait(&self, what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
         let started = Instant::now();
         while !condition() {
