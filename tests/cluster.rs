@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use evbus::{
     revoked_authentication_channel, Bus, BusEvent, Delivery, MessageScope, PostError,
-    RevokedAuthentication,
+    RevokedAuthentication, WireFormat,
 };
 use support::bus::{
     blocking, build, delivered, flush, global, next, ready, recorder, shutdown, snapshot,
@@ -538,4 +538,54 @@ async fn c01_a_cluster_outage_holds_posts_and_restores_subscriptions() {
     accounted(&b, &log, sent).await;
     shutdown(&a).await;
     shutdown(&b).await;
+}
+
+/// C01 with G10 and G11: namespaces keep applications apart on a cluster (the slot is the
+/// namespaced name's), and the Serverpod format travels as one SPUBLISH per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c01_namespaces_and_the_serverpod_format_hold_on_a_cluster() {
+    let cluster = blocking(RedisCluster::start);
+    let app = |namespace: &str, format: WireFormat| {
+        Bus::builder()
+            .redis_url(cluster.url())
+            .namespace(namespace)
+            .wire_format(format)
+    };
+    let a1 = build(app("app1:", WireFormat::Serverpod)).await;
+    let b1 = build(app("app1:", WireFormat::Serverpod)).await;
+    let b2 = build(app("app2:", WireFormat::Serverpod)).await;
+    let channels: Vec<String> = (0..6).map(|i| format!("c01_ns_{i}")).collect();
+    let mut logs = Vec::new();
+    for channel in &channels {
+        logs.push((
+            recorder::<u64>(b1.messages(), channel),
+            recorder::<u64>(b2.messages(), channel),
+        ));
+    }
+    ready(&b1).await;
+    ready(&b2).await;
+    blocking(|| {
+        for channel in &channels {
+            let owner = cluster.owner(&format!("app1:{channel}"));
+            assert_eq!(cluster.shardnumsub(owner, &format!("app1:{channel}")), 1);
+        }
+    });
+    for (i, channel) in channels.iter().enumerate() {
+        for n in 0..10u64 {
+            global(&a1, channel, 100 * i as u64 + n);
+        }
+    }
+    flush(&a1).await;
+    for (i, (same, other)) in logs.iter().enumerate() {
+        let expected: Vec<u64> = (0..10).map(|n| 100 * i as u64 + n).collect();
+        wait_until("app1 received its messages in order", DEADLINE, || {
+            snapshot(same) == expected
+        })
+        .await;
+        assert!(snapshot(other).is_empty(), "app2 saw app1's messages");
+    }
+    assert_eq!(b1.stats().global_decode_errors, 0);
+    for bus in [&a1, &b1, &b2] {
+        shutdown(bus).await;
+    }
 }
