@@ -366,6 +366,14 @@ impl Redis {
             .and_then(|routing| routing.get_server(slot).map(|server| server.to_string()))
     }
 
+    /// The channels subscribed on a cluster.
+    fn subscriber_channels(&self) -> Vec<String> {
+        self.cluster
+            .as_ref()
+            .map(|shards| shards.owners.lock().keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// On a cluster: reads the slot table again and returns the subscribed channels whose
     /// slot has moved to another master since they were subscribed (a resharding, C03, or a
     /// failover, C04), each with its new owner. Redis has unsubscribed them (an unsolicited
@@ -445,16 +453,6 @@ impl Redis {
         }
         let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
         let _ = tokio::time::timeout(limit, self.publisher.quit()).await;
-    }
-}
-
-impl Redis {
-    /// The channels subscribed on a cluster.
-    fn subscriber_channels(&self) -> Vec<String> {
-        self.cluster
-            .as_ref()
-            .map(|shards| shards.owners.lock().keys().cloned().collect())
-            .unwrap_or_default()
     }
 }
 
