@@ -4,6 +4,12 @@
 //! Run: `cargo run --example cluster` (needs a Redis on redis://127.0.0.1:6379; set
 //! `REDIS_URL=redis://host:port` to point elsewhere). Channels are prefixed with
 //! "evbus-example:", so a shared Redis is not disturbed.
+//!
+//! With a Redis Cluster URL, `REDIS_URL=redis-cluster://host:port?node=host2:port2&..`, the same
+//! code runs on sharded pub/sub: each channel is `SSUBSCRIBE`d on the master that owns its slot
+//! and posts are `SPUBLISH`ed there (the chat channel and the revocation channel may well live
+//! on different masters). A `redis-sentinel://host:port?sentinelServiceName=name&node=..` URL
+//! follows a Sentinel failover.
 
 use std::error::Error;
 use std::future::Future;
@@ -41,7 +47,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            eprintln!("Is Redis running at {url}? Start one with `redis-server`, or set REDIS_URL=redis://host:port");
+            eprintln!(
+                "Is Redis running at {url}? Start one with `redis-server`, or set \
+                 REDIS_URL=redis://host:port (or redis-cluster://host:port?node=host2:port2&..)"
+            );
             ExitCode::FAILURE
         }
     }

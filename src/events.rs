@@ -77,6 +77,17 @@ pub enum BusEvent {
         /// How many events were dropped since the last `Lagged`.
         count: u64,
     },
+    /// On a Redis Cluster, the slot of `channel` moved to the master `to` (a resharding, or
+    /// a replica promoted after its master failed), and the bus subscribed it there again by
+    /// itself (C03, C04). Messages posted between the move and the new subscription are
+    /// reported as [`MessagesMissed`](BusEvent::MessagesMissed) when the next message of
+    /// their origin shows the gap.
+    Resubscribed {
+        /// The channel (without the namespace).
+        channel: String,
+        /// The master that owns its slot now, as `host:port`.
+        to: String,
+    },
 }
 
 impl fmt::Display for BusEvent {
@@ -102,6 +113,9 @@ impl fmt::Display for BusEvent {
             }
             BusEvent::Lagged { count } => {
                 write!(f, "this event reader fell behind and lost {count} events")
+            }
+            BusEvent::Resubscribed { channel, to } => {
+                write!(f, "the slot of {channel:?} moved; subscribed again on {to}")
             }
         }
     }

@@ -12,7 +12,20 @@
 //! each message on to a dispatch thread (`super::dispatch`), so [`SUBSCRIBER_BUFFER`] slots
 //! are plenty (an idle bus now takes about 2.6 MB); a `Lagged(n)` fred still reports is
 //! counted ([`Incoming::Lagged`]).
+//!
+//! # Redis Cluster (C01-C04)
+//!
+//! A `redis-cluster://` URL makes both clients clustered: fred keeps one connection per
+//! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
+//! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
+//! is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
+//! alone). No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
+//! node. A slot that moves (C03) or a master that fails over (C04) is found by
+//! [`Redis::moved`], since fred drops the `SUNSUBSCRIBE` Redis pushes then. A
+//! `redis-sentinel://` URL uses classic pub/sub on the master the sentinels name; fred asks
+//! them again after a failover.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +33,10 @@ use std::time::Duration;
 use fred::clients::{Client, SubscriberClient};
 
 use fred::error::ErrorKind;
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, Value};
+use fred::types::cluster::ClusterRouting;
+use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 
@@ -39,6 +54,22 @@ fn policy() -> ReconnectPolicy {
 pub(crate) struct Redis {
     publisher: Client,
     subscriber: SubscriberClient,
+    /// On a Redis Cluster (a `redis-cluster://` URL): sharded pub/sub, and where each
+    /// subscribed channel was subscribed. `None` on one Redis or through Sentinel.
+    cluster: Option<Shards>,
+}
+
+/// Sharded pub/sub on a Redis Cluster (C01-C04).
+///
+/// fred's clustered clients keep one connection per master and route `SPUBLISH` and
+/// `SSUBSCRIBE` by the channel's slot, following `MOVED`. What fred does not do is notice that
+/// a subscribed slot moved: Redis then pushes an unsolicited `SUNSUBSCRIBE`, which fred drops
+/// as an "unused subscription response". So each channel's owner at the time of its
+/// `SSUBSCRIBE` is kept here, and [`Redis::moved`] compares it with the cluster's current
+/// slot table.
+struct Shards {
+    /// Redis channel -> the master (`host:port`) it was subscribed on.
+    owners: Mutex<HashMap<String, String>>,
 }
 
 /// Why a PUBLISH failed.
@@ -161,6 +192,7 @@ impl Redis {
                 e,
             )
         })?;
+        let clustered = config.server.is_clustered();
         let mut builder = Builder::from_config(config);
         builder
             .set_policy(policy())
@@ -188,30 +220,48 @@ impl Redis {
         let publisher = builder.build().map_err(invalid)?;
         let subscriber = builder.build_subscriber_client().map_err(invalid)?;
         let unreachable = |e: fred::error::Error| {
-            Reason::caused_by(
-                format!(
-                    "cannot connect to {shown}: {}",
-                    redact_in(&e.to_string(), url)
-                ),
-                e,
-            )
+            let text = redact_in(&e.to_string(), url);
+            // A cluster URL at a Redis that is not a cluster node: say what to use instead.
+            let hint = if clustered && text.contains("cluster support disabled") {
+                " (that Redis is not in cluster mode: use a redis:// URL for a single Redis)"
+            } else {
+                ""
+            };
+            Reason::caused_by(format!("cannot connect to {shown}: {text}{hint}"), e)
         };
         publisher.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
+        let cluster = clustered.then(|| Shards {
+            owners: Mutex::new(HashMap::new()),
+        });
         Ok(Redis {
             publisher,
             subscriber,
+            cluster,
         })
+    }
+
+    /// Whether this is a Redis Cluster, with sharded pub/sub (C02).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Sends `batch` as one pipelined write of PUBLISH commands, in order; returns each
     /// command's outcome. fred waits for a lost connection to come back (up to its retry
     /// limit) before a command fails with [`Failure::Retry`].
+    ///
+    /// On a cluster the commands are `SPUBLISH` (C02), which fred routes by slot: one
+    /// pipelined write per master, each channel's commands in order, a `MOVED` followed.
     pub(crate) async fn publish(&self, batch: Vec<Outbound>) -> Vec<Result<(), Failure>> {
         let pipeline = self.publisher.pipeline();
         let mut queued = Vec::with_capacity(batch.len());
+        let sharded = self.is_cluster();
         for Outbound { channel, payload } in batch {
-            let result: Result<(), _> = pipeline.publish(channel, Value::Bytes(payload)).await;
+            let result: Result<(), _> = if sharded {
+                pipeline.spublish(channel, Value::Bytes(payload)).await
+            } else {
+                pipeline.publish(channel, Value::Bytes(payload)).await
+            };
             queued.push(result.map_err(failure));
         }
         let mut results = pipeline.try_all::<Value>().await.into_iter();
@@ -232,7 +282,24 @@ impl Redis {
     /// The PING that confirms it is sent at once behind it, so that a refusal of the
     /// SUBSCRIBE (which fred hands to whichever command waits next) finds it waiting; see
     /// [`applied`]. A refusal can still go unseen, so [`Redis::unsubscribed`] checks.
+    ///
+    /// On a cluster each channel is `SSUBSCRIBE`d alone, on the master that owns its slot
+    /// (C02): fred awaits Redis's answer to an `SSUBSCRIBE` (so that it can follow `MOVED`),
+    /// but takes only the first reply frame, and one `SSUBSCRIBE` of several channels would
+    /// leave the other frames to be taken as the answers of later commands. Its answer is
+    /// Redis's confirmation, and a refusal is that command's error.
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
+        if let Some(shards) = &self.cluster {
+            for channel in channels {
+                self.subscriber
+                    .ssubscribe(channel.clone())
+                    .await
+                    .map_err(failure)?;
+                let owner = self.owner(&channel).unwrap_or_default();
+                shards.owners.lock().insert(channel, owner);
+            }
+            return Ok(());
+        }
         let (subscribed, applied) = tokio::join!(
             self.subscriber.subscribe(channels),
             applied(&self.subscriber)
@@ -245,7 +312,8 @@ impl Redis {
     /// refused without the refusal reaching us. (A channel another client subscribes looks
     /// subscribed: this finds refusals, never invents one.)
     pub(crate) async fn unsubscribed(&self, channels: &[String]) -> Result<Vec<String>, Failure> {
-        if channels.is_empty() {
+        // On a cluster a refused SSUBSCRIBE fails its own command (see `subscribe`).
+        if channels.is_empty() || self.is_cluster() {
             return Ok(Vec::new());
         }
         let counts: Vec<Value> = self
@@ -263,12 +331,77 @@ impl Redis {
     }
 
     /// UNSUBSCRIBEs from `channels`; returns once Redis has applied it.
+    ///
+    /// On a cluster, one `SUNSUBSCRIBE` per slot, each on the slot's owner (C02); it returns
+    /// once written (Redis does not answer an unsubscribe but with a push frame, which fred
+    /// drops).
     pub(crate) async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
+        if let Some(shards) = &self.cluster {
+            let mut slots: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            for channel in channels {
+                slots
+                    .entry(ClusterRouting::hash_key(channel.as_bytes()))
+                    .or_default()
+                    .push(channel);
+            }
+            for (_, channels) in slots {
+                self.subscriber
+                    .sunsubscribe(channels.clone())
+                    .await
+                    .map_err(failure)?;
+                let mut owners = shards.owners.lock();
+                for channel in &channels {
+                    owners.remove(channel);
+                }
+            }
+            return Ok(());
+        }
         self.subscriber
             .unsubscribe(channels)
             .await
             .map_err(failure)?;
         applied(&self.subscriber).await
+    }
+
+    /// The master that owns `channel`'s slot, as `host:port`, by fred's slot table.
+    fn owner(&self, channel: &str) -> Option<String> {
+        let slot = ClusterRouting::hash_key(channel.as_bytes());
+        self.subscriber
+            .cached_cluster_state()
+            .and_then(|routing| routing.get_server(slot).map(|server| server.to_string()))
+    }
+
+    /// The channels subscribed on a cluster.
+    fn subscriber_channels(&self) -> Vec<String> {
+        self.cluster
+            .as_ref()
+            .map(|shards| shards.owners.lock().keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// On a cluster: reads the slot table again and returns the subscribed channels whose
+    /// slot has moved to another master since they were subscribed (a resharding, C03, or a
+    /// failover, C04), each with its new owner. Redis has unsubscribed them (an unsolicited
+    /// `SUNSUBSCRIBE`, which fred drops): they are to be subscribed again at once. Always
+    /// empty on one Redis.
+    pub(crate) async fn moved(&self) -> Result<Vec<(String, String)>, Failure> {
+        let Some(shards) = &self.cluster else {
+            return Ok(Vec::new());
+        };
+        self.subscriber.sync_cluster().await.map_err(failure)?;
+        let Some(routing) = self.subscriber.cached_cluster_state() else {
+            return Ok(Vec::new());
+        };
+        let owners = shards.owners.lock();
+        let moved = owners
+            .iter()
+            .filter_map(|(channel, owner)| {
+                let slot = ClusterRouting::hash_key(channel.as_bytes());
+                let now = routing.get_server(slot)?.to_string();
+                (now != *owner).then(|| (channel.clone(), now))
+            })
+            .collect();
+        Ok(moved)
     }
 
     /// The messages the subscriber connection receives from now on.
@@ -317,7 +450,12 @@ impl Redis {
 
     /// Unsubscribes everything and closes both connections, each step bounded by `limit`.
     pub(crate) async fn close(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.subscriber.unsubscribe_all()).await;
+        if self.is_cluster() {
+            let channels: Vec<String> = self.subscriber_channels();
+            let _ = tokio::time::timeout(limit, self.unsubscribe(channels)).await;
+        } else {
+            let _ = tokio::time::timeout(limit, self.subscriber.unsubscribe_all()).await;
+        }
         let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
         let _ = tokio::time::timeout(limit, self.publisher.quit()).await;
     }

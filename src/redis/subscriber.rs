@@ -13,6 +13,16 @@
 //! from that origin arrives; the Serverpod format has no sequence numbers, so there only
 //! client-side lag is counted.
 //!
+//! # A moved slot (C03, C04)
+//!
+//! On a Redis Cluster a channel is subscribed on the master that owns its slot. When the slot
+//! moves (a resharding, a node added and given slots, a replica promoted after its master
+//! failed), that master unsubscribes it, and nothing re-subscribes it but the bus. So the
+//! subscription task reads the slot table every 250 ms ([`apply_changes`]) and subscribes
+//! each moved channel on its new owner at once, emitting [`BusEvent::Resubscribed`]. Its
+//! sequence marks are kept: what was posted between the move and the new subscription shows
+//! as a gap when the origin's next message arrives, and is reported missed (G06).
+//!
 //! # Untrusted input (G09)
 //!
 //! Whatever arrives is untrusted. A message over `max_message_bytes` (judged one by one in
@@ -25,7 +35,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -56,7 +66,25 @@ pub(super) async fn apply_changes(
 ) {
     let mut wanted: HashSet<String> = HashSet::new();
     let mut pending = Vec::new();
-    while changes.recv_many(&mut pending, 4096).await > 0 {
+    let mut slots_checked = Instant::now();
+    loop {
+        // On a cluster, the slot table is read again every `SLOT_CHECK` (C03, C04), also
+        // while no change comes; `recv_many` is cancel-safe.
+        let received = if redis.is_cluster() {
+            let wait = SLOT_CHECK.saturating_sub(slots_checked.elapsed());
+            tokio::time::timeout(wait, changes.recv_many(&mut pending, 4096)).await
+        } else {
+            Ok(changes.recv_many(&mut pending, 4096).await)
+        };
+        if redis.is_cluster() && slots_checked.elapsed() >= SLOT_CHECK {
+            follow_slots(&state, &redis, &wanted).await;
+            slots_checked = Instant::now();
+        }
+        match received {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => continue,
+        }
         // The last change of each channel wins; the others cancel out.
         let mut last: HashMap<String, bool> = HashMap::new();
         let mut restore = false;
@@ -112,6 +140,40 @@ pub(super) async fn apply_changes(
         if restore {
             state.link_changed(Link::Subscriber, LinkState::Restored);
         }
+    }
+}
+
+/// How often a cluster's slot table is read, to follow a channel whose slot moved (C03).
+/// Redis tells a subscriber at once (an unsolicited `SUNSUBSCRIBE`), but fred drops it.
+const SLOT_CHECK: Duration = Duration::from_millis(250);
+/// How long one reading of the slot table may take.
+const SLOT_CHECK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Subscribes again, on its new owner, every wanted channel whose slot moved to another
+/// master, and says so (C03, C04). Its sequence marks are kept, so that what was posted
+/// while it was not subscribed shows as a gap (G06).
+async fn follow_slots(state: &State, redis: &Redis, wanted: &HashSet<String>) {
+    // Bounded: while a master is unreachable, reading the slot table may wait on it, and
+    // subscription changes must not wait behind it.
+    let Ok(Ok(moved)) = tokio::time::timeout(SLOT_CHECK_LIMIT, redis.moved()).await else {
+        // The cluster is unreachable now: fred reconnects, and the restore follows.
+        return;
+    };
+    let moved: Vec<(String, String)> = moved
+        .into_iter()
+        .filter(|(channel, _)| wanted.contains(channel))
+        .collect();
+    if moved.is_empty() {
+        return;
+    }
+    let channels = moved.iter().map(|(channel, _)| channel.clone()).collect();
+    subscribe_all(state, redis, channels).await;
+    for (channel, to) in moved {
+        let channel = channel
+            .strip_prefix(state.namespace.as_str())
+            .unwrap_or(&channel)
+            .to_string();
+        state.emit(BusEvent::Resubscribed { channel, to });
     }
 }
 

@@ -10,4 +10,5 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod cluster;
 pub mod redis;
