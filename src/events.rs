@@ -144,6 +144,9 @@ impl BusEvent {
             BusEvent::SubscribeRefused { channel, reason } => {
                 error!(target: "evbus", channel = %channel, reason = %reason, "{self}");
             }
+            BusEvent::Resubscribed { channel, to } => {
+                info!(target: "evbus", channel = %channel, to = %to, "{self}");
+            }
             // A reader's own lag: the reader logs it if it wants; the bus lost nothing.
             BusEvent::Lagged { .. } => {}
         }
