@@ -2,8 +2,8 @@
 //!
 //! The code and its comments cite these rules by id (`L02`, `S03`, `G06`, ...); this is where
 //! an id is looked up. `L` rules are about local delivery in one process, `S` about sessions,
-//! `G` about global messages through Redis, `R` about authentication revocation. Where a rule
-//! differs from Serverpod's server events on purpose, it says so.
+//! `G` about global messages through Redis, `R` about authentication revocation, `C` about a
+//! Redis Cluster. Where a rule differs from Serverpod's server events on purpose, it says so.
 //!
 //! Every id has at least one test named after it, lowercased (`l02_...` for L02), listed at
 //! the end of its section with the file it is in: `tests/rules.rs` has one test per rule;
@@ -350,6 +350,58 @@
 //! Tests: `tests/rules.rs`, `r03_affects_follows_serverpods_rule`; `tests/global.rs`,
 //! `r03_a_revocation_through_redis_closes_exactly_the_affected_connections`.
 //!
+//! # Redis Cluster (sharded pub/sub)
+//!
+//! A `redis-cluster://host:port?node=host2:port2` URL (`rediss-cluster://` with the `tls`
+//! feature) builds a bus on a Redis 7 Cluster whose global messages use sharded pub/sub: a
+//! channel's messages go only to the shard that owns its slot, so the cluster's pub/sub
+//! capacity grows with its masters. A `redis-sentinel://` URL follows the master that Sentinel
+//! names, with the G rules as on one Redis.
+//!
+//! ## C01
+//!
+//! Every rule of G and R holds across a cluster: messages of a channel reach every bus
+//! subscribed to it, in per-channel post order, whichever master owns the channel's slot;
+//! duplicates are dropped and gaps reported; posts are held through an outage and the
+//! subscriptions restored after it; namespaces and the Serverpod format work as on one Redis.
+//!
+//! Tests: `tests/cluster.rs`, `c01_every_global_rule_holds_across_a_cluster`,
+//! `c01_a_cluster_outage_holds_posts_and_restores_subscriptions`,
+//! `c01_namespaces_and_the_serverpod_format_hold_on_a_cluster`.
+//!
+//! ## C02
+//!
+//! A channel is subscribed with `SSUBSCRIBE` on the master that owns its slot, and only there;
+//! posts use `SPUBLISH`. No classic `SUBSCRIBE` or `PUBLISH` is sent to a cluster (Redis
+//! broadcasts those to every node). The last local receiver going sends `SUNSUBSCRIBE`.
+//!
+//! Tests: `tests/cluster.rs`,
+//! `c02_channels_are_ssubscribed_on_their_owner_only_and_posts_use_spublish` (checked with
+//! `PUBSUB SHARDNUMSUB`, `PUBSUB NUMSUB` and `INFO commandstats` on every node).
+//!
+//! ## C03
+//!
+//! When a channel's slot moves to another master while the bus runs (a resharding, or slots
+//! rebalanced onto a node added to the cluster), the bus subscribes it on the new owner by
+//! itself, within about a quarter of a second (it re-reads the slot table that often), emits
+//! [`BusEvent::Resubscribed`], and posts follow the slot (`MOVED`). What was posted between the
+//! move and the new subscription is reported missed (G06); delivery goes on with no call from
+//! the user.
+//!
+//! Tests: `tests/cluster.rs`, `c03_a_moved_slot_is_followed_and_nothing_is_lost_silently`,
+//! `c03_a_slot_rebalanced_onto_an_added_node_is_followed`.
+//!
+//! ## C04
+//!
+//! When a master fails and its replica is promoted, subscriptions and pending posts move to the
+//! new master: every message posted meanwhile is delivered once or reported missed. The same
+//! holds for a failover that Sentinel performs, on a `redis-sentinel://` URL.
+//!
+//! Tests: `tests/cluster.rs`,
+//! `c04_a_master_failover_moves_subscriptions_and_posts_to_the_promoted_replica`,
+//! `sentinel_a_failover_is_followed_and_losses_reported`.
+//!
+//! [`BusEvent::Resubscribed`]: crate::BusEvent::Resubscribed
 //! [`Bus::flush`]: crate::Bus::flush
 //! [`Bus::has_redis`]: crate::Bus::has_redis
 //! [`Bus::messages`]: crate::Bus::messages

@@ -26,7 +26,7 @@
 //! | `redis/subscriber.rs` | subscription changes in order, refused ones found; received frames checked and delivered |
 //! | `redis/dispatch.rs` | the reader that never waits, the receive byte bound, dispatch threads by channel |
 //! | `redis/sequences.rs` | duplicates, gaps and implausible frames, per channel and origin |
-//! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines |
+//! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines; on a cluster, `SSUBSCRIBE`/`SPUBLISH` and which master each channel is subscribed on |
 //! | `inner.rs` | what every handle of a bus shares: the core, the transport, the codec |
 //! | `bus.rs`, `session.rs`, `channel.rs`, `delivery.rs` | the facade: the public handles |
 //!
