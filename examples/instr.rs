@@ -20,9 +20,24 @@
 //!   exactly one receive per post (no extra empty receive).
 //! - `tokio_broadcast16`: `tokio::sync::broadcast` `send`, then `try_recv` on 16 receivers.
 //! - `tokio_stream`: `tokio::sync::broadcast` `send`, then `try_recv` on its one receiver.
+//!
+//! Two floors, not evbus code, for judging what a stream message could cost (issue 11); run
+//! them by name (`scripts/instr.sh arc ring_arcswap`):
+//!
+//! - `arc`: one `Arc<u64>` made and dropped: the allocation every post to a stream makes, since
+//!   streams yield `Arc<M>` clones of one allocation (L04).
+//! - `ring_arcswap`: `arc`, plus one write into a 1024-slot ring whose slots are an
+//!   `ArcSwapOption` and a sequence number (the slot store, then the sequence), and one
+//!   validated read (sequence, `load_full`, sequence) with the reader's cursor advanced by a
+//!   CAS. The cheapest shape a ring shared by a channel's streams has in safe Rust; it is not
+//!   even safe against two writers a lap apart, which needs a CAS protocol on top.
 
 use std::hint::black_box;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use evbus::{Bus, MessageScope};
 use tokio::sync::broadcast;
@@ -30,13 +45,15 @@ use tokio::sync::broadcast;
 /// A scenario: runs its setup, then `N` operations.
 type Scenario = fn(u64);
 
-const SCENARIOS: [(&str, Scenario); 6] = [
+const SCENARIOS: [(&str, Scenario); 8] = [
     ("handle", handle),
     ("name", name),
     ("listeners16", listeners16),
     ("stream", stream),
     ("tokio_broadcast16", tokio_broadcast16),
     ("tokio_stream", tokio_stream),
+    ("arc", arc),
+    ("ring_arcswap", ring_arcswap),
 ];
 
 fn main() -> ExitCode {
@@ -137,4 +154,45 @@ fn tokio_broadcast16(n: u64) {
 
 fn tokio_stream(n: u64) {
     tokio_broadcast(1, n);
+}
+
+fn arc(n: u64) {
+    for i in 0..n {
+        drop(black_box(Arc::new(black_box(i))));
+    }
+}
+
+/// One slot of the `ring_arcswap` floor.
+struct Slot {
+    seq: AtomicU64,
+    value: ArcSwapOption<u64>,
+}
+
+fn ring_arcswap(n: u64) {
+    const SLOTS: u64 = 1024;
+    let slots: Vec<Slot> = (0..SLOTS)
+        .map(|_| Slot {
+            seq: AtomicU64::new(0),
+            value: ArcSwapOption::empty(),
+        })
+        .collect();
+    let tail = AtomicU64::new(0);
+    let cursor = AtomicU64::new(0);
+    for i in 0..n {
+        // Write: claim a position, store the message, publish the position.
+        let at = tail.fetch_add(1, AcqRel);
+        let slot = &slots[(at % SLOTS) as usize];
+        slot.value.store(Some(Arc::new(black_box(i))));
+        slot.seq.store(at + 1, Release);
+        // Read: the sequence, the message, the sequence again; then take the position.
+        let next = cursor.load(Relaxed);
+        let slot = &slots[(next % SLOTS) as usize];
+        assert_eq!(slot.seq.load(Acquire), next + 1);
+        let message = slot.value.load_full();
+        assert_eq!(slot.seq.load(Acquire), next + 1);
+        assert!(cursor
+            .compare_exchange(next, next + 1, AcqRel, Relaxed)
+            .is_ok());
+        black_box(message);
+    }
 }

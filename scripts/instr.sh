@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per operation of the local post path, counted by callgrind.
 #
-# Usage: scripts/instr.sh [SCENARIO...]     (default: every scenario of examples/instr.rs)
+# Usage: scripts/instr.sh [SCENARIO...]     (default: every evbus and tokio scenario of examples/instr.rs)
 #        INSTR_N=1000000 scripts/instr.sh   (operations per measured run; default 100000)
+#        scripts/instr.sh arc ring_arcswap  (two floors, not run by default: see examples/instr.rs)
 #
 # Builds examples/instr.rs in release, runs each scenario under valgrind's callgrind twice,
 # with N = 0 (setup and teardown only) and with N operations, and prints
