@@ -14,6 +14,9 @@
 //!     `SUBSCRIBE`, what it would do without sharding. The cluster broadcasts every classic
 //!     PUBLISH to every node over its bus, so every master pays for every message. Same
 //!     buses, same batching and frames, same messages: only the routing differs.
+//! - `one_master_sharded`: a cluster of one master owning every slot, on its
+//!   `redis-cluster://` URL: cluster mode and `SPUBLISH` without the split over masters, to
+//!   tell what cluster mode costs from what spreading the messages over three nodes costs.
 //!
 //! In each, bus A posts 100,000 small messages (`Tick`, two `u64`s) with
 //! `MessageScope::Global`, round robin over 300 channels (so every shard gets traffic), and an
@@ -34,7 +37,7 @@
 //! reads and writes per 1,000 messages, the cluster ÷ single ratios that issue 9 asks for
 //! (throughput at least 0.8, CPU per message no higher), and what the nodes spend idle.
 //!
-//! Run with `cargo bench --bench cluster` (about a minute). Needs `redis-server` and
+//! Run with `cargo bench --bench cluster` (about a minute and a half). Needs `redis-server` and
 //! `redis-cli` (the cluster is created with `redis-cli --cluster create`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +81,8 @@ struct Tick {
 fn main() {
     let single = redis::RedisServer::start();
     let cluster = RedisCluster::start_with(MASTERS, 0, &[]);
+    let one = one_master_cluster();
+    let one_url = format!("redis-cluster://127.0.0.1:{}", one.port());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,6 +117,14 @@ fn main() {
                 &node(0),
                 &node(1),
                 cluster_ports,
+                &channels,
+            )
+            .await,
+            Setup::new(
+                "one_master_sharded",
+                &one_url,
+                &one_url,
+                vec![one.port()],
                 &channels,
             )
             .await,
@@ -196,6 +209,32 @@ fn main() {
     criterion.final_summary();
     drop(cluster);
     drop(single);
+}
+
+/// A cluster of one master that owns every slot: cluster mode and sharded pub/sub without the
+/// split over nodes. `redis-cli --cluster create` wants three masters, so the slots are
+/// assigned by hand; the node announces 127.0.0.1, which a node that never met another does
+/// not know as its own address.
+fn one_master_cluster() -> redis::RedisServer {
+    let node = redis::RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-announce-ip",
+        "127.0.0.1",
+    ]);
+    node.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+    let started = Instant::now();
+    while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+        assert!(
+            started.elapsed() < cluster::SETTLE_DEADLINE,
+            "the one-master cluster on port {} did not reach cluster_state:ok",
+            node.port()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node
 }
 
 /// Counts deliveries and wakes the waiter when the count reaches the target.
