@@ -18,8 +18,10 @@
 //! A `redis-cluster://` URL makes both clients clustered: fred keeps one connection per
 //! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
 //! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
-//! is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
-//! alone). No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
+//! is `SSUBSCRIBE`d alone on the master that owns its slot, all of a batch pipelined per
+//! master (see [`Redis::subscribe`] for why alone). A reconnect of one master's connection
+//! is reported with that master ([`Redis::watch`]), so that only its channels are
+//! subscribed again. No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
 //! node. A slot that moves (C03) or a master that fails over (C04) is found by
 //! [`Redis::moved`], since fred drops the `SUNSUBSCRIBE` Redis pushes then. A
 //! `redis-sentinel://` URL uses classic pub/sub on the master the sentinels name; fred asks
@@ -36,6 +38,7 @@ use fred::error::ErrorKind;
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, Value};
 use fred::types::cluster::ClusterRouting;
+use fred::types::CustomCommand;
 use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
@@ -284,21 +287,51 @@ impl Redis {
     /// [`applied`]. A refusal can still go unseen, so [`Redis::unsubscribed`] checks.
     ///
     /// On a cluster each channel is `SSUBSCRIBE`d alone, on the master that owns its slot
-    /// (C02): fred awaits Redis's answer to an `SSUBSCRIBE` (so that it can follow `MOVED`),
-    /// but takes only the first reply frame, and one `SSUBSCRIBE` of several channels would
-    /// leave the other frames to be taken as the answers of later commands. Its answer is
-    /// Redis's confirmation, and a refusal is that command's error.
+    /// (C02): fred takes one reply frame per command, and one `SSUBSCRIBE` of several
+    /// channels would leave the other confirmations to be taken as the answers of later
+    /// commands. So each command's answer is Redis's confirmation, and a refusal is that
+    /// command's error. All of them are sent at once, pipelined per master (see the body).
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
         if let Some(shards) = &self.cluster {
+            // One `SSUBSCRIBE` of one channel per command, so that each command gets exactly
+            // one reply: Redis's confirmation, or its refusal (`MOVED`, which fred follows,
+            // or an ACL's `NOPERM`). Sent as custom commands, all at once: fred pipelines
+            // those (never its own `ssubscribe`, whose one command of several channels would
+            // leave their other confirmations to later commands), so a restore takes a few
+            // pipelined writes per master however many channels, not a round trip each.
+            let ssubscribe = CustomCommand::new_static("SSUBSCRIBE", None::<u16>, false);
+            let mut sent = tokio::task::JoinSet::new();
             for channel in channels {
-                self.subscriber
-                    .ssubscribe(channel.clone())
-                    .await
-                    .map_err(failure)?;
-                let owner = self.owner(&channel).unwrap_or_default();
-                shards.owners.lock().insert(channel, owner);
+                let subscriber = self.subscriber.clone();
+                let command = ssubscribe.clone();
+                sent.spawn(async move {
+                    let answer: Result<Value, _> =
+                        subscriber.custom(command, vec![channel.clone()]).await;
+                    (channel, answer.map_err(failure))
+                });
             }
-            return Ok(());
+            let mut answer = Ok(());
+            while let Some(joined) = sent.join_next().await {
+                let Ok((channel, result)) = joined else {
+                    answer = Err(Failure::Retry);
+                    continue;
+                };
+                match result {
+                    Ok(_) => {
+                        let owner = self.owner(&channel).unwrap_or_default();
+                        shards.owners.lock().insert(channel, owner);
+                    }
+                    Err(Failure::Retry) => answer = Err(Failure::Retry),
+                    // The caller then subscribes each channel alone, and learns which one
+                    // Redis refused.
+                    Err(refused) => {
+                        if answer.is_ok() {
+                            answer = Err(refused);
+                        }
+                    }
+                }
+            }
+            return answer;
         }
         let (subscribed, applied) = tokio::join!(
             self.subscriber.subscribe(channels),
@@ -363,8 +396,9 @@ impl Redis {
         applied(&self.subscriber).await
     }
 
-    /// The master that owns `channel`'s slot, as `host:port`, by fred's slot table.
-    fn owner(&self, channel: &str) -> Option<String> {
+    /// The master that owns `channel`'s slot, as `host:port`, by fred's slot table; `None`
+    /// on one Redis, or while the table is not known.
+    pub(crate) fn owner(&self, channel: &str) -> Option<String> {
         let slot = ClusterRouting::hash_key(channel.as_bytes());
         self.subscriber
             .cached_cluster_state()
@@ -410,14 +444,17 @@ impl Redis {
     }
 
     /// Reports every change of either connection to `report`: `Down` on a connection error,
-    /// `Connected` on a reconnect. What a reconnected subscriber must restore is the caller's
-    /// to restore (fred's own set of tracked channels can be stale: it is changed only by
-    /// commands that succeeded). The tasks run until aborted.
+    /// `Connected` on a reconnect, with the master (`host:port`) reconnected to on a cluster
+    /// (fred keeps one connection per master, and reports each reconnect apart). What a
+    /// reconnected subscriber must restore is the caller's to restore (fred's own set of
+    /// tracked channels can be stale: it is changed only by commands that succeeded). The
+    /// tasks run until aborted.
     pub(crate) fn watch<F>(&self, report: F) -> Vec<tokio::task::JoinHandle<()>>
     where
-        F: Fn(Link, LinkState) + Send + Sync + 'static,
+        F: Fn(Link, LinkState, Option<String>) + Send + Sync + 'static,
     {
         let report = Arc::new(report);
+        let clustered = self.is_cluster();
         let links = [
             (
                 Link::Publisher,
@@ -437,12 +474,14 @@ impl Redis {
                 link,
                 LinkState::Down,
                 report.clone(),
+                |_| None,
             )));
             tasks.push(tokio::spawn(forward(
                 reconnects,
                 link,
                 LinkState::Connected,
                 report.clone(),
+                move |server| clustered.then(|| server.to_string()),
             )));
         }
         tasks
@@ -504,16 +543,19 @@ fn carries_any(reply: &Value, tokens: &[String]) -> bool {
     }
 }
 
-/// Reports `state` of `link` for every event `events` carries, until it closes.
+/// Reports `state` of `link` for every event `events` carries, with the node `node` names
+/// in it, until it closes. A lagged report names no node (the whole connection).
 async fn forward<T: Clone>(
     mut events: Receiver<T>,
     link: Link,
     state: LinkState,
-    report: Arc<impl Fn(Link, LinkState)>,
+    report: Arc<impl Fn(Link, LinkState, Option<String>)>,
+    node: impl Fn(&T) -> Option<String>,
 ) {
     loop {
         match events.recv().await {
-            Ok(_) | Err(RecvError::Lagged(_)) => report(link, state),
+            Ok(event) => report(link, state, node(&event)),
+            Err(RecvError::Lagged(_)) => report(link, state, None),
             Err(RecvError::Closed) => return,
         }
     }

@@ -165,7 +165,7 @@ impl Transport for RedisTransport {
         let _guard = self.runtime.enter();
         tasks.extend(
             self.redis
-                .watch(move |link, state| watcher.link_changed(link, state)),
+                .watch(move |link, state, node| watcher.link_changed(link, state, node)),
         );
     }
 

@@ -68,7 +68,9 @@ pub(crate) enum Change {
     /// reported it.
     Subscription { channel: String, subscribe: bool },
     /// The subscriber connection is back: subscribe every channel with receivers again (G08).
-    Restore,
+    /// On a cluster, a connection to one master (`Some("host:port")`) is back: subscribe
+    /// again every channel with receivers that this master owns, and only those.
+    Restore(Option<String>),
 }
 
 /// What the post path, the tasks and the bus share.
@@ -116,8 +118,10 @@ pub(crate) struct State {
     /// Bytes received and waiting for a dispatch thread, and their bound.
     pub(super) inbox_bytes: AtomicU64,
     pub(super) receive_buffer_bytes: u64,
-    /// Bits per [`Link`]: (not connected, subscriptions not restored).
-    pub(super) links: Mutex<(u8, u8)>,
+    /// Bits per [`Link`]: (not connected, subscriptions not restored), and how many
+    /// restores the subscription task has yet to finish (one per subscriber reconnect: on a
+    /// cluster, one per master).
+    pub(super) links: Mutex<(u8, u8, u64)>,
     /// Posts refused with `Backpressure` since the last one accepted; `u64::MAX` is never
     /// reached in practice (saturating). Only for the `tracing` events of [`State::backpressure`].
     pub(super) refusing: AtomicU64,
@@ -167,7 +171,7 @@ impl State {
             rejected: AtomicU64::new(0),
             inbox_bytes: AtomicU64::new(0),
             receive_buffer_bytes: receive_buffer_bytes as u64,
-            links: Mutex::new((0, 0)),
+            links: Mutex::new((0, 0, 0)),
             refusing: AtomicU64::new(0),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -236,8 +240,9 @@ impl State {
 
     /// A change of one connection (from [`Redis::watch`]): emits `Disconnected` when the
     /// first link drops, `Connected` when every link is connected again, `Reconnected` when
-    /// every link has also restored its subscriptions (G08).
-    pub(super) fn link_changed(&self, link: Link, state: LinkState) {
+    /// every link has also restored its subscriptions (G08). `node` is the master a
+    /// cluster's reconnect is about (`None`: the whole connection).
+    pub(super) fn link_changed(&self, link: Link, state: LinkState, node: Option<String>) {
         let bit = match link {
             Link::Publisher => 1,
             Link::Subscriber => 2,
@@ -245,7 +250,7 @@ impl State {
         let mut events = Vec::new();
         {
             let mut links = self.links.lock();
-            let (down, unrestored) = &mut *links;
+            let (down, unrestored, restores) = &mut *links;
             let mut drop_link = |down: &mut u8, unrestored: &mut u8| {
                 if *down == 0 && *unrestored == 0 {
                     events.push(BusEvent::Disconnected);
@@ -268,8 +273,11 @@ impl State {
                         // The publisher has nothing to restore.
                         Link::Publisher => *unrestored &= !bit,
                         // In order with the subscription changes (see `apply_changes`),
-                        // which reports `Restored` when done.
-                        Link::Subscriber => _ = self.changes.send(Change::Restore),
+                        // which reports `Restored` when done with each.
+                        Link::Subscriber => {
+                            *restores += 1;
+                            _ = self.changes.send(Change::Restore(node));
+                        }
                     }
                     if *unrestored == 0 && *down == 0 {
                         events.push(BusEvent::Reconnected);
@@ -277,7 +285,10 @@ impl State {
                 }
                 LinkState::Restored => {
                     let before = *unrestored;
-                    *unrestored &= !bit;
+                    *restores = restores.saturating_sub(1);
+                    if *restores == 0 {
+                        *unrestored &= !bit;
+                    }
                     if before != 0 && *unrestored == 0 && *down == 0 {
                         events.push(BusEvent::Reconnected);
                     }
