@@ -682,3 +682,85 @@ async fn c04_many_channels_are_resubscribed_in_pipelined_batches_per_master() {
     .await;
     shutdown(&bus).await;
 }
+
+/// C04 without a replica (`--cluster-require-full-coverage no`): a master with no replica
+/// dies. Posts to the channels of the other masters keep being delivered, in order, none
+/// missed; posts to the dead master's channels are held up to `outage_buffer` and then fail
+/// with `Backpressure`; the held ones are named at shutdown. Nothing is lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c04_a_lost_shard_without_replica_backpressures_its_own_channels_only() {
+    let mut cluster =
+        blocking(|| RedisCluster::start_with(3, 0, &["--cluster-require-full-coverage", "no"]));
+    let a = build(Bus::builder().redis_url(cluster.url()).outage_buffer(50)).await;
+    let b = cluster_bus(&cluster).await;
+    let channels = blocking(|| channel_per_master(&cluster, "c04_lost_"));
+    let logs: Vec<Log<u64>> = channels
+        .iter()
+        .map(|(_, channel)| recorder::<u64>(b.messages(), channel))
+        .collect();
+    ready(&b).await;
+    let (dead, dead_channel) = channels[0].clone();
+    blocking(|| cluster.nodes[dead].stop());
+    let killed = Instant::now();
+    let mut sent = vec![0u64; channels.len()];
+    let mut refused_dead = false;
+    // Post round after round on every channel, until the dead shard's budget is full.
+    for round in 0..400u64 {
+        for (i, (_, channel)) in channels.iter().enumerate() {
+            match a
+                .messages()
+                .post_message(channel, sent[i], MessageScope::Global)
+            {
+                Ok(_) => sent[i] += 1,
+                Err(PostError::Backpressure) if *channel == dead_channel => refused_dead = true,
+                Err(error) => panic!("post {round} on {channel}: {error}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused_dead, "the dead shard's posts get Backpressure");
+    let posted = killed.elapsed();
+    for (i, (_, channel)) in channels.iter().enumerate().skip(1) {
+        wait_until(
+            &format!("the living shard's {channel} got every post"),
+            DEADLINE,
+            || snapshot(&logs[i]).len() as u64 >= sent[i],
+        )
+        .await;
+        let got = snapshot(&logs[i]);
+        assert_eq!(
+            got,
+            (0..sent[i]).collect::<Vec<_>>(),
+            "{channel}: in order, once"
+        );
+    }
+    assert_eq!(
+        b.stats().global_missed,
+        0,
+        "nothing missed on the living shards"
+    );
+    assert!(
+        sent[0] <= 50,
+        "the dead shard held at most its outage_buffer: {}",
+        sent[0]
+    );
+    eprintln!(
+        "one of three masters dead: the living shards took and delivered {:?} posts \
+         within {posted:?} (all delivered {:?} after the kill); the dead one held {} and refused the rest",
+        &sent[1..],
+        killed.elapsed(),
+        sent[0]
+    );
+    // The held posts are not lost silently either: shutdown names them.
+    let error = timeout(DEADLINE, a.shutdown())
+        .await
+        .expect("shutdown is bounded")
+        .expect_err("the dead shard's posts were never acknowledged");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("{} global posts", sent[0])),
+        "{error}"
+    );
+    shutdown(&b).await;
+}

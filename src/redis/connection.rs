@@ -16,8 +16,13 @@
 //! # Redis Cluster (C01-C04)
 //!
 //! A `redis-cluster://` URL makes both clients clustered: fred keeps one connection per
-//! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
-//! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
+//! master on each and routes by slot. Global messages then use sharded pub/sub (C02). Posts
+//! are `SPUBLISH`, sent on a plain connection of their own per master ([`Redis::publish_on`],
+//! one pipelined write per master, a `MOVED` answer returned as [`Failure::Moved`]): fred's
+//! clustered client writes nothing while any master is unreachable, so one dead shard would
+//! stop them all (the clustered publisher only carries posts whose master is not known
+//! yet). The clustered subscriber keeps reading the masters it is connected to meanwhile.
+//! Each channel
 //! is `SSUBSCRIBE`d alone on the master that owns its slot, all of a batch pipelined per
 //! master (see [`Redis::subscribe`] for why alone). A reconnect of one master's connection
 //! is reported with that master ([`Redis::watch`]), so that only its channels are
@@ -60,6 +65,23 @@ pub(crate) struct Redis {
     /// On a Redis Cluster (a `redis-cluster://` URL): sharded pub/sub, and where each
     /// subscribed channel was subscribed. `None` on one Redis or through Sentinel.
     cluster: Option<Shards>,
+    /// On a cluster: one publishing connection per master, by `host:port` (see [`Lanes`]).
+    lanes: Option<Lanes>,
+}
+
+/// How long a post's `SPUBLISH` on a master's own connection may wait for an answer before
+/// it is sent again, to the slot's owner then (a master that died without a replica, or
+/// whose replica took over, never answers).
+const LANE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One publishing connection per master of a cluster: plain (not clustered) fred clients,
+/// so that a master that is unreachable holds up only its own posts. fred's clustered client
+/// reconnects every master together and writes nothing while any is unreachable: one dead
+/// shard stopped all of them.
+struct Lanes {
+    /// The settings of every connection; its server is replaced by the master's.
+    builder: Builder,
+    clients: Mutex<HashMap<String, Client>>,
 }
 
 /// Sharded pub/sub on a Redis Cluster (C01-C04).
@@ -80,11 +102,16 @@ struct Shards {
 pub(crate) enum Failure {
     /// The connection failed; the command may or may not have reached Redis. Send it again.
     Retry,
+    /// A cluster master answered `MOVED`: send it again to this master (`host:port`).
+    Moved(String),
     /// Redis answered with an error: sending it again would not help.
     Refused(Reason),
 }
 
 fn failure(error: fred::error::Error) -> Failure {
+    if let Some(to) = moved_to(error.details()) {
+        return Failure::Moved(to);
+    }
     match error.kind() {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => {
             Failure::Retry
@@ -220,6 +247,14 @@ impl Redis {
                 e,
             )
         };
+        let lanes = clustered.then(|| {
+            let mut builder = builder.clone();
+            builder.with_performance_config(|perf| perf.default_command_timeout = LANE_TIMEOUT);
+            Lanes {
+                builder,
+                clients: Mutex::new(HashMap::new()),
+            }
+        });
         let publisher = builder.build().map_err(invalid)?;
         let subscriber = builder.build_subscriber_client().map_err(invalid)?;
         let unreachable = |e: fred::error::Error| {
@@ -241,6 +276,7 @@ impl Redis {
             publisher,
             subscriber,
             cluster,
+            lanes,
         })
     }
 
@@ -256,7 +292,33 @@ impl Redis {
     /// On a cluster the commands are `SPUBLISH` (C02), which fred routes by slot: one
     /// pipelined write per master, each channel's commands in order, a `MOVED` followed.
     pub(crate) async fn publish(&self, batch: Vec<Outbound>) -> Vec<Result<(), Failure>> {
-        let pipeline = self.publisher.pipeline();
+        self.publish_with(&self.publisher, batch).await
+    }
+
+    /// [`Redis::publish`] on `master`'s own connection (a cluster's publishing lane), made
+    /// on first use. A `MOVED` answer is [`Failure::Moved`]; no answer within
+    /// [`LANE_TIMEOUT`] is [`Failure::Retry`]. Without lanes (one Redis), as `publish`.
+    pub(crate) async fn publish_on(
+        &self,
+        master: &str,
+        batch: Vec<Outbound>,
+    ) -> Vec<Result<(), Failure>> {
+        let client = match &self.lanes {
+            Some(lanes) => lanes.client(master),
+            None => None,
+        };
+        match client {
+            Some(client) => self.publish_with(&client, batch).await,
+            None => self.publish(batch).await,
+        }
+    }
+
+    async fn publish_with(
+        &self,
+        client: &Client,
+        batch: Vec<Outbound>,
+    ) -> Vec<Result<(), Failure>> {
+        let pipeline = client.pipeline();
         let mut queued = Vec::with_capacity(batch.len());
         let sharded = self.is_cluster();
         for Outbound { channel, payload } in batch {
@@ -405,6 +467,24 @@ impl Redis {
             .and_then(|routing| routing.get_server(slot).map(|server| server.to_string()))
     }
 
+    /// On a cluster, the slot table as fred last read it: (first slot, last slot, master
+    /// as `host:port`). Empty on one Redis.
+    pub(crate) fn slot_table(&self) -> Vec<(u16, u16, String)> {
+        if !self.is_cluster() {
+            return Vec::new();
+        }
+        self.subscriber
+            .cached_cluster_state()
+            .map(|routing| {
+                routing
+                    .slots()
+                    .iter()
+                    .map(|range| (range.start, range.end, range.primary.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The channels subscribed on a cluster.
     fn subscriber_channels(&self) -> Vec<String> {
         self.cluster
@@ -497,6 +577,35 @@ impl Redis {
         }
         let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
         let _ = tokio::time::timeout(limit, self.publisher.quit()).await;
+        if let Some(lanes) = &self.lanes {
+            let clients: Vec<Client> = lanes.clients.lock().drain().map(|(_, c)| c).collect();
+            for client in clients {
+                let _ = tokio::time::timeout(limit, client.quit()).await;
+            }
+        }
+    }
+}
+
+impl Lanes {
+    /// `master`'s connection (`host:port`), connecting it on first use: its commands wait
+    /// for the connection (up to [`LANE_TIMEOUT`]), and fred reconnects it by itself.
+    /// `None` for a name that is not `host:port`.
+    fn client(&self, master: &str) -> Option<Client> {
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(master) {
+            return Some(client.clone());
+        }
+        let (host, port) = master.rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        let mut config = self.builder.get_config()?.clone();
+        let server = fred::types::config::Server::new(host, port);
+        config.server = fred::types::config::ServerConfig::Centralized { server };
+        let mut builder = self.builder.clone();
+        builder.set_config(config);
+        let client = builder.build().ok()?;
+        drop(client.connect());
+        clients.insert(master.to_string(), client.clone());
+        Some(client)
     }
 }
 
@@ -541,6 +650,19 @@ fn carries_any(reply: &Value, tokens: &[String]) -> bool {
         Value::Array(items) => items.iter().any(carries),
         value => carries(value),
     }
+}
+
+/// The master a `MOVED <slot> <host:port>` answer names; `None` for any other error.
+fn moved_to(details: &str) -> Option<String> {
+    let rest = details.trim().strip_prefix("MOVED ")?;
+    let mut words = rest.split_whitespace();
+    words.next()?;
+    words.next().map(str::to_string)
+}
+
+/// The cluster slot of a Redis channel (CRC16 of its hash tag or name, modulo 16,384).
+pub(crate) fn slot(channel: &str) -> u16 {
+    ClusterRouting::hash_key(channel.as_bytes())
 }
 
 /// Reports `state` of `link` for every event `events` carries, with the node `node` names

@@ -252,7 +252,7 @@ where
         match command().await {
             Ok(answer) => return Ok(answer),
             Err(Failure::Refused(reason)) => return Err(reason),
-            Err(Failure::Retry) => {
+            Err(Failure::Retry | Failure::Moved(_)) => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
