@@ -313,6 +313,18 @@ impl Redis {
         }
     }
 
+    /// Closes `master`'s publishing connection (a master that owns no slot any more);
+    /// bounded in time, since that master may be gone.
+    pub(crate) async fn close_lane(&self, master: &str) {
+        let client = self
+            .lanes
+            .as_ref()
+            .and_then(|lanes| lanes.clients.lock().remove(master));
+        if let Some(client) = client {
+            let _ = tokio::time::timeout(LANE_TIMEOUT, client.quit()).await;
+        }
+    }
+
     async fn publish_with(
         &self,
         client: &Client,

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -105,6 +105,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
             state: state.clone(),
             redis: redis.clone(),
             lanes: Mutex::new(HashMap::new()),
+            started: AtomicUsize::new(0),
         })
     });
     if let Some(lanes) = &lanes {
@@ -165,7 +166,14 @@ struct Lanes {
     redis: Arc<Redis>,
     /// Master (`host:port`) -> its lane: its budget's index, its queue, its task.
     lanes: Mutex<HashMap<String, Lane>>,
+    /// Lanes started so far: the next one's budget index (modulo [`MAX_LANES`]), so that a
+    /// lane started after another closed does not share a budget needlessly.
+    started: AtomicUsize,
 }
+
+/// How long a lane waits with nothing to send before it checks that its master still owns
+/// slots ([`Lanes::retire`]).
+const LANE_IDLE: Duration = Duration::from_secs(5);
 
 struct Lane {
     index: usize,
@@ -193,12 +201,11 @@ impl Lanes {
     /// Queues `commands` on `master`'s lane, starting it if needed; returns its index.
     fn send_to(self: &Arc<Self>, master: &str, commands: Vec<Command>) -> usize {
         let mut lanes = self.lanes.lock();
-        let count = lanes.len();
         let lane = lanes.entry(master.to_string()).or_insert_with(|| {
             let (queue, receiver) = mpsc::unbounded_channel();
             let task = tokio::spawn(lane(Arc::downgrade(self), master.to_string(), receiver));
             Lane {
-                index: count % MAX_LANES,
+                index: self.started.fetch_add(1, Relaxed) % MAX_LANES,
                 queue,
                 task,
             }
@@ -213,6 +220,40 @@ impl Lanes {
         }
         let _ = lane.queue.send(commands);
         lane.index
+    }
+}
+
+impl Lanes {
+    /// Closes `master`'s lane and connection if it owns no slot any more (a failed master
+    /// replaced by its replica, or one emptied by a resharding); what was queued for it
+    /// meanwhile goes to its slot's master. False, and nothing done, while it owns slots
+    /// or the slot table is not known.
+    fn retire(
+        self: &Arc<Self>,
+        master: &str,
+        queue: &mut mpsc::UnboundedReceiver<Vec<Command>>,
+    ) -> bool {
+        let table = self.redis.slot_table();
+        if table.is_empty() || table.iter().any(|(_, _, owner)| owner == master) {
+            return false;
+        }
+        tracing::info!(
+            target: "evbus",
+            master,
+            "closing the publishing connection of a master that owns no slot any more"
+        );
+        // Its queue's only sender goes with it: nothing is queued after this.
+        drop(self.lanes.lock().remove(master));
+        let mut left = Vec::new();
+        while let Ok(commands) = queue.try_recv() {
+            left.extend(commands);
+        }
+        if !left.is_empty() {
+            self.route(left);
+        }
+        let (redis, master) = (self.redis.clone(), master.to_string());
+        tokio::spawn(async move { redis.close_lane(&master).await });
+        true
     }
 }
 
@@ -232,10 +273,17 @@ async fn lane(
     mut queue: mpsc::UnboundedReceiver<Vec<Command>>,
 ) {
     let mut batches = Vec::new();
-    while queue.recv_many(&mut batches, 1024).await > 0 {
+    loop {
+        let received = tokio::time::timeout(LANE_IDLE, queue.recv_many(&mut batches, 1024)).await;
         let Some(shared) = lanes.upgrade() else {
             return;
         };
+        match received {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) if shared.retire(&master, &mut queue) => return,
+            Err(_) => continue,
+        }
         let commands: Vec<Command> = batches.drain(..).flatten().collect();
         let (state, redis) = (shared.state.clone(), shared.redis.clone());
         drop(shared);
