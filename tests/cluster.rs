@@ -21,7 +21,7 @@ use support::bus::{
     blocking, build, delivered, flush, global, next, ready, recorder, shutdown, snapshot,
     wait_until, Log, DEADLINE,
 };
-use support::cluster::{ran, spublish, Raw, RedisCluster, Sentinels};
+use support::cluster::{calls, ran, shard_channels, spublish, Raw, RedisCluster, Sentinels};
 use support::redis::{free_port, RawSubscriber, RedisServer};
 use tokio::time::timeout;
 
@@ -588,4 +588,179 @@ async fn c01_namespaces_and_the_serverpod_format_hold_on_a_cluster() {
     for bus in [&a1, &b1, &b2] {
         shutdown(bus).await;
     }
+}
+
+/// C04's connections: after the subscriber connections are killed (`CLIENT KILL TYPE pubsub`
+/// on every master), the bus subscribes its 5,000 channels again within a generous deadline,
+/// with one `SSUBSCRIBE` per channel on its owner, pipelined per master: no round trip per
+/// channel. A lone master's connection killed is restored alone: one `SSUBSCRIBE` for each
+/// of its channels, none twice, and none on the other masters. Delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c04_many_channels_are_resubscribed_in_pipelined_batches_per_master() {
+    const CHANNELS: usize = 5_000;
+    let cluster = blocking(|| RedisCluster::start_with(3, 0, &[]));
+    let bus = cluster_bus(&cluster).await;
+    let mut events = bus.events();
+    let channels: Vec<String> = (0..CHANNELS).map(|i| format!("c04_many_{i}")).collect();
+    let mut ids = Vec::new();
+    for channel in &channels {
+        ids.push(bus.messages().add_listener(channel, |_: &u64| {}));
+    }
+    let started = Instant::now();
+    ready(&bus).await;
+    let first = started.elapsed();
+    let masters = cluster.masters();
+    let ports: Vec<u16> = masters.iter().map(|&m| cluster.nodes[m].port()).collect();
+    let counts = |ports: &[u16]| -> Vec<u64> { ports.iter().map(|&p| shard_channels(p)).collect() };
+    let ssubscribes =
+        |ports: &[u16]| -> Vec<u64> { ports.iter().map(|&p| calls(p, "ssubscribe")).collect() };
+    let owned = blocking(|| counts(&ports));
+    assert_eq!(
+        owned.iter().sum::<u64>(),
+        CHANNELS as u64,
+        "every channel subscribed"
+    );
+
+    let mut restore = async |kill_on: &[usize]| {
+        let killed = Instant::now();
+        blocking(|| {
+            for &m in kill_on {
+                cluster.nodes[m].cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+            }
+        });
+        timeout(DEADLINE * 2, async {
+            loop {
+                match next(&mut events).await {
+                    Some(BusEvent::Reconnected) => return,
+                    Some(_) => {}
+                    None => panic!("events ended"),
+                }
+            }
+        })
+        .await
+        .expect("no BusEvent::Reconnected after the subscriber connections were killed (G08)");
+        ready(&bus).await;
+        wait_until("every channel is subscribed again", DEADLINE, || {
+            blocking(|| counts(&ports)) == owned
+        })
+        .await;
+        killed.elapsed()
+    };
+
+    let restored = restore(&masters).await;
+    eprintln!(
+        "{CHANNELS} channels over {} masters: first subscribed in {first:?}, \
+         subscribed again {restored:?} after CLIENT KILL on every master",
+        ports.len()
+    );
+    assert!(
+        restored < DEADLINE,
+        "resubscribing {CHANNELS} channels took {restored:?}"
+    );
+
+    let before = blocking(|| ssubscribes(&ports));
+    let again = restore(&masters[..1]).await;
+    let after = blocking(|| ssubscribes(&ports));
+    eprintln!("and {again:?} after CLIENT KILL on one master");
+    for (i, port) in ports.iter().enumerate() {
+        let expected = if i == 0 { owned[0] } else { 0 };
+        assert_eq!(
+            after[i] - before[i],
+            expected,
+            "SSUBSCRIBEs on {port}: one per channel on the master whose connection was \
+             killed, each sent once, and none on the others"
+        );
+    }
+
+    // Delivery goes on.
+    let log = recorder::<u64>(bus.messages(), &channels[0]);
+    ready(&bus).await;
+    delivered(global(&bus, &channels[0], 1u64)).await;
+    wait_until("a post after the restore arrived", DEADLINE, || {
+        snapshot(&log) == [1]
+    })
+    .await;
+    shutdown(&bus).await;
+}
+
+/// C04 without a replica (`--cluster-require-full-coverage no`): a master with no replica
+/// dies. Posts to the channels of the other masters keep being delivered, in order, none
+/// missed; posts to the dead master's channels are held up to `outage_buffer` and then fail
+/// with `Backpressure`; the held ones are named at shutdown. Nothing is lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c04_a_lost_shard_without_replica_backpressures_its_own_channels_only() {
+    let mut cluster =
+        blocking(|| RedisCluster::start_with(3, 0, &["--cluster-require-full-coverage", "no"]));
+    let a = build(Bus::builder().redis_url(cluster.url()).outage_buffer(50)).await;
+    let b = cluster_bus(&cluster).await;
+    let channels = blocking(|| channel_per_master(&cluster, "c04_lost_"));
+    let logs: Vec<Log<u64>> = channels
+        .iter()
+        .map(|(_, channel)| recorder::<u64>(b.messages(), channel))
+        .collect();
+    ready(&b).await;
+    let (dead, dead_channel) = channels[0].clone();
+    blocking(|| cluster.nodes[dead].stop());
+    let killed = Instant::now();
+    let mut sent = vec![0u64; channels.len()];
+    let mut refused_dead = false;
+    // Post round after round on every channel, until the dead shard's budget is full.
+    for round in 0..400u64 {
+        for (i, (_, channel)) in channels.iter().enumerate() {
+            match a
+                .messages()
+                .post_message(channel, sent[i], MessageScope::Global)
+            {
+                Ok(_) => sent[i] += 1,
+                Err(PostError::Backpressure) if *channel == dead_channel => refused_dead = true,
+                Err(error) => panic!("post {round} on {channel}: {error}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused_dead, "the dead shard's posts get Backpressure");
+    let posted = killed.elapsed();
+    for (i, (_, channel)) in channels.iter().enumerate().skip(1) {
+        wait_until(
+            &format!("the living shard's {channel} got every post"),
+            DEADLINE,
+            || snapshot(&logs[i]).len() as u64 >= sent[i],
+        )
+        .await;
+        let got = snapshot(&logs[i]);
+        assert_eq!(
+            got,
+            (0..sent[i]).collect::<Vec<_>>(),
+            "{channel}: in order, once"
+        );
+    }
+    assert_eq!(
+        b.stats().global_missed,
+        0,
+        "nothing missed on the living shards"
+    );
+    assert!(
+        sent[0] <= 50,
+        "the dead shard held at most its outage_buffer: {}",
+        sent[0]
+    );
+    eprintln!(
+        "one of three masters dead: the living shards took and delivered {:?} posts \
+         within {posted:?} (all delivered {:?} after the kill); the dead one held {} and refused the rest",
+        &sent[1..],
+        killed.elapsed(),
+        sent[0]
+    );
+    // The held posts are not lost silently either: shutdown names them.
+    let error = timeout(DEADLINE, a.shutdown())
+        .await
+        .expect("shutdown is bounded")
+        .expect_err("the dead shard's posts were never acknowledged");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("{} global posts", sent[0])),
+        "{error}"
+    );
+    shutdown(&b).await;
 }
