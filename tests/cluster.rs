@@ -314,6 +314,30 @@ async fn accounted(bus: &Bus, log: &Log<u64>, sent: u64) -> Vec<u64> {
     got
 }
 
+/// After a fault: waits until 50 more of `poster`'s messages reached `b` (`what`), stops it,
+/// waits for its posts to settle, checks `b`'s accounting ([`accounted`]) and shuts both
+/// buses down.
+async fn flows_again_then_accounted(
+    a: &Bus,
+    b: &Bus,
+    log: &Log<u64>,
+    poster: tokio::task::JoinHandle<(u64, Vec<Delivery>)>,
+    stop: &AtomicBool,
+    what: &str,
+) {
+    let seen = snapshot(log).len();
+    wait_until(what, DEADLINE, || snapshot(log).len() >= seen + 50).await;
+    stop.store(true, SeqCst);
+    let (sent, deliveries) = poster.await.unwrap();
+    for delivery in deliveries {
+        delivered(delivery).await;
+    }
+    flush(a).await;
+    accounted(b, log, sent).await;
+    shutdown(a).await;
+    shutdown(b).await;
+}
+
 /// C03: a channel's slot moves to another master while posts flow: the bus subscribes it on
 /// the new owner by itself, says so (`BusEvent::Resubscribed`), posts follow the slot
 /// (`MOVED`), and every message is delivered once or reported missed.
@@ -346,20 +370,15 @@ async fn c03_a_moved_slot_is_followed_and_nothing_is_lost_silently() {
     .expect("no BusEvent::Resubscribed after the slot moved");
     assert_eq!(event, to_address, "subscribed again on the new owner");
     assert_eq!(blocking(|| cluster.shardnumsub(to, &channel)), 1);
-    let seen = snapshot(&log).len();
-    wait_until("posts flow through the new owner", DEADLINE, || {
-        snapshot(&log).len() >= seen + 50
-    })
+    flows_again_then_accounted(
+        &a,
+        &b,
+        &log,
+        poster,
+        &stop,
+        "posts flow through the new owner",
+    )
     .await;
-    stop.store(true, SeqCst);
-    let (sent, deliveries) = poster.await.unwrap();
-    for delivery in deliveries {
-        delivered(delivery).await;
-    }
-    flush(&a).await;
-    accounted(&b, &log, sent).await;
-    shutdown(&a).await;
-    shutdown(&b).await;
 }
 
 /// C04: a master is killed while posts flow; its replica is promoted; subscriptions and
@@ -413,20 +432,15 @@ async fn sentinel_a_failover_is_followed_and_losses_reported() {
     let poster = keep_posting(&a, channel, stop.clone());
     wait_until("posts flow", DEADLINE, || snapshot(&log).len() >= 50).await;
     blocking(|| sentinels.kill_master());
-    let seen = snapshot(&log).len();
-    wait_until("posts flow through the promoted replica", DEADLINE, || {
-        snapshot(&log).len() >= seen + 50
-    })
+    flows_again_then_accounted(
+        &a,
+        &b,
+        &log,
+        poster,
+        &stop,
+        "posts flow through the promoted replica",
+    )
     .await;
-    stop.store(true, SeqCst);
-    let (sent, deliveries) = poster.await.unwrap();
-    for delivery in deliveries {
-        delivered(delivery).await;
-    }
-    flush(&a).await;
-    accounted(&b, &log, sent).await;
-    shutdown(&a).await;
-    shutdown(&b).await;
 }
 
 /// C03 with a node added: a new master joins the cluster and a subscribed channel's slot is
