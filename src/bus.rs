@@ -384,11 +384,6 @@ impl BusBuilder {
     /// Global posts that may wait for Redis at once; default 100,000, at least 1. While Redis
     /// is unreachable, global posts are held up to this bound and sent in order after the
     /// reconnect; past it `post_message` fails with [`PostError::Backpressure`](crate::PostError::Backpressure) (G07).
-    ///
-    /// On a Redis Cluster the bound (and that of
-    /// [`outage_buffer_bytes`](Self::outage_buffer_bytes)) is per master: a master that is
-    /// down fills only its own, so posts to the channels of the other masters go on (C04).
-    /// [`Stats::global_buffered`](crate::Stats::global_buffered) is the total.
     pub fn outage_buffer(mut self, messages: usize) -> Self {
         self.outage_buffer = messages;
         self

@@ -395,17 +395,10 @@
 //!
 //! When a master fails and its replica is promoted, subscriptions and pending posts move to the
 //! new master: every message posted meanwhile is delivered once or reported missed. The same
-//! holds for a failover that Sentinel performs, on a `redis-sentinel://` URL. Posts go out
-//! through one lane per master, each with its own outage buffer, so a master that is down
-//! (and has no replica to promote) holds up only its own channels: their posts are held up to
-//! the buffer, then refused with [`PostError::Backpressure`], while the other masters' channels
-//! keep flowing. After a reconnect, a master's channels are subscribed again in one pipelined
-//! write to it.
+//! holds for a failover that Sentinel performs, on a `redis-sentinel://` URL.
 //!
 //! Tests: `tests/cluster.rs`,
 //! `c04_a_master_failover_moves_subscriptions_and_posts_to_the_promoted_replica`,
-//! `c04_a_lost_shard_without_replica_backpressures_its_own_channels_only`,
-//! `c04_many_channels_are_resubscribed_in_pipelined_batches_per_master`,
 //! `sentinel_a_failover_is_followed_and_losses_reported`.
 //!
 //! [`BusEvent::Resubscribed`]: crate::BusEvent::Resubscribed

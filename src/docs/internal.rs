@@ -21,12 +21,12 @@
 //! | `transport.rs` | the boundary: `Transport` (broadcast, flush, ready, close), `Receive` (the way back in), `Ticket` |
 //! | `redis/mod.rs` | the Redis transport: broadcast, tickets, flush, shutdown |
 //! | `redis/state.rs` | what the post path, the tasks and every `Delivery` share; link events |
-//! | `redis/publisher.rs` | the batching publisher: one task, one pipelined write per batch; on a cluster, one lane (task, connection, outage budget) per master |
+//! | `redis/publisher.rs` | the batching publisher: one task, one pipelined write per batch |
 //! | `redis/ledger.rs` | the origin's sent sequence numbers, and which tickets are settled |
 //! | `redis/subscriber.rs` | subscription changes in order, refused ones found; received frames checked and delivered |
 //! | `redis/dispatch.rs` | the reader that never waits, the receive byte bound, dispatch threads by channel |
 //! | `redis/sequences.rs` | duplicates, gaps and implausible frames, per channel and origin |
-//! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines; on a cluster, `SSUBSCRIBE`/`SPUBLISH`, which master each channel is subscribed on, and a plain connection per master for publishing |
+//! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines; on a cluster, `SSUBSCRIBE`/`SPUBLISH` and which master each channel is subscribed on |
 //! | `inner.rs` | what every handle of a bus shares: the core, the transport, the codec |
 //! | `bus.rs`, `session.rs`, `channel.rs`, `delivery.rs` | the facade: the public handles |
 //!
