@@ -16,17 +16,10 @@
 //! # Redis Cluster (C01-C04)
 //!
 //! A `redis-cluster://` URL makes both clients clustered: fred keeps one connection per
-//! master on each and routes by slot. Global messages then use sharded pub/sub (C02). Posts
-//! are `SPUBLISH`, sent on a plain connection of their own per master ([`Redis::publish_on`],
-//! one pipelined write per master, a `MOVED` answer returned as [`Failure::Moved`]): fred's
-//! clustered client writes nothing while any master is unreachable, so one dead shard would
-//! stop them all (the clustered publisher only carries posts whose master is not known
-//! yet). The clustered subscriber keeps reading the masters it is connected to meanwhile.
-//! Each channel
-//! is `SSUBSCRIBE`d alone on the master that owns its slot, all of a batch pipelined per
-//! master (see [`Redis::subscribe`] for why alone). A reconnect of one master's connection
-//! is reported with that master ([`Redis::watch`]), so that only its channels are
-//! subscribed again. No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
+//! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
+//! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
+//! is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
+//! alone). No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
 //! node. A slot that moves (C03) or a master that fails over (C04) is found by
 //! [`Redis::moved`], since fred drops the `SUNSUBSCRIBE` Redis pushes then. A
 //! `redis-sentinel://` URL uses classic pub/sub on the master the sentinels name; fred asks
@@ -43,7 +36,6 @@ use fred::error::ErrorKind;
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, Value};
 use fred::types::cluster::ClusterRouting;
-use fred::types::CustomCommand;
 use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
@@ -65,23 +57,6 @@ pub(crate) struct Redis {
     /// On a Redis Cluster (a `redis-cluster://` URL): sharded pub/sub, and where each
     /// subscribed channel was subscribed. `None` on one Redis or through Sentinel.
     cluster: Option<Shards>,
-    /// On a cluster: one publishing connection per master, by `host:port` (see [`Lanes`]).
-    lanes: Option<Lanes>,
-}
-
-/// How long a post's `SPUBLISH` on a master's own connection may wait for an answer before
-/// it is sent again, to the slot's owner then (a master that died without a replica, or
-/// whose replica took over, never answers).
-const LANE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One publishing connection per master of a cluster: plain (not clustered) fred clients,
-/// so that a master that is unreachable holds up only its own posts. fred's clustered client
-/// reconnects every master together and writes nothing while any is unreachable: one dead
-/// shard stopped all of them.
-struct Lanes {
-    /// The settings of every connection; its server is replaced by the master's.
-    builder: Builder,
-    clients: Mutex<HashMap<String, Client>>,
 }
 
 /// Sharded pub/sub on a Redis Cluster (C01-C04).
@@ -102,16 +77,11 @@ struct Shards {
 pub(crate) enum Failure {
     /// The connection failed; the command may or may not have reached Redis. Send it again.
     Retry,
-    /// A cluster master answered `MOVED`: send it again to this master (`host:port`).
-    Moved(String),
     /// Redis answered with an error: sending it again would not help.
     Refused(Reason),
 }
 
 fn failure(error: fred::error::Error) -> Failure {
-    if let Some(to) = moved_to(error.details()) {
-        return Failure::Moved(to);
-    }
     match error.kind() {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => {
             Failure::Retry
@@ -247,14 +217,6 @@ impl Redis {
                 e,
             )
         };
-        let lanes = clustered.then(|| {
-            let mut builder = builder.clone();
-            builder.with_performance_config(|perf| perf.default_command_timeout = LANE_TIMEOUT);
-            Lanes {
-                builder,
-                clients: Mutex::new(HashMap::new()),
-            }
-        });
         let publisher = builder.build().map_err(invalid)?;
         let subscriber = builder.build_subscriber_client().map_err(invalid)?;
         let unreachable = |e: fred::error::Error| {
@@ -276,7 +238,6 @@ impl Redis {
             publisher,
             subscriber,
             cluster,
-            lanes,
         })
     }
 
@@ -292,45 +253,7 @@ impl Redis {
     /// On a cluster the commands are `SPUBLISH` (C02), which fred routes by slot: one
     /// pipelined write per master, each channel's commands in order, a `MOVED` followed.
     pub(crate) async fn publish(&self, batch: Vec<Outbound>) -> Vec<Result<(), Failure>> {
-        self.publish_with(&self.publisher, batch).await
-    }
-
-    /// [`Redis::publish`] on `master`'s own connection (a cluster's publishing lane), made
-    /// on first use. A `MOVED` answer is [`Failure::Moved`]; no answer within
-    /// [`LANE_TIMEOUT`] is [`Failure::Retry`]. Without lanes (one Redis), as `publish`.
-    pub(crate) async fn publish_on(
-        &self,
-        master: &str,
-        batch: Vec<Outbound>,
-    ) -> Vec<Result<(), Failure>> {
-        let client = match &self.lanes {
-            Some(lanes) => lanes.client(master),
-            None => None,
-        };
-        match client {
-            Some(client) => self.publish_with(&client, batch).await,
-            None => self.publish(batch).await,
-        }
-    }
-
-    /// Closes `master`'s publishing connection (a master that owns no slot any more);
-    /// bounded in time, since that master may be gone.
-    pub(crate) async fn close_lane(&self, master: &str) {
-        let client = self
-            .lanes
-            .as_ref()
-            .and_then(|lanes| lanes.clients.lock().remove(master));
-        if let Some(client) = client {
-            let _ = tokio::time::timeout(LANE_TIMEOUT, client.quit()).await;
-        }
-    }
-
-    async fn publish_with(
-        &self,
-        client: &Client,
-        batch: Vec<Outbound>,
-    ) -> Vec<Result<(), Failure>> {
-        let pipeline = client.pipeline();
+        let pipeline = self.publisher.pipeline();
         let mut queued = Vec::with_capacity(batch.len());
         let sharded = self.is_cluster();
         for Outbound { channel, payload } in batch {
@@ -361,51 +284,21 @@ impl Redis {
     /// [`applied`]. A refusal can still go unseen, so [`Redis::unsubscribed`] checks.
     ///
     /// On a cluster each channel is `SSUBSCRIBE`d alone, on the master that owns its slot
-    /// (C02): fred takes one reply frame per command, and one `SSUBSCRIBE` of several
-    /// channels would leave the other confirmations to be taken as the answers of later
-    /// commands. So each command's answer is Redis's confirmation, and a refusal is that
-    /// command's error. All of them are sent at once, pipelined per master (see the body).
+    /// (C02): fred awaits Redis's answer to an `SSUBSCRIBE` (so that it can follow `MOVED`),
+    /// but takes only the first reply frame, and one `SSUBSCRIBE` of several channels would
+    /// leave the other frames to be taken as the answers of later commands. Its answer is
+    /// Redis's confirmation, and a refusal is that command's error.
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
         if let Some(shards) = &self.cluster {
-            // One `SSUBSCRIBE` of one channel per command, so that each command gets exactly
-            // one reply: Redis's confirmation, or its refusal (`MOVED`, which fred follows,
-            // or an ACL's `NOPERM`). Sent as custom commands, all at once: fred pipelines
-            // those (never its own `ssubscribe`, whose one command of several channels would
-            // leave their other confirmations to later commands), so a restore takes a few
-            // pipelined writes per master however many channels, not a round trip each.
-            let ssubscribe = CustomCommand::new_static("SSUBSCRIBE", None::<u16>, false);
-            let mut sent = tokio::task::JoinSet::new();
             for channel in channels {
-                let subscriber = self.subscriber.clone();
-                let command = ssubscribe.clone();
-                sent.spawn(async move {
-                    let answer: Result<Value, _> =
-                        subscriber.custom(command, vec![channel.clone()]).await;
-                    (channel, answer.map_err(failure))
-                });
+                self.subscriber
+                    .ssubscribe(channel.clone())
+                    .await
+                    .map_err(failure)?;
+                let owner = self.owner(&channel).unwrap_or_default();
+                shards.owners.lock().insert(channel, owner);
             }
-            let mut answer = Ok(());
-            while let Some(joined) = sent.join_next().await {
-                let Ok((channel, result)) = joined else {
-                    answer = Err(Failure::Retry);
-                    continue;
-                };
-                match result {
-                    Ok(_) => {
-                        let owner = self.owner(&channel).unwrap_or_default();
-                        shards.owners.lock().insert(channel, owner);
-                    }
-                    Err(Failure::Retry) => answer = Err(Failure::Retry),
-                    // The caller then subscribes each channel alone, and learns which one
-                    // Redis refused.
-                    Err(refused) => {
-                        if answer.is_ok() {
-                            answer = Err(refused);
-                        }
-                    }
-                }
-            }
-            return answer;
+            return Ok(());
         }
         let (subscribed, applied) = tokio::join!(
             self.subscriber.subscribe(channels),
@@ -470,31 +363,12 @@ impl Redis {
         applied(&self.subscriber).await
     }
 
-    /// The master that owns `channel`'s slot, as `host:port`, by fred's slot table; `None`
-    /// on one Redis, or while the table is not known.
-    pub(crate) fn owner(&self, channel: &str) -> Option<String> {
+    /// The master that owns `channel`'s slot, as `host:port`, by fred's slot table.
+    fn owner(&self, channel: &str) -> Option<String> {
         let slot = ClusterRouting::hash_key(channel.as_bytes());
         self.subscriber
             .cached_cluster_state()
             .and_then(|routing| routing.get_server(slot).map(|server| server.to_string()))
-    }
-
-    /// On a cluster, the slot table as fred last read it: (first slot, last slot, master
-    /// as `host:port`). Empty on one Redis.
-    pub(crate) fn slot_table(&self) -> Vec<(u16, u16, String)> {
-        if !self.is_cluster() {
-            return Vec::new();
-        }
-        self.subscriber
-            .cached_cluster_state()
-            .map(|routing| {
-                routing
-                    .slots()
-                    .iter()
-                    .map(|range| (range.start, range.end, range.primary.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// The channels subscribed on a cluster.
@@ -536,17 +410,14 @@ impl Redis {
     }
 
     /// Reports every change of either connection to `report`: `Down` on a connection error,
-    /// `Connected` on a reconnect, with the master (`host:port`) reconnected to on a cluster
-    /// (fred keeps one connection per master, and reports each reconnect apart). What a
-    /// reconnected subscriber must restore is the caller's to restore (fred's own set of
-    /// tracked channels can be stale: it is changed only by commands that succeeded). The
-    /// tasks run until aborted.
+    /// `Connected` on a reconnect. What a reconnected subscriber must restore is the caller's
+    /// to restore (fred's own set of tracked channels can be stale: it is changed only by
+    /// commands that succeeded). The tasks run until aborted.
     pub(crate) fn watch<F>(&self, report: F) -> Vec<tokio::task::JoinHandle<()>>
     where
-        F: Fn(Link, LinkState, Option<String>) + Send + Sync + 'static,
+        F: Fn(Link, LinkState) + Send + Sync + 'static,
     {
         let report = Arc::new(report);
-        let clustered = self.is_cluster();
         let links = [
             (
                 Link::Publisher,
@@ -566,14 +437,12 @@ impl Redis {
                 link,
                 LinkState::Down,
                 report.clone(),
-                |_| None,
             )));
             tasks.push(tokio::spawn(forward(
                 reconnects,
                 link,
                 LinkState::Connected,
                 report.clone(),
-                move |server| clustered.then(|| server.to_string()),
             )));
         }
         tasks
@@ -589,35 +458,6 @@ impl Redis {
         }
         let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
         let _ = tokio::time::timeout(limit, self.publisher.quit()).await;
-        if let Some(lanes) = &self.lanes {
-            let clients: Vec<Client> = lanes.clients.lock().drain().map(|(_, c)| c).collect();
-            for client in clients {
-                let _ = tokio::time::timeout(limit, client.quit()).await;
-            }
-        }
-    }
-}
-
-impl Lanes {
-    /// `master`'s connection (`host:port`), connecting it on first use: its commands wait
-    /// for the connection (up to [`LANE_TIMEOUT`]), and fred reconnects it by itself.
-    /// `None` for a name that is not `host:port`.
-    fn client(&self, master: &str) -> Option<Client> {
-        let mut clients = self.clients.lock();
-        if let Some(client) = clients.get(master) {
-            return Some(client.clone());
-        }
-        let (host, port) = master.rsplit_once(':')?;
-        let port = port.parse().ok()?;
-        let mut config = self.builder.get_config()?.clone();
-        let server = fred::types::config::Server::new(host, port);
-        config.server = fred::types::config::ServerConfig::Centralized { server };
-        let mut builder = self.builder.clone();
-        builder.set_config(config);
-        let client = builder.build().ok()?;
-        drop(client.connect());
-        clients.insert(master.to_string(), client.clone());
-        Some(client)
     }
 }
 
@@ -664,32 +504,16 @@ fn carries_any(reply: &Value, tokens: &[String]) -> bool {
     }
 }
 
-/// The master a `MOVED <slot> <host:port>` answer names; `None` for any other error.
-fn moved_to(details: &str) -> Option<String> {
-    let rest = details.trim().strip_prefix("MOVED ")?;
-    let mut words = rest.split_whitespace();
-    words.next()?;
-    words.next().map(str::to_string)
-}
-
-/// The cluster slot of a Redis channel (CRC16 of its hash tag or name, modulo 16,384).
-pub(crate) fn slot(channel: &str) -> u16 {
-    ClusterRouting::hash_key(channel.as_bytes())
-}
-
-/// Reports `state` of `link` for every event `events` carries, with the node `node` names
-/// in it, until it closes. A lagged report names no node (the whole connection).
+/// Reports `state` of `link` for every event `events` carries, until it closes.
 async fn forward<T: Clone>(
     mut events: Receiver<T>,
     link: Link,
     state: LinkState,
-    report: Arc<impl Fn(Link, LinkState, Option<String>)>,
-    node: impl Fn(&T) -> Option<String>,
+    report: Arc<impl Fn(Link, LinkState)>,
 ) {
     loop {
         match events.recv().await {
-            Ok(event) => report(link, state, node(&event)),
-            Err(RecvError::Lagged(_)) => report(link, state, None),
+            Ok(_) | Err(RecvError::Lagged(_)) => report(link, state),
             Err(RecvError::Closed) => return,
         }
     }

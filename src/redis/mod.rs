@@ -24,11 +24,7 @@
 //!
 //! While Redis is unreachable the publisher's write waits in fred for the reconnect, and
 //! posts keep queueing, up to `outage_buffer` posts not yet acknowledged; past that a post
-//! fails with [`PostError::Backpressure`]. On a Redis Cluster the bound is per master: each
-//! master has its own publishing lane and its own budget of `outage_buffer` posts and
-//! `outage_buffer_bytes` (a post counts against its slot's master's), so a master that is
-//! unreachable, say one that died without a replica, refuses only the posts to its own
-//! channels while the other masters' posts flow (see [`publisher`]). After the reconnect the held posts go out in
+//! fails with [`PostError::Backpressure`]. After the reconnect the held posts go out in
 //! order, the subscriber connection subscribes every tracked channel again, and
 //! [`BusEvent::Reconnected`] is emitted. A command that fails because the connection dropped
 //! under it is sent again; if it had reached Redis after all, receivers drop the copy by its
@@ -112,7 +108,6 @@ impl RedisTransport {
             settings.outage_buffer_bytes,
             settings.receive_buffer_bytes,
             events,
-            redis.is_cluster(),
         );
         Ok(RedisTransport {
             state: Arc::new(state),
@@ -170,7 +165,7 @@ impl Transport for RedisTransport {
         let _guard = self.runtime.enter();
         tasks.extend(
             self.redis
-                .watch(move |link, state, node| watcher.link_changed(link, state, node)),
+                .watch(move |link, state| watcher.link_changed(link, state)),
         );
     }
 
@@ -181,41 +176,31 @@ impl Transport for RedisTransport {
     /// `Backpressure` when `outage_buffer` posts are already waiting (G07).
     fn broadcast(&self, channel: &str, message: Vec<u8>) -> Result<Ticket, PostError> {
         let state = &self.state;
-        let channel = state.redis_channel(channel);
-        // The budget of the channel's master on a cluster (a master that is unreachable
-        // fills only its own), the only one on one Redis.
-        let lane = state.lane_of(&channel);
-        let (waiting, waiting_bytes) = (&state.lane_waiting[lane], &state.lane_bytes[lane]);
-        if waiting.fetch_add(1, SeqCst) >= state.outage_buffer {
-            waiting.fetch_sub(1, AcqRel);
+        if state.waiting.fetch_add(1, SeqCst) >= state.outage_buffer {
+            state.waiting.fetch_sub(1, AcqRel);
             state.backpressure(true);
             return Err(PostError::Backpressure);
         }
         // The byte bound; one post is always taken, so that a bound below the largest
         // message does not refuse everything.
         let bytes = message.len() as u64;
-        let before = waiting_bytes.fetch_add(bytes, AcqRel);
+        let before = state.waiting_bytes.fetch_add(bytes, AcqRel);
         if before > 0 && before + bytes > state.outage_buffer_bytes {
-            waiting_bytes.fetch_sub(bytes, AcqRel);
-            waiting.fetch_sub(1, AcqRel);
+            state.waiting_bytes.fetch_sub(bytes, AcqRel);
+            state.waiting.fetch_sub(1, AcqRel);
             state.backpressure(true);
             return Err(PostError::Backpressure);
         }
-        state.waiting.fetch_add(1, SeqCst);
-        state.waiting_bytes.fetch_add(bytes, AcqRel);
         // Pairs with `Closing::run`, which sets `closed` and then counts `waiting`: either
         // it counts this post among those shutdown reports, or this post sees `closed`.
         if self.closed.load(SeqCst) {
             state.waiting_bytes.fetch_sub(bytes, AcqRel);
             state.waiting.fetch_sub(1, AcqRel);
-            waiting_bytes.fetch_sub(bytes, AcqRel);
-            waiting.fetch_sub(1, AcqRel);
             return Err(PostError::ShutDown);
         }
         let number = state.tickets.fetch_add(1, AcqRel);
         state.queue.push(Outgoing {
-            channel,
-            lane,
+            channel: state.redis_channel(channel),
             bytes: message,
             ticket: number,
         });

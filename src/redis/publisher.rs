@@ -25,26 +25,19 @@
 //!
 //! Order: posts of one thread on one channel are published in post order. Posts to
 //! different channels may be reordered within a batch (each channel's order is kept).
-//!
-//! On a Redis Cluster, step 4 is done per master, by that master's lane (`Lanes`): the
-//! batch's commands are split by their slot's master and each lane sends its own in order,
-//! on its own connection, so a master that does not answer holds up only its own posts.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
-use parking_lot::Mutex;
-use tokio::sync::mpsc;
-
-use super::connection::{self, Failure, Outbound, Redis};
+use super::connection::{Failure, Outbound, Redis};
 use super::ledger::Sequencer;
-use super::state::{Outgoing, State, MAX_LANES};
+use super::state::{Outgoing, State};
 use crate::error::Reason;
 use crate::export;
 use crate::sync::Flag;
@@ -100,25 +93,6 @@ fn poll_parked<F: Flag>(
 
 /// The publisher task.
 pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
-    let lanes = redis.is_cluster().then(|| {
-        Arc::new(Lanes {
-            state: state.clone(),
-            redis: redis.clone(),
-            lanes: Mutex::new(HashMap::new()),
-            started: AtomicUsize::new(0),
-        })
-    });
-    if let Some(lanes) = &lanes {
-        // Every master's budget known from the start, not from its first post.
-        for (first, last, master) in redis.slot_table() {
-            let index = lanes.send_to(&master, Vec::new());
-            for slot in first..=last {
-                if let Some(entry) = state.slot_lanes.get(usize::from(slot)) {
-                    entry.store(index as u8, Relaxed);
-                }
-            }
-        }
-    }
     let mut batch = Vec::new();
     loop {
         next_batch(&state, &mut batch).await;
@@ -126,7 +100,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
             WireFormat::Serverpod => batch
                 .drain(..)
                 .map(|post| Command {
-                    charges: vec![(post.lane, post.bytes.len() as u64)],
+                    posted_bytes: post.bytes.len() as u64,
                     outbound: Outbound::new(post.channel, post.bytes),
                     tickets: vec![post.ticket],
                 })
@@ -137,162 +111,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                 frames(&mut batch, &mut state.sequencer.lock(), keys, max)
             }
         };
-        // Until Redis answers, these may or may not reach it: if the bus shuts down
-        // meanwhile, their Deliveries say so (`State::outcome`).
-        state
-            .sending
-            .lock()
-            .extend(commands.iter().flat_map(|c| c.tickets.iter().copied()));
-        match &lanes {
-            Some(lanes) => lanes.route(commands),
-            None => send(&state, &redis, None, commands, |_, _| {}).await,
-        }
-    }
-}
-
-/// A cluster's publishing lanes: one task per master, each with its own connection
-/// ([`Redis::publish_on`]), so that a master that is unreachable holds up only its own
-/// posts, and a failover only the failed master's.
-///
-/// A command goes to the lane of its channel's master by the slot table. One that the
-/// master answers with `MOVED` goes to the lane of the master named; one that gets no
-/// answer goes again to its slot's master as the table says then (the same lane, unless a
-/// replica took over). Each lane sends in order, so a channel's posts keep their order
-/// while its slot stays put; across a move, a post sent again on the new lane may arrive
-/// after later ones, and receivers then drop it as a duplicate of what they had already
-/// counted missed (G06): nothing is delivered twice, nothing is lost silently.
-struct Lanes {
-    state: Arc<State>,
-    redis: Arc<Redis>,
-    /// Master (`host:port`) -> its lane: its budget's index, its queue, its task.
-    lanes: Mutex<HashMap<String, Lane>>,
-    /// Lanes started so far: the next one's budget index (modulo [`MAX_LANES`]), so that a
-    /// lane started after another closed does not share a budget needlessly.
-    started: AtomicUsize,
-}
-
-/// How long a lane waits with nothing to send before it checks that its master still owns
-/// slots ([`Lanes::retire`]).
-const LANE_IDLE: Duration = Duration::from_secs(5);
-
-struct Lane {
-    index: usize,
-    queue: mpsc::UnboundedSender<Vec<Command>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Lanes {
-    /// Hands each command to the lane of its channel's master, and records that master's
-    /// budget as its slot's (`State::lane_of`).
-    fn route(self: &Arc<Self>, commands: Vec<Command>) {
-        let mut by_master: HashMap<String, Vec<Command>> = HashMap::new();
-        for command in commands {
-            let master = self
-                .redis
-                .owner(command.outbound.channel())
-                .unwrap_or_default();
-            by_master.entry(master).or_default().push(command);
-        }
-        for (master, commands) in by_master {
-            self.send_to(&master, commands);
-        }
-    }
-
-    /// Queues `commands` on `master`'s lane, starting it if needed; returns its index.
-    fn send_to(self: &Arc<Self>, master: &str, commands: Vec<Command>) -> usize {
-        let mut lanes = self.lanes.lock();
-        let lane = lanes.entry(master.to_string()).or_insert_with(|| {
-            let (queue, receiver) = mpsc::unbounded_channel();
-            let task = tokio::spawn(lane(Arc::downgrade(self), master.to_string(), receiver));
-            Lane {
-                index: self.started.fetch_add(1, Relaxed) % MAX_LANES,
-                queue,
-                task,
-            }
-        });
-        if !self.state.slot_lanes.is_empty() {
-            for command in &commands {
-                let slot = connection::slot(command.outbound.channel()) as usize;
-                if let Some(entry) = self.state.slot_lanes.get(slot) {
-                    entry.store(lane.index as u8, Relaxed);
-                }
-            }
-        }
-        let _ = lane.queue.send(commands);
-        lane.index
-    }
-}
-
-impl Lanes {
-    /// Closes `master`'s lane and connection if it owns no slot any more (a failed master
-    /// replaced by its replica, or one emptied by a resharding); what was queued for it
-    /// meanwhile goes to its slot's master. False, and nothing done, while it owns slots
-    /// or the slot table is not known.
-    fn retire(
-        self: &Arc<Self>,
-        master: &str,
-        queue: &mut mpsc::UnboundedReceiver<Vec<Command>>,
-    ) -> bool {
-        let table = self.redis.slot_table();
-        if table.is_empty() || table.iter().any(|(_, _, owner)| owner == master) {
-            return false;
-        }
-        tracing::info!(
-            target: "evbus",
-            master,
-            "closing the publishing connection of a master that owns no slot any more"
-        );
-        // Its queue's only sender goes with it: nothing is queued after this.
-        drop(self.lanes.lock().remove(master));
-        let mut left = Vec::new();
-        while let Ok(commands) = queue.try_recv() {
-            left.extend(commands);
-        }
-        if !left.is_empty() {
-            self.route(left);
-        }
-        let (redis, master) = (self.redis.clone(), master.to_string());
-        tokio::spawn(async move { redis.close_lane(&master).await });
-        true
-    }
-}
-
-impl Drop for Lanes {
-    /// The publisher stopped (the bus closed): so do its lanes.
-    fn drop(&mut self) {
-        for lane in self.lanes.get_mut().values() {
-            lane.task.abort();
-        }
-    }
-}
-
-/// One master's lane: sends what is queued for it, in order, one pipelined write at a time.
-async fn lane(
-    lanes: Weak<Lanes>,
-    master: String,
-    mut queue: mpsc::UnboundedReceiver<Vec<Command>>,
-) {
-    let mut batches = Vec::new();
-    loop {
-        let received = tokio::time::timeout(LANE_IDLE, queue.recv_many(&mut batches, 1024)).await;
-        let Some(shared) = lanes.upgrade() else {
-            return;
-        };
-        match received {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(_) if shared.retire(&master, &mut queue) => return,
-            Err(_) => continue,
-        }
-        let commands: Vec<Command> = batches.drain(..).flatten().collect();
-        let (state, redis) = (shared.state.clone(), shared.redis.clone());
-        drop(shared);
-        let reroute = |to: String, commands: Vec<Command>| {
-            if let Some(lanes) = lanes.upgrade() {
-                lanes.send_to(&to, commands);
-            }
-        };
-        send(&state, &redis, Some(&master), commands, reroute).await;
+        send(&state, &redis, commands).await;
     }
 }
 
@@ -316,8 +135,8 @@ async fn next_batch(state: &State, batch: &mut Vec<Outgoing>) {
 struct Command {
     outbound: Outbound,
     tickets: Vec<u64>,
-    /// For each post: the outage budget it counts against, and its bytes.
-    charges: Vec<(usize, u64)>,
+    /// What its posts count against `outage_buffer_bytes`.
+    posted_bytes: u64,
 }
 
 /// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
@@ -372,10 +191,7 @@ fn frames(
             commands.push(Command {
                 outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
-                charges: now
-                    .iter()
-                    .map(|post| (post.lane, post.bytes.len() as u64))
-                    .collect(),
+                posted_bytes: now.iter().map(|post| post.bytes.len() as u64).sum(),
             });
         }
     }
@@ -383,50 +199,31 @@ fn frames(
 }
 
 /// Sends `commands` as one pipelined write, again for those lost with a connection, and
-/// settles their tickets. On a cluster's lane (`master`), a command that master answers
-/// with `MOVED`, or leaves unanswered while its slot now belongs to another master, is
-/// handed to `reroute` with that master instead.
-async fn send(
-    state: &State,
-    redis: &Redis,
-    master: Option<&str>,
-    mut commands: Vec<Command>,
-    reroute: impl Fn(String, Vec<Command>),
-) {
+/// settles their tickets.
+async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
+    // Until Redis answers, these may or may not reach it: if the bus shuts down meanwhile,
+    // their Deliveries say so (`State::outcome`).
+    state
+        .sending
+        .lock()
+        .extend(commands.iter().flat_map(|c| c.tickets.iter().copied()));
     while !commands.is_empty() {
         let outbound: Vec<Outbound> = commands.iter().map(|c| c.outbound.clone()).collect();
-        let results = match master {
-            Some(master) => redis.publish_on(master, outbound).await,
-            None => redis.publish(outbound).await,
-        };
+        let results = redis.publish(outbound).await;
         state.batches.fetch_add(1, Relaxed);
         export::batch(
             &state.namespace,
             commands.iter().map(|c| c.tickets.len()).sum(),
         );
         let mut settled = Vec::new();
-        let mut charges = Vec::new();
+        let mut settled_bytes = 0;
         let mut refused = Vec::new();
         let mut retry = Vec::new();
-        let mut moved: HashMap<String, Vec<Command>> = HashMap::new();
         for (command, result) in commands.into_iter().zip(results) {
             match result {
-                Err(Failure::Retry) => {
-                    // A master that does not answer may have been replaced (C04).
-                    let now = master.and_then(|_| redis.owner(command.outbound.channel()));
-                    match now {
-                        Some(now) if Some(now.as_str()) != master => {
-                            moved.entry(now).or_default().push(command);
-                        }
-                        _ => retry.push(command),
-                    }
-                }
-                Err(Failure::Moved(to)) if master.is_some() && Some(to.as_str()) != master => {
-                    moved.entry(to).or_default().push(command);
-                }
-                Err(Failure::Moved(_)) => retry.push(command),
+                Err(Failure::Retry) => retry.push(command),
                 Ok(()) => {
-                    charges.extend(command.charges);
+                    settled_bytes += command.posted_bytes;
                     settled.extend(command.tickets);
                 }
                 Err(Failure::Refused(reason)) => {
@@ -438,15 +235,12 @@ async fn send(
                         "Redis refused a PUBLISH; its posts' Deliveries fail with the reason"
                     );
                     refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
-                    charges.extend(command.charges);
+                    settled_bytes += command.posted_bytes;
                     settled.extend(command.tickets);
                 }
             }
         }
-        settle(state, settled, charges, refused);
-        for (to, commands) in moved {
-            reroute(to, commands);
-        }
+        settle(state, settled, settled_bytes, refused);
         commands = retry;
         if !commands.is_empty() {
             // fred already waited for the reconnect; do not spin while it tries again.
@@ -455,14 +249,8 @@ async fn send(
     }
 }
 
-/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason; gives
-/// back what their posts took of their outage budgets (`charges`).
-fn settle(
-    state: &State,
-    settled: Vec<u64>,
-    charges: Vec<(usize, u64)>,
-    refused: Vec<(u64, Reason)>,
-) {
+/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason.
+fn settle(state: &State, settled: Vec<u64>, bytes: u64, refused: Vec<(u64, Reason)>) {
     if settled.is_empty() {
         return;
     }
@@ -475,21 +263,12 @@ fn settle(
             sending.remove(ticket);
         }
     }
-    let mut bytes = 0;
-    for (lane, size) in charges {
-        state.lane_waiting[lane].fetch_sub(1, AcqRel);
-        state.lane_bytes[lane].fetch_sub(size, AcqRel);
-        bytes += size;
-    }
     state.waiting.fetch_sub(settled.len() as u64, AcqRel);
     state.waiting_bytes.fetch_sub(bytes, AcqRel);
     let moved = state.settler.lock().settle(settled);
-    state.progress.send_modify(|p| {
-        p.settles += 1;
-        if let Some(acked) = moved {
-            p.acked = acked;
-        }
-    });
+    if let Some(acked) = moved {
+        state.progress.send_modify(|p| p.acked = acked);
+    }
 }
 
 #[cfg(test)]
@@ -500,7 +279,6 @@ mod tests {
     fn frames_respect_the_size_bound_and_channel_order() {
         let post = |channel: &str, ticket| Outgoing {
             channel: channel.into(),
-            lane: 0,
             bytes: vec![0; 100],
             ticket,
         };

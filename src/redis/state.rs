@@ -3,7 +3,7 @@
 //! transport's counters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
@@ -22,8 +22,6 @@ use crate::wire::codec::Codec;
 pub(crate) struct Outgoing {
     /// The Redis channel: namespace and name.
     pub(crate) channel: String,
-    /// The outage budget it counts against ([`State::lane_of`]).
-    pub(crate) lane: usize,
     /// A Native record, or a whole Serverpod payload.
     pub(crate) bytes: Vec<u8>,
     pub(crate) ticket: u64,
@@ -33,17 +31,9 @@ pub(crate) struct Outgoing {
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Progress {
     pub(super) acked: u64,
-    /// Batches settled so far: moves whenever any ticket is settled, also one ahead of
-    /// `acked` (a Delivery waits for its own ticket, not for those before it).
-    pub(super) settles: u64,
     /// Set when the bus closed before Redis acknowledged everything: the rest never will be.
     pub(super) abandoned: bool,
 }
-
-/// Outage budgets at most: masters beyond share them.
-pub(super) const MAX_LANES: usize = 64;
-/// Slots of a Redis Cluster.
-const SLOTS: usize = 16_384;
 
 /// A Delivery's error when the bus shut down before the message was written to Redis.
 pub(super) const NOT_SENT: &str =
@@ -78,9 +68,7 @@ pub(crate) enum Change {
     /// reported it.
     Subscription { channel: String, subscribe: bool },
     /// The subscriber connection is back: subscribe every channel with receivers again (G08).
-    /// On a cluster, a connection to one master (`Some("host:port")`) is back: subscribe
-    /// again every channel with receivers that this master owns, and only those.
-    Restore(Option<String>),
+    Restore,
 }
 
 /// What the post path, the tasks and the bus share.
@@ -91,14 +79,7 @@ pub(crate) struct State {
     pub(super) events: Arc<EventHub>,
 
     pub(super) queue: SegQueue<Outgoing>,
-    /// Posts queued or in flight, and their bytes, per outage budget: on a cluster one per
-    /// master (its publishing lane), so that a master that is unreachable fills only its
-    /// own (G07); on one Redis, one. Bounded by `outage_buffer` and `outage_buffer_bytes`.
-    pub(super) lane_waiting: Box<[AtomicU64]>,
-    pub(super) lane_bytes: Box<[AtomicU64]>,
-    /// On a cluster, each slot's budget, as the publisher last routed it; empty on one Redis.
-    pub(super) slot_lanes: Box<[AtomicU8]>,
-    /// Posts queued or in flight, all budgets together: `Stats::global_buffered`.
+    /// Posts queued or in flight: the outage bound, and `Stats::global_buffered`.
     pub(super) waiting: AtomicU64,
     /// Their bytes, and the bound on them.
     pub(super) waiting_bytes: AtomicU64,
@@ -135,10 +116,8 @@ pub(crate) struct State {
     /// Bytes received and waiting for a dispatch thread, and their bound.
     pub(super) inbox_bytes: AtomicU64,
     pub(super) receive_buffer_bytes: u64,
-    /// Bits per [`Link`]: (not connected, subscriptions not restored), and how many
-    /// restores the subscription task has yet to finish (one per subscriber reconnect: on a
-    /// cluster, one per master).
-    pub(super) links: Mutex<(u8, u8, u64)>,
+    /// Bits per [`Link`]: (not connected, subscriptions not restored).
+    pub(super) links: Mutex<(u8, u8)>,
     /// Posts refused with `Backpressure` since the last one accepted; `u64::MAX` is never
     /// reached in practice (saturating). Only for the `tracing` events of [`State::backpressure`].
     pub(super) refusing: AtomicU64,
@@ -160,9 +139,7 @@ impl State {
         outage_buffer_bytes: usize,
         receive_buffer_bytes: usize,
         events: Arc<EventHub>,
-        clustered: bool,
     ) -> (State, mpsc::UnboundedReceiver<Change>) {
-        let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let state = State {
             codec,
@@ -170,11 +147,6 @@ impl State {
             outage_buffer: outage_buffer as u64,
             events,
             queue: SegQueue::new(),
-            lane_waiting: counters(MAX_LANES),
-            lane_bytes: counters(MAX_LANES),
-            slot_lanes: (0..if clustered { SLOTS } else { 0 })
-                .map(|_| AtomicU8::new(0))
-                .collect(),
             waiting: AtomicU64::new(0),
             waiting_bytes: AtomicU64::new(0),
             outage_buffer_bytes: outage_buffer_bytes as u64,
@@ -195,7 +167,7 @@ impl State {
             rejected: AtomicU64::new(0),
             inbox_bytes: AtomicU64::new(0),
             receive_buffer_bytes: receive_buffer_bytes as u64,
-            links: Mutex::new((0, 0, 0)),
+            links: Mutex::new((0, 0)),
             refusing: AtomicU64::new(0),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -205,16 +177,6 @@ impl State {
             duplicates: AtomicU64::new(0),
         };
         (state, changes_rx)
-    }
-
-    /// The outage budget a post to Redis channel `channel` counts against: its slot's
-    /// master's on a cluster, the only one on one Redis. Lock-free: a CRC16 and a load.
-    pub(super) fn lane_of(&self, channel: &str) -> usize {
-        if self.slot_lanes.is_empty() {
-            return 0;
-        }
-        let slot = super::connection::slot(channel) as usize;
-        usize::from(self.slot_lanes[slot % SLOTS].load(Relaxed))
     }
 
     /// The Redis channel of `name`.
@@ -274,9 +236,8 @@ impl State {
 
     /// A change of one connection (from [`Redis::watch`]): emits `Disconnected` when the
     /// first link drops, `Connected` when every link is connected again, `Reconnected` when
-    /// every link has also restored its subscriptions (G08). `node` is the master a
-    /// cluster's reconnect is about (`None`: the whole connection).
-    pub(super) fn link_changed(&self, link: Link, state: LinkState, node: Option<String>) {
+    /// every link has also restored its subscriptions (G08).
+    pub(super) fn link_changed(&self, link: Link, state: LinkState) {
         let bit = match link {
             Link::Publisher => 1,
             Link::Subscriber => 2,
@@ -284,7 +245,7 @@ impl State {
         let mut events = Vec::new();
         {
             let mut links = self.links.lock();
-            let (down, unrestored, restores) = &mut *links;
+            let (down, unrestored) = &mut *links;
             let mut drop_link = |down: &mut u8, unrestored: &mut u8| {
                 if *down == 0 && *unrestored == 0 {
                     events.push(BusEvent::Disconnected);
@@ -307,11 +268,8 @@ impl State {
                         // The publisher has nothing to restore.
                         Link::Publisher => *unrestored &= !bit,
                         // In order with the subscription changes (see `apply_changes`),
-                        // which reports `Restored` when done with each.
-                        Link::Subscriber => {
-                            *restores += 1;
-                            _ = self.changes.send(Change::Restore(node));
-                        }
+                        // which reports `Restored` when done.
+                        Link::Subscriber => _ = self.changes.send(Change::Restore),
                     }
                     if *unrestored == 0 && *down == 0 {
                         events.push(BusEvent::Reconnected);
@@ -319,10 +277,7 @@ impl State {
                 }
                 LinkState::Restored => {
                     let before = *unrestored;
-                    *restores = restores.saturating_sub(1);
-                    if *restores == 0 {
-                        *unrestored &= !bit;
-                    }
+                    *unrestored &= !bit;
                     if before != 0 && *unrestored == 0 && *down == 0 {
                         events.push(BusEvent::Reconnected);
                     }
@@ -356,11 +311,7 @@ impl State {
     /// to Redis (so never delivered), or written without an answer (Redis may have delivered
     /// it: sending it again may deliver it twice).
     pub(super) async fn outcome(&self, ticket: u64) -> Result<(), PostError> {
-        let mut progress = self.progress.subscribe();
-        let _ = progress
-            .wait_for(|p| p.abandoned || self.settler.lock().is_settled(ticket))
-            .await;
-        if !self.settler.lock().is_settled(ticket) {
+        if !self.reached(ticket).await && !self.settler.lock().is_settled(ticket) {
             let text = if self.sending.lock().contains(&ticket) {
                 UNKNOWN
             } else {
@@ -458,7 +409,6 @@ mod tests {
             1 << 20,
             1 << 20,
             Arc::new(EventHub::new()),
-            false,
         );
         let state = Arc::new(state);
         // A Redis that refuses every PUBLISH (an ACL without +publish, OOM): 1,000 posts.

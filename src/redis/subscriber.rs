@@ -88,8 +88,6 @@ pub(super) async fn apply_changes(
         // The last change of each channel wins; the others cancel out.
         let mut last: HashMap<String, bool> = HashMap::new();
         let mut restore = false;
-        // The masters whose connection came back; `None` among them: all of them.
-        let mut restored: Vec<Option<String>> = Vec::new();
         let mut applied = 0;
         for change in pending.drain(..) {
             match change {
@@ -97,10 +95,7 @@ pub(super) async fn apply_changes(
                     last.insert(channel, subscribe);
                     applied += 1;
                 }
-                Change::Restore(node) => {
-                    restore = true;
-                    restored.push(node);
-                }
+                Change::Restore => restore = true,
             }
         }
         let mut subscribe = Vec::new();
@@ -120,23 +115,8 @@ pub(super) async fn apply_changes(
             }
         }
         if restore {
-            // The new connection has no subscriptions: subscribe everything wanted on it. On
-            // a cluster only one master's connection may be new: the channels it owns.
-            subscribe = if restored.iter().any(Option::is_none) {
-                wanted.iter().cloned().collect()
-            } else {
-                let fresh: HashSet<String> = subscribe.drain(..).collect();
-                wanted
-                    .iter()
-                    .filter(|channel| {
-                        fresh.contains(*channel)
-                            || redis
-                                .owner(channel)
-                                .is_none_or(|owner| restored.iter().flatten().any(|n| *n == owner))
-                    })
-                    .cloned()
-                    .collect()
-            };
+            // The new connection has no subscriptions: subscribe everything wanted.
+            subscribe = wanted.iter().cloned().collect();
             tracing::info!(target: "evbus", channels = subscribe.len(), "resubscribing after a reconnect");
         }
         if !unsubscribe.is_empty() {
@@ -148,8 +128,7 @@ pub(super) async fn apply_changes(
         if !subscribe.is_empty() {
             subscribe_all(&state, &redis, subscribe).await;
         }
-        // A whole new connection has nothing to unsubscribe.
-        if !unsubscribe.is_empty() && !restored.iter().any(Option::is_none) {
+        if !unsubscribe.is_empty() && !restore {
             // Redis never refuses an UNSUBSCRIBE of ours; if it did, there is nothing to undo.
             let _ = until_answered(|| redis.unsubscribe(unsubscribe.clone())).await;
         }
@@ -158,8 +137,8 @@ pub(super) async fn apply_changes(
                 .subscriptions
                 .send_modify(|s| s.confirmed = s.confirmed.saturating_add(applied));
         }
-        for _ in &restored {
-            state.link_changed(Link::Subscriber, LinkState::Restored, None);
+        if restore {
+            state.link_changed(Link::Subscriber, LinkState::Restored);
         }
     }
 }
@@ -252,7 +231,7 @@ where
         match command().await {
             Ok(answer) => return Ok(answer),
             Err(Failure::Refused(reason)) => return Err(reason),
-            Err(Failure::Retry | Failure::Moved(_)) => {
+            Err(Failure::Retry) => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }

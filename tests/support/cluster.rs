@@ -498,31 +498,6 @@ pub fn ran(port: u16, command: &str) -> bool {
         .any(|line| line.starts_with(&format!("cmdstat_{command}:")))
 }
 
-/// `INFO commandstats` of the node on `port`: how many times `command` (lower case) ran.
-pub fn calls(port: u16, command: &str) -> u64 {
-    let prefix = format!("cmdstat_{command}:calls=");
-    try_cli(port, &["INFO", "commandstats"])
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// `INFO stats` of the node on `port`: its sharded channels with a subscriber
-/// (`pubsubshard_channels`).
-pub fn shard_channels(port: u16) -> u64 {
-    try_cli(port, &["INFO", "stats"])
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.trim()
-                .strip_prefix("pubsubshard_channels:")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 // ---- Sentinel ---------------------------------------------------------------------------------
 
 /// A master, its replica, and three sentinels (`redis-server <conf> --sentinel`) watching it
