@@ -40,21 +40,22 @@
 //! Run with `cargo bench --bench cluster` (about a minute and a half). Needs `redis-server` and
 //! `redis-cli` (the cluster is created with `redis-cli --cluster create`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use evbus::{Bus, MessageScope, PostError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+#[path = "support/counter.rs"]
+mod counter;
 #[path = "../tests/support/redis.rs"]
 mod redis;
 
 use cluster::{Raw, RedisCluster, Reply};
+use counter::Counter;
 
 /// Posts per iteration.
 const BATCH: u64 = 100_000;
@@ -62,8 +63,6 @@ const BATCH: u64 = 100_000;
 const CHANNELS: usize = 300;
 /// Channel names: every bus here uses this namespace.
 const NAMESPACE: &str = "evbus-cbench:";
-/// How long an iteration may wait for its deliveries before the bench fails, saying what it saw.
-const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
 /// Rounds of the table: each setup sends one batch per round.
 const ROUNDS: usize = 15;
 /// How long the nodes are watched doing nothing.
@@ -235,50 +234,6 @@ fn one_master_cluster() -> redis::RedisServer {
         std::thread::sleep(Duration::from_millis(50));
     }
     node
-}
-
-/// Counts deliveries and wakes the waiter when the count reaches the target.
-#[derive(Default)]
-struct Counter {
-    count: AtomicU64,
-    target: AtomicU64,
-    reached: Notify,
-}
-
-impl Counter {
-    fn add(&self, n: u64) {
-        let count = self.count.fetch_add(n, Ordering::AcqRel) + n;
-        let target = self.target.load(Ordering::Acquire);
-        if count >= target && count - n < target {
-            self.reached.notify_one();
-        }
-    }
-
-    /// Sets the target `more` deliveries past the current count; returns it.
-    fn expect(&self, more: u64) -> u64 {
-        let target = self.count.load(Ordering::Acquire) + more;
-        self.target.store(target, Ordering::Release);
-        target
-    }
-
-    /// Waits until `target` deliveries were counted; panics with `context()` after
-    /// [`DELIVERY_DEADLINE`].
-    async fn reached(&self, target: u64, context: impl Fn() -> String) {
-        let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
-        loop {
-            let notified = self.reached.notified();
-            let count = self.count.load(Ordering::Acquire);
-            if count >= target {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "{count} of {target} deliveries after {DELIVERY_DEADLINE:?}; {}",
-                    context()
-                );
-            }
-        }
-    }
 }
 
 /// One measured batch of [`BATCH`] posts.

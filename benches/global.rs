@@ -24,10 +24,14 @@
 //!
 //! Run with `cargo bench --bench global` (`-- --quick` for a short run). Needs `redis-server`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/counter.rs"]
+mod counter;
+
+use counter::{Counter, DELIVERY_DEADLINE};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use evbus::{Bus, MessageScope, PostError};
 use fred::bytes::Bytes;
@@ -36,7 +40,7 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 #[path = "../tests/support/redis.rs"]
 mod redis;
@@ -47,8 +51,6 @@ const EVBUS_BATCH: u64 = 100_000;
 const FRED_BATCH: u64 = 10_000;
 /// Channel names: every bus and client here uses this namespace.
 const NAMESPACE: &str = "evbus-bench:";
-/// How long an iteration may wait for its deliveries before the bench fails, saying what it saw.
-const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A small message: two fields.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
@@ -74,52 +76,6 @@ fn main() {
 
     criterion.final_summary();
     drop(server);
-}
-
-/// Counts deliveries and wakes the waiter when the count reaches the target.
-#[derive(Default)]
-struct Counter {
-    count: AtomicU64,
-    target: AtomicU64,
-    lost: AtomicU64,
-    reached: Notify,
-}
-
-impl Counter {
-    fn add(&self, n: u64) {
-        let count = self.count.fetch_add(n, Ordering::AcqRel) + n;
-        let target = self.target.load(Ordering::Acquire);
-        if count >= target && count - n < target {
-            self.reached.notify_one();
-        }
-    }
-
-    /// Sets the target `more` deliveries past the current count; returns it.
-    fn expect(&self, more: u64) -> u64 {
-        let target = self.count.load(Ordering::Acquire) + more;
-        self.target.store(target, Ordering::Release);
-        target
-    }
-
-    /// Waits until `target` deliveries were counted; panics with `context()` after
-    /// [`DELIVERY_DEADLINE`].
-    async fn reached(&self, target: u64, context: impl Fn() -> String) {
-        let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
-        loop {
-            let notified = self.reached.notified();
-            let count = self.count.load(Ordering::Acquire);
-            if count >= target {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "{count} of {target} deliveries after {DELIVERY_DEADLINE:?} ({} lost); {}",
-                    self.lost.load(Ordering::Relaxed),
-                    context()
-                );
-            }
-        }
-    }
 }
 
 /// Both contestants, connected to the same Redis.

@@ -1,0 +1,57 @@
+//! What the global benches share: a delivery counter a bench waits on.
+//! Included with `#[path = "support/counter.rs"] mod counter;`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How long a batch may take to arrive before the bench gives up, naming what it saw.
+pub const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Counts deliveries and wakes the waiter when the count reaches the target.
+#[derive(Default)]
+pub struct Counter {
+    pub count: AtomicU64,
+    target: AtomicU64,
+    /// What the receiver reported lost (only the benches that count it set it).
+    pub lost: AtomicU64,
+    reached: Notify,
+}
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        let count = self.count.fetch_add(n, Ordering::AcqRel) + n;
+        let target = self.target.load(Ordering::Acquire);
+        if count >= target && count - n < target {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Sets the target `more` deliveries past the current count; returns it.
+    pub fn expect(&self, more: u64) -> u64 {
+        let target = self.count.load(Ordering::Acquire) + more;
+        self.target.store(target, Ordering::Release);
+        target
+    }
+
+    /// Waits until `target` deliveries were counted; panics with `context()` after
+    /// [`DELIVERY_DEADLINE`].
+    pub async fn reached(&self, target: u64, context: impl Fn() -> String) {
+        let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
+        loop {
+            let notified = self.reached.notified();
+            let count = self.count.load(Ordering::Acquire);
+            if count >= target {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "{count} of {target} deliveries after {DELIVERY_DEADLINE:?} ({} lost); {}",
+                    self.lost.load(Ordering::Relaxed),
+                    context()
+                );
+            }
+        }
+    }
+}
