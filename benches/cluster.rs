@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use evbus::{Bus, MessageScope, PostError};
+use evbus::Bus;
 use serde::{Deserialize, Serialize};
 
 #[path = "../tests/support/cluster.rs"]
@@ -55,7 +55,7 @@ mod counter;
 mod redis;
 
 use cluster::{Raw, RedisCluster, Reply};
-use counter::Counter;
+use counter::{post_global, Counter};
 
 /// Posts per iteration.
 const BATCH: u64 = 100_000;
@@ -435,20 +435,5 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
         values[mid]
     } else {
         (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
-/// Posts with `MessageScope::Global`, yielding while the publish queue is full (it should not
-/// be: the outage buffer holds a million).
-async fn post_global(bus: &Bus, channel: &str, tick: Tick) {
-    loop {
-        match bus
-            .messages()
-            .post_message(channel, tick, MessageScope::Global)
-        {
-            Ok(_delivery) => return,
-            Err(PostError::Backpressure) => tokio::task::yield_now().await,
-            Err(error) => panic!("global post failed: {error}"),
-        }
     }
 }

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 #[path = "support/counter.rs"]
 mod counter;
 
-use counter::{Counter, DELIVERY_DEADLINE};
+use counter::{post_global, Counter, DELIVERY_DEADLINE};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use evbus::{Bus, MessageScope, PostError};
+use evbus::Bus;
 use fred::bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -181,21 +181,6 @@ impl Setup {
         self.b.shutdown().await.expect("bus B shuts down");
         let _ = self.subscriber.quit().await;
         let _ = self.fred.quit().await;
-    }
-}
-
-/// Posts with `MessageScope::Global`, yielding while the publish queue is full (it should not
-/// be: the outage buffer holds a million).
-async fn post_global(bus: &Bus, channel: &str, tick: Tick) {
-    loop {
-        match bus
-            .messages()
-            .post_message(channel, tick, MessageScope::Global)
-        {
-            Ok(_delivery) => return,
-            Err(PostError::Backpressure) => tokio::task::yield_now().await,
-            Err(error) => panic!("global post failed: {error}"),
-        }
     }
 }
 

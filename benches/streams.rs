@@ -55,6 +55,27 @@ fn per_received(elapsed: Duration, received: u64) -> Duration {
     elapsed.mul_f64(OFFERED as f64 / received as f64)
 }
 
+/// `iterations` runs of one contestant: `setup` spawns the drain tasks and returns them with
+/// the posting, which posts `POSTS` messages and then closes the channel (a tokio or
+/// async-broadcast sender dropped at its end, evbus's session closed). Only the posting and
+/// the drain are timed, scaled per `OFFERED` messages received.
+fn per_message<P: FnOnce()>(
+    runtime: &Runtime,
+    iterations: u64,
+    mut setup: impl FnMut() -> (Vec<JoinHandle<u64>>, P),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iterations {
+        let (tasks, post) = setup();
+        settle();
+        let start = Instant::now();
+        post();
+        let got = received(runtime, tasks);
+        total += per_received(start.elapsed(), got);
+    }
+    total
+}
+
 /// Lets the drain tasks start and park on their empty receivers before the clock starts.
 fn settle() {
     std::thread::sleep(Duration::from_millis(5));
@@ -72,13 +93,12 @@ fn cross_thread(c: &mut Criterion) {
 
     group.bench_function(BenchmarkId::new("evbus/handle", STREAMS), |b| {
         b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
+            per_message(&runtime, iterations, || {
                 let bus = Bus::builder().stream_capacity(CAPACITY);
                 let bus = runtime.block_on(bus.build()).expect("a local bus");
                 let session = bus.session();
                 let channel = bus.channel::<u64>("s");
-                let tasks: Vec<_> = (0..STREAMS)
+                let tasks = (0..STREAMS)
                     .map(|_| {
                         let mut stream = session.messages().create_stream::<u64>("s");
                         runtime.spawn(async move {
@@ -92,25 +112,23 @@ fn cross_thread(c: &mut Criterion) {
                         })
                     })
                     .collect();
-                settle();
-                let start = Instant::now();
-                for v in 0..POSTS {
-                    channel.post(black_box(v), MessageScope::Local).unwrap();
-                }
-                session.close();
-                let got = received(&runtime, tasks);
-                total += per_received(start.elapsed(), got);
-            }
-            total
+                let post = move || {
+                    for v in 0..POSTS {
+                        channel.post(black_box(v), MessageScope::Local).unwrap();
+                    }
+                    session.close();
+                    drop(bus);
+                };
+                (tasks, post)
+            })
         })
     });
 
     group.bench_function(BenchmarkId::new("tokio_broadcast", STREAMS), |b| {
         b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
+            per_message(&runtime, iterations, || {
                 let (tx, _) = broadcast::channel::<u64>(CAPACITY);
-                let tasks: Vec<_> = (0..STREAMS)
+                let tasks = (0..STREAMS)
                     .map(|_| {
                         let mut rx = tx.subscribe();
                         runtime.spawn(async move {
@@ -129,26 +147,22 @@ fn cross_thread(c: &mut Criterion) {
                         })
                     })
                     .collect();
-                settle();
-                let start = Instant::now();
-                for v in 0..POSTS {
-                    tx.send(black_box(v)).unwrap();
-                }
-                drop(tx);
-                let got = received(&runtime, tasks);
-                total += per_received(start.elapsed(), got);
-            }
-            total
+                let post = move || {
+                    for v in 0..POSTS {
+                        tx.send(black_box(v)).unwrap();
+                    }
+                };
+                (tasks, post)
+            })
         })
     });
 
     group.bench_function(BenchmarkId::new("async_broadcast", STREAMS), |b| {
         b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
+            per_message(&runtime, iterations, || {
                 let (mut tx, rx) = async_broadcast::broadcast::<u64>(CAPACITY);
                 tx.set_overflow(true);
-                let tasks: Vec<_> = (0..STREAMS)
+                let tasks = (0..STREAMS)
                     .map(|_| {
                         let mut rx = rx.clone();
                         runtime.spawn(async move {
@@ -169,16 +183,13 @@ fn cross_thread(c: &mut Criterion) {
                     .collect();
                 // The first receiver only made the clones: it would hold every message.
                 drop(rx);
-                settle();
-                let start = Instant::now();
-                for v in 0..POSTS {
-                    tx.try_broadcast(black_box(v)).unwrap();
-                }
-                drop(tx);
-                let got = received(&runtime, tasks);
-                total += per_received(start.elapsed(), got);
-            }
-            total
+                let post = move || {
+                    for v in 0..POSTS {
+                        tx.try_broadcast(black_box(v)).unwrap();
+                    }
+                };
+                (tasks, post)
+            })
         })
     });
     group.finish();

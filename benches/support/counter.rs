@@ -1,9 +1,11 @@
-//! What the global benches share: a delivery counter a bench waits on.
+//! What the global benches share: a delivery counter a bench waits on, and a global post that
+//! waits out backpressure.
 //! Included with `#[path = "support/counter.rs"] mod counter;`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use evbus::{Bus, Message, MessageScope, PostError};
 use tokio::sync::Notify;
 
 /// How long a batch may take to arrive before the bench gives up, naming what it saw.
@@ -52,6 +54,21 @@ impl Counter {
                     context()
                 );
             }
+        }
+    }
+}
+
+/// Posts with `MessageScope::Global`, yielding while the publish queue is full (it should not
+/// be: the outage buffer holds a million).
+pub async fn post_global<M: Message + Clone>(bus: &Bus, channel: &str, message: M) {
+    loop {
+        match bus
+            .messages()
+            .post_message(channel, message.clone(), MessageScope::Global)
+        {
+            Ok(_delivery) => return,
+            Err(PostError::Backpressure) => tokio::task::yield_now().await,
+            Err(error) => panic!("global post failed: {error}"),
         }
     }
 }

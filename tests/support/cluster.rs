@@ -34,6 +34,17 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
+/// What every node of a test cluster runs with: cluster mode, its own config file (in the
+/// node's fresh directory), and a node timeout short enough for fast failovers.
+const NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+];
+
 impl RedisCluster {
     /// Starts six nodes, creates the cluster, and waits until every node says
     /// `cluster_state:ok` and every replica's link to its master is up (a replica that has not
@@ -48,14 +59,7 @@ impl RedisCluster {
     /// [`start`](Self::start) with `count` nodes, `replicas` per master, and extra
     /// `redis-server` arguments for every node (such as `--cluster-require-full-coverage no`).
     pub fn start_with(count: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
-        let mut args = vec![
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "1000",
-        ];
+        let mut args = NODE_ARGS.to_vec();
         args.extend_from_slice(extra);
         let nodes: Vec<RedisServer> = (0..count).map(|_| RedisServer::start_with(&args)).collect();
         let addresses: Vec<String> = nodes
@@ -234,14 +238,7 @@ impl RedisCluster {
     /// waits until every node knows it: a master without slots, until some are moved to it.
     /// Returns its index in `nodes`.
     pub fn add_node(&mut self) -> usize {
-        let node = RedisServer::start_with(&[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "1000",
-        ]);
+        let node = RedisServer::start_with(&NODE_ARGS);
         let port = node.port();
         self.nodes[0].cli(&["CLUSTER", "MEET", "127.0.0.1", &port.to_string()]);
         self.nodes.push(node);
