@@ -118,8 +118,8 @@ pub(crate) struct State {
     pub(super) receive_buffer_bytes: u64,
     /// Bits per [`Link`]: (not connected, subscriptions not restored).
     pub(super) links: Mutex<(u8, u8)>,
-    /// Posts refused with `Backpressure` since the last one accepted; `u64::MAX` is never
-    /// reached in practice (saturating). Only for the `tracing` events of [`State::backpressure`].
+    /// Posts refused with `Backpressure` since the last one accepted. Only for the `tracing`
+    /// events of [`State::backpressure`].
     pub(super) refusing: AtomicU64,
 
     pub(super) posted: AtomicU64,
