@@ -4,6 +4,7 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::channel::Channel;
 use crate::error::BusError;
@@ -256,6 +257,12 @@ const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 const DEFAULT_OUTAGE_BUFFER: usize = 100_000;
 /// Default of `outage_buffer_bytes` and `receive_buffer_bytes`.
 const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
+/// Default of `repair_window`: what covers a reconnect on a busy server (K01).
+const DEFAULT_REPAIR_MESSAGES: usize = 100_000;
+const DEFAULT_REPAIR_BYTES: usize = 64 << 20;
+/// Default of `repair_timeout` (K03): a few round trips through Redis, with room for a
+/// busy machine.
+const DEFAULT_REPAIR_TIMEOUT: Duration = Duration::from_millis(200);
 /// Below this, a Native frame could not carry its own header.
 const MIN_MESSAGE_BYTES: usize = 256;
 
@@ -280,6 +287,8 @@ pub struct BusBuilder {
     accepted_keys: Vec<Vec<u8>>,
     outage_buffer_bytes: usize,
     receive_buffer_bytes: usize,
+    repair_window: (usize, usize),
+    repair_timeout: Duration,
 }
 
 /// Shows the Redis URL without its password.
@@ -314,6 +323,8 @@ impl Default for BusBuilder {
             accepted_keys: Vec::new(),
             outage_buffer_bytes: DEFAULT_BUFFER_BYTES,
             receive_buffer_bytes: DEFAULT_BUFFER_BYTES,
+            repair_window: (DEFAULT_REPAIR_MESSAGES, DEFAULT_REPAIR_BYTES),
+            repair_timeout: DEFAULT_REPAIR_TIMEOUT,
         }
     }
 }
@@ -406,6 +417,30 @@ impl BusBuilder {
     /// for the traffic cost messages, never unbounded memory.
     pub fn receive_buffer_bytes(mut self, bytes: usize) -> Self {
         self.receive_buffer_bytes = bytes;
+        self
+    }
+
+    /// What this bus keeps of the global messages it published, to resend those a receiver
+    /// lost (K01, K02): the last `messages` messages, within `bytes` bytes, oldest evicted
+    /// first; default 100,000 messages and 64 MiB, enough to cover a reconnect on a busy
+    /// server. Either bound at 0 turns repair off: receivers then report what they lose
+    /// ([`BusEvent::MessagesMissed`](crate::BusEvent::MessagesMissed)) without asking for
+    /// it. Only [`WireFormat::Native`] carries the sequence numbers that repair needs.
+    ///
+    /// The memory the window takes never exceeds `bytes` plus a small entry per frame.
+    /// See [the repair guarantees](crate::docs::guarantees#repair) for what is promised.
+    pub fn repair_window(mut self, messages: usize, bytes: usize) -> Self {
+        self.repair_window = (messages, bytes);
+        self
+    }
+
+    /// How long later messages of an origin on a channel wait while a gap before them is
+    /// being repaired (K03); default 200 ms. The wait starts again whenever part of the
+    /// gap arrives, so a long repair that makes progress is not cut short. When it runs
+    /// out, what is still missing is counted missed and the waiting messages are delivered,
+    /// in sequence order. Other channels and origins never wait.
+    pub fn repair_timeout(mut self, wait: Duration) -> Self {
+        self.repair_timeout = wait;
         self
     }
 
@@ -542,6 +577,11 @@ impl BusBuilder {
             outage_buffer: self.outage_buffer,
             outage_buffer_bytes: self.outage_buffer_bytes,
             receive_buffer_bytes: self.receive_buffer_bytes,
+            repair_window: match self.wire_format {
+                WireFormat::Native => self.repair_window,
+                _ => (0, 0),
+            },
+            repair_timeout: self.repair_timeout,
             codec: codec.clone(),
         };
         let redis = Arc::new(RedisTransport::connect(settings, events.clone()).await?);

@@ -65,6 +65,13 @@ pub struct Stats {
     /// Frames refused as not authentic: a missing or wrong MAC (with a signing key), or a
     /// sequence number this bus's own origin never sent.
     pub global_rejected: u64,
+    /// Messages recovered from their origin's retransmit window after a gap (K02).
+    pub global_repaired: u64,
+    /// Repair requests this bus sent to the origins of the gaps it found (K02).
+    pub global_repair_requests: u64,
+    /// Repair requests this bus, as an origin, refused: malformed, or past the rate limit of
+    /// their asker (K05).
+    pub global_repair_refused: u64,
 }
 
 /// What one post did, counted on the stack and recorded once.

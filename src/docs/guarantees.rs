@@ -401,6 +401,10 @@
 //! `c04_a_master_failover_moves_subscriptions_and_posts_to_the_promoted_replica`,
 //! `sentinel_a_failover_is_followed_and_losses_reported`.
 //!
+//! # Repair
+//!
+//! (Being written: rules K01 to K05.)
+//!
 //! [`BusEvent::Resubscribed`]: crate::BusEvent::Resubscribed
 //! [`Bus::flush`]: crate::Bus::flush
 //! [`Bus::has_redis`]: crate::Bus::has_redis

@@ -68,6 +68,10 @@ pub(crate) struct Settings {
     pub(crate) outage_buffer: usize,
     pub(crate) outage_buffer_bytes: usize,
     pub(crate) receive_buffer_bytes: usize,
+    /// The retransmit window (messages, bytes); either 0: no repair (K01).
+    pub(crate) repair_window: (usize, usize),
+    /// How long held messages wait for a gap to be repaired (K03).
+    pub(crate) repair_timeout: Duration,
     pub(crate) codec: Arc<Codec>,
 }
 
@@ -271,6 +275,9 @@ impl Transport for RedisTransport {
         stats.global_duplicates = s.duplicates.load(Relaxed);
         stats.global_buffered = s.waiting.load(Relaxed);
         stats.global_rejected = s.rejected.load(Relaxed);
+        stats.global_repaired = s.repaired.load(Relaxed);
+        stats.global_repair_requests = s.repair_requests.load(Relaxed);
+        stats.global_repair_refused = s.repair_refused.load(Relaxed);
     }
 }
 

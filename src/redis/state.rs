@@ -128,6 +128,9 @@ pub(crate) struct State {
     pub(super) decode_errors: AtomicU64,
     pub(super) missed: AtomicU64,
     pub(super) duplicates: AtomicU64,
+    pub(super) repaired: AtomicU64,
+    pub(super) repair_requests: AtomicU64,
+    pub(super) repair_refused: AtomicU64,
 }
 
 impl State {
@@ -175,6 +178,9 @@ impl State {
             decode_errors: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            repair_requests: AtomicU64::new(0),
+            repair_refused: AtomicU64::new(0),
         };
         (state, changes_rx)
     }
