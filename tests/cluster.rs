@@ -603,3 +603,64 @@ async fn c01_namespaces_and_the_serverpod_format_hold_on_a_cluster() {
         shutdown(bus).await;
     }
 }
+
+/// A measurement, not a rule: how long a bus takes to subscribe 10,000 channels on a
+/// three-master cluster, at first and again after Redis closed its subscriber connections
+/// (the restore after a reconnect, G08). Run by hand, in release:
+/// `cargo test --release --test cluster -- --ignored --nocapture resubscribing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn resubscribing_ten_thousand_channels_after_a_reconnect() {
+    const N: usize = 10_000;
+    const LIMIT: Duration = Duration::from_secs(600);
+    let cluster = blocking(RedisCluster::start);
+    let bus = cluster_bus(&cluster).await;
+    let masters = blocking(|| cluster.masters());
+    let subscribed = || -> usize {
+        masters
+            .iter()
+            .map(|&m| {
+                let out = cluster.nodes[m].cli(&["PUBSUB", "SHARDCHANNELS", "resub_*"]);
+                out.lines().filter(|l| !l.trim().is_empty()).count()
+            })
+            .sum()
+    };
+    for i in 0..N {
+        bus.messages()
+            .add_listener(&format!("resub_{i}"), |_: &u64| {});
+    }
+    let mut events = bus.events();
+    let started = Instant::now();
+    timeout(LIMIT, bus.subscriptions_ready())
+        .await
+        .expect("the first subscription timed out")
+        .expect("the first subscription failed");
+    let first = started.elapsed();
+    assert_eq!(blocking(subscribed), N, "every channel subscribed once");
+
+    let killed = Instant::now();
+    blocking(|| {
+        for &m in &masters {
+            cluster.nodes[m].cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+    });
+    timeout(LIMIT, async {
+        loop {
+            match next(&mut events).await {
+                Some(BusEvent::Reconnected) => return,
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no BusEvent::Reconnected after the subscriber connections were closed");
+    let again = killed.elapsed();
+    assert_eq!(blocking(subscribed), N, "every channel subscribed again");
+    println!(
+        "{N} channels on {} masters: first subscription {first:?}, \
+         restore after a reconnect {again:?}",
+        masters.len()
+    );
+    shutdown(&bus).await;
+}
