@@ -146,27 +146,27 @@ pub(super) async fn apply_changes(
                 .send_modify(|s| s.confirmed = s.confirmed.saturating_add(applied));
         }
         if restore {
-            ask_after_restore(&state, &wanted);
+            ask_latest(&state, wanted.iter());
             state.link_changed(Link::Subscriber, LinkState::Restored);
         }
     }
 }
 
-/// After the subscriber reconnected: asks every origin known on each subscribed channel for
-/// its latest sequence number there (K04). What was posted while the connection was down
-/// shows no gap until the origin's next post, and an origin that went quiet meanwhile (its
-/// announcement lost with the connection) would never post it. Only the number is asked for:
-/// the gap it shows is asked for as any gap, once, so that a message that cannot reach this
-/// bus (one past its output buffer limit cuts the connection again) is given up after
-/// `repair_timeout` instead of being asked for on every reconnect.
-fn ask_after_restore(state: &State, wanted: &HashSet<String>) {
+/// After the subscriber reconnected, or a channel moved to another master: asks every
+/// origin known on each of `channels` for its latest sequence number there (K04). What was
+/// posted while the channel was not subscribed shows no gap until the origin's next post, and
+/// an origin that went quiet meanwhile (its announcement lost) would never post it. Only the
+/// number is asked for: the gap it shows is asked for as any gap, a bounded number of times,
+/// so that a message that cannot reach this bus (one past its output buffer limit cuts the
+/// connection again) is given up after a few `repair_timeout`s instead of being asked for on
+/// every reconnect.
+fn ask_latest<'a>(state: &State, channels: impl Iterator<Item = &'a String>) {
     if !state.repairing() {
         return;
     }
     let known: Vec<(String, Vec<(Origin, u64)>)> = {
         let sequences = state.sequences.lock();
-        wanted
-            .iter()
+        channels
             .filter(|channel| !state.is_control(channel))
             .map(|channel| (channel.clone(), sequences.known(channel)))
             .collect()
@@ -203,6 +203,7 @@ async fn follow_slots(state: &State, redis: &Redis, wanted: &HashSet<String>) {
     }
     let channels = moved.iter().map(|(channel, _)| channel.clone()).collect();
     subscribe_all(state, redis, channels).await;
+    ask_latest(state, moved.iter().map(|(channel, _)| channel));
     for (channel, to) in moved {
         let channel = channel
             .strip_prefix(state.namespace.as_str())
