@@ -72,6 +72,9 @@ pub struct Stats {
     /// Repair requests this bus, as an origin, refused: malformed, or past the rate limit of
     /// their asker (K05).
     pub global_repair_refused: u64,
+    /// *(now)* Bytes of published frames this bus keeps to resend (K01): never more than the
+    /// byte bound of [`repair_window`](crate::BusBuilder::repair_window).
+    pub global_repair_window_bytes: u64,
 }
 
 /// What one post did, counted on the stack and recorded once.

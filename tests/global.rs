@@ -95,8 +95,14 @@ fn is_reconnected(event: &BusEvent) -> bool {
 }
 
 /// Every payload `subscriber` receives until none came for [`QUIET`].
+/// Repair's announcements (`EVC`, K04), which an origin publishes on a channel once it is
+/// quiet, are left out: these are the messages.
 fn raw_payloads(subscriber: &mut RawSubscriber) -> Vec<(String, Vec<u8>)> {
-    blocking(|| std::iter::from_fn(|| subscriber.next_message(QUIET)).collect())
+    blocking(|| {
+        std::iter::from_fn(|| subscriber.next_message(QUIET))
+            .filter(|(_, payload)| !payload.starts_with(b"EVC"))
+            .collect()
+    })
 }
 
 /// The next payload `subscriber` receives; panics if none comes within the deadline.

@@ -20,8 +20,13 @@ use std::sync::atomic::Ordering::*;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use super::connection::{Inbox, Incoming, Received};
+use super::holds::Holds;
+use super::state::State;
 use super::subscriber::Reader;
+use crate::wire::control;
 
 /// Dispatch threads per bus.
 pub(crate) const WORKERS: usize = 4;
@@ -52,13 +57,7 @@ impl Dispatch {
                 let worker = reader.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("evbus-dispatch-{index}"))
-                    .spawn(move || {
-                        for message in messages {
-                            let bytes = size(&message);
-                            worker.receive(message.channel(), message.payload());
-                            worker.state().inbox_bytes.fetch_sub(bytes, AcqRel);
-                        }
-                    });
+                    .spawn(move || work(&worker, &messages));
                 if let Err(error) = spawned {
                     // No thread: its channels' messages are counted missed as they come.
                     reader.thread_failed(index, &error);
@@ -89,12 +88,63 @@ impl Dispatch {
             state.inbox_bytes.fetch_sub(bytes, AcqRel);
             return self.reader.overflow(message.channel(), message.payload());
         }
-        let queue = &self.queues[worker_of(message.channel())];
+        let queue = &self.queues[route(state, &message)];
         if let Err(mpsc::SendError(message)) = queue.send(message) {
             state.inbox_bytes.fetch_sub(bytes, AcqRel);
             self.reader.overflow(message.channel(), message.payload());
         }
     }
+}
+
+/// A dispatch thread: delivers its channels' messages in order, and gives up on their
+/// repair gaps whose time ran out (K03). It waits for the next message, or, while a gap is
+/// open, until the first deadline.
+fn work(reader: &Reader, messages: &mpsc::Receiver<Received>) {
+    let state = reader.state();
+    // Held frames: at most a share of the receive buffer's bytes, and of a window's messages.
+    let mut holds = Holds::new(
+        state.repair_timeout,
+        HELD_MESSAGES,
+        (state.receive_buffer_bytes as usize) / WORKERS,
+    );
+    loop {
+        let message = match holds.next_deadline() {
+            None => match messages.recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::RecvError) => return,
+            },
+            Some(deadline) => {
+                match messages.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(message) => Some(message),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        };
+        if let Some(message) = message {
+            let bytes = size(&message);
+            reader.receive(&mut holds, message.channel(), message.payload());
+            state.inbox_bytes.fetch_sub(bytes, AcqRel);
+        }
+        if holds.next_deadline().is_some() {
+            reader.expire(&mut holds, Instant::now());
+        }
+    }
+}
+
+/// Messages one dispatch thread holds at most while gaps before them are repaired.
+const HELD_MESSAGES: u64 = 1 << 16;
+
+/// The dispatch thread of a received message: its channel's, or for a repair answer, the
+/// channel's it answers for (so that it is delivered in order with that channel's messages).
+fn route(state: &State, message: &Received) -> usize {
+    let channel = message.channel();
+    if state.repairing() && channel.starts_with(state.control_prefix.as_bytes()) {
+        if let Some(answered) = control::channel_of(message.payload()) {
+            return worker_of(answered);
+        }
+    }
+    worker_of(channel)
 }
 
 /// What a message counts against the byte bound.

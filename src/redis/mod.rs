@@ -32,11 +32,13 @@
 
 mod connection;
 mod dispatch;
+mod holds;
 mod ledger;
 mod publisher;
 pub(crate) mod sequences;
 mod state;
 mod subscriber;
+mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Weak};
@@ -113,6 +115,7 @@ impl RedisTransport {
             settings.receive_buffer_bytes,
             events,
         );
+        let state = state.with_repair(settings.repair_window, settings.repair_timeout);
         Ok(RedisTransport {
             state: Arc::new(state),
             redis: Arc::new(redis),
@@ -153,6 +156,12 @@ impl Transport for RedisTransport {
             return;
         };
         let state = &self.state;
+        if state.repairing() {
+            // The bus's own control channel: requests for what it published, and answers
+            // to its own (K02).
+            let origin = state.sequencer.lock().origin;
+            state.redis_subscription_changed(state.control_channel(&origin), true);
+        }
         let mut tasks = self.tasks.lock();
         tasks.push(
             self.runtime
@@ -278,6 +287,7 @@ impl Transport for RedisTransport {
         stats.global_repaired = s.repaired.load(Relaxed);
         stats.global_repair_requests = s.repair_requests.load(Relaxed);
         stats.global_repair_refused = s.repair_refused.load(Relaxed);
+        stats.global_repair_window_bytes = s.window_bytes.load(Relaxed);
     }
 }
 

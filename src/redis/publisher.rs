@@ -26,12 +26,12 @@
 //! Order: posts of one thread on one channel are published in post order. Posts to
 //! different channels may be reordered within a batch (each channel's order is kept).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
@@ -41,7 +41,8 @@ use super::state::{Outgoing, State};
 use crate::error::Reason;
 use crate::export;
 use crate::sync::Flag;
-use crate::wire::frame::{self, HEADER_LEN};
+use crate::wire::control::Control;
+use crate::wire::frame::{self, Origin, HEADER_LEN};
 use crate::wire::mac::Keys;
 use crate::wire::WireFormat;
 
@@ -94,9 +95,10 @@ fn poll_parked<F: Flag>(
 /// The publisher task.
 pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
     let mut batch = Vec::new();
+    let mut quiet = Quiet::default();
     loop {
-        next_batch(&state, &mut batch).await;
-        let commands = match state.codec.format {
+        next_batch(&state, &mut batch, quiet.next_due()).await;
+        let mut commands: Vec<Command> = match state.codec.format {
             WireFormat::Serverpod => batch
                 .drain(..)
                 .map(|post| Command {
@@ -105,24 +107,118 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                     tickets: vec![post.ticket],
                 })
                 .collect(),
-            WireFormat::Native => {
-                let max = state.codec.max_message_bytes;
-                let keys = &state.codec.keys;
-                frames(&mut batch, &mut state.sequencer.lock(), keys, max)
-            }
+            WireFormat::Native => native(&state, &mut batch, &mut quiet),
         };
-        send(&state, &redis, commands).await;
+        // Repair's control messages: answers, requests, announcements (K02, K04).
+        quiet.announce(&state, Instant::now());
+        while let Some((channel, bytes)) = state.control.pop() {
+            commands.push(Command {
+                outbound: Outbound::new(channel, bytes),
+                tickets: Vec::new(),
+                posted_bytes: 0,
+            });
+        }
+        if !commands.is_empty() {
+            send(&state, &redis, commands).await;
+        }
     }
 }
 
-/// Waits until something is queued, then moves up to [`MAX_BATCH`] posts into `batch`.
-async fn next_batch(state: &State, batch: &mut Vec<Outgoing>) {
-    poll_fn(|cx| {
+/// Frames a Native batch, and keeps the frames in the retransmit window (K01).
+fn native(state: &State, batch: &mut Vec<Outgoing>, quiet: &mut Quiet) -> Vec<Command> {
+    let max = state.codec.max_message_bytes;
+    let keys = &state.codec.keys;
+    let mut sequencer = state.sequencer.lock();
+    let origin = sequencer.origin;
+    let Some(window) = &state.window else {
+        return frames(batch, &mut sequencer, keys, max, &mut |_, _, _, _, _| {});
+    };
+    let mut window = window.lock();
+    let now = Instant::now();
+    let mut current = origin;
+    let commands = frames(
+        batch,
+        &mut sequencer,
+        keys,
+        max,
+        &mut |from, channel, first, count, bytes| {
+            if *from != current {
+                // A new origin id (the sequence table was full): nobody can ask for what the
+                // old id sent, and receivers ask the new id's own control channel.
+                window.clear();
+                state.redis_subscription_changed(state.control_channel(&current), false);
+                state.redis_subscription_changed(state.control_channel(from), true);
+                current = *from;
+            }
+            window.keep(channel, first, count, bytes);
+            quiet.posted(channel, first + (count - 1), now);
+        },
+    );
+    state.window_bytes.store(window.bytes(), Relaxed);
+    commands
+}
+
+/// How long a channel stays quiet before its origin announces its last sequence number (K04).
+const ANNOUNCE_AFTER: Duration = Duration::from_millis(100);
+
+/// The channels posted to lately, for the announcements of K04: an origin that goes quiet
+/// on a channel says, once, what its last sequence number there is, so that a receiver that
+/// lost the last message finds the gap without waiting for the next post.
+#[derive(Default)]
+struct Quiet {
+    /// Per channel, its last sequence number and when it was published.
+    last: HashMap<String, (u64, Instant)>,
+    /// (when, channel) in the order published: what to look at next.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Quiet {
+    fn posted(&mut self, channel: &str, last: u64, now: Instant) {
+        self.last.insert(channel.to_string(), (last, now));
+        self.order.push_back((now, channel.to_string()));
+    }
+
+    /// When the next announcement is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.order.front().map(|(at, _)| *at + ANNOUNCE_AFTER)
+    }
+
+    /// Queues the announcements due by `now`: channels quiet since their last post.
+    fn announce(&mut self, state: &State, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| *at + ANNOUNCE_AFTER <= now)
+        {
+            let Some((at, channel)) = self.order.pop_front() else {
+                break;
+            };
+            // Only the channel's newest post announces, and only if it is still the last.
+            if let Some(&(last, posted)) = self.last.get(&channel) {
+                if posted == at {
+                    self.last.remove(&channel);
+                    let origin = state.sequencer.lock().origin;
+                    state.send_control(channel, Control::Announce { origin, last });
+                }
+            }
+        }
+    }
+}
+
+/// Waits until something is queued (or until `until`, when an announcement is due then),
+/// then moves up to [`MAX_BATCH`] posts into `batch`.
+async fn next_batch(state: &State, batch: &mut Vec<Outgoing>, until: Option<Instant>) {
+    let queued = poll_fn(|cx| {
         poll_parked(&state.publisher_parked, &state.publisher_waker, cx, || {
-            !state.queue.is_empty()
+            !state.queue.is_empty() || !state.control.is_empty()
         })
-    })
-    .await;
+    });
+    match until {
+        Some(until) => {
+            let _ = tokio::time::timeout_at(until.into(), queued).await;
+        }
+        None => queued.await,
+    }
     while batch.len() < MAX_BATCH {
         match state.queue.pop() {
             Some(post) => batch.push(post),
@@ -130,6 +226,10 @@ async fn next_batch(state: &State, batch: &mut Vec<Outgoing>) {
         }
     }
 }
+
+/// What sees each frame written: its origin, channel, first sequence number, record count
+/// and bytes.
+type Keep<'a> = dyn FnMut(&Origin, &str, u64, u64, &[u8]) + 'a;
 
 /// One PUBLISH and the tickets it carries.
 struct Command {
@@ -140,11 +240,15 @@ struct Command {
 }
 
 /// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
+///
+/// `keep` sees every frame written: its origin, channel, first sequence number, record count
+/// and bytes (the retransmit window keeps them).
 fn frames(
     batch: &mut Vec<Outgoing>,
     sequencer: &mut Sequencer,
     keys: &Keys,
     max: usize,
+    keep: &mut Keep<'_>,
 ) -> Vec<Command> {
     // Group by channel, keeping first-seen order of channels and post order within each.
     let mut order: Vec<(String, Vec<Outgoing>)> = Vec::new();
@@ -188,6 +292,7 @@ fn frames(
                 bytes.extend_from_slice(&post.bytes);
             }
             keys.seal(&mut bytes);
+            keep(&sequencer.origin, &channel, first_seq, count as u64, &bytes);
             commands.push(Command {
                 outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
@@ -289,6 +394,7 @@ mod tests {
             &mut sequencer,
             &Keys::default(),
             HEADER_LEN + 200,
+            &mut |_, _, _, _, _| {},
         );
         let tickets: Vec<Vec<u64>> = commands.iter().map(|c| c.tickets.clone()).collect();
         assert_eq!(tickets, vec![vec![1, 3], vec![4], vec![2]]);

@@ -163,6 +163,59 @@ impl Sequences {
         newly
     }
 
+    /// The range `from..=to` missing before a frame from `origin` that starts at `first`,
+    /// when repair can ask for it (K02): the origin is known, the frame is past the next
+    /// sequence number and plausible, and none of the range was counted missed already
+    /// (messages this bus dropped itself are counted at once and not asked for).
+    pub fn gap(&self, channel: &str, origin: &Origin, first: u64) -> Option<(u64, u64)> {
+        let seen = self.channels.get(channel)?.get(origin)?;
+        if !seen.based || first <= seen.mark.saturating_add(1) || first - seen.mark - 1 > WINDOW {
+            return None;
+        }
+        let (from, to) = (seen.mark + 1, first - 1);
+        (seen.uncounted(from, to) == to - from + 1).then_some((from, to))
+    }
+
+    /// The last sequence number accepted from `origin` on `channel`, if it is known.
+    pub fn mark(&self, channel: &str, origin: &Origin) -> Option<u64> {
+        let seen = self.channels.get(channel)?.get(origin)?;
+        seen.based.then_some(seen.mark)
+    }
+
+    /// Gives up on everything of `origin` up to `to` not seen yet: counts what was not
+    /// counted already and moves the mark to `to` (a repair that timed out, or what the
+    /// origin no longer has). Returns how many are newly counted missed. Nothing moves
+    /// when the origin is unknown here, `to` is not past the mark, or `to` is implausibly
+    /// far.
+    pub fn skip_to(&mut self, channel: &str, origin: &Origin, to: u64) -> u64 {
+        let Some(seen) = self
+            .channels
+            .get_mut(channel)
+            .and_then(|origins| origins.get_mut(origin))
+        else {
+            return 0;
+        };
+        if !seen.based || to <= seen.mark || to - seen.mark > WINDOW {
+            return 0;
+        }
+        let missed = seen.uncounted(seen.mark + 1, to);
+        seen.mark = to;
+        seen.counted.retain(|&(_, end)| end > to);
+        missed
+    }
+
+    /// The origins known on `channel`, with their marks: whom a receiver that reconnected
+    /// asks for their latest sequence number (K04).
+    pub fn known(&self, channel: &str) -> Vec<(Origin, u64)> {
+        self.channels.get(channel).map_or_else(Vec::new, |origins| {
+            origins
+                .iter()
+                .filter(|(_, seen)| seen.based)
+                .map(|(origin, seen)| (*origin, seen.mark))
+                .collect()
+        })
+    }
+
     /// Forgets everything seen: frames were lost whose origins are unknown.
     pub fn forget_all(&mut self) {
         self.channels.clear();
@@ -281,6 +334,23 @@ mod tests {
             missed,
             implausible,
         }
+    }
+
+    #[test]
+    fn a_gap_is_asked_for_only_when_nothing_of_it_was_counted() {
+        let mut s = Sequences::default();
+        assert_eq!(s.gap("c", &A, 5), None, "an unknown origin has no gap");
+        check(&mut s, 1, 2);
+        assert_eq!(s.gap("c", &A, 3), None);
+        assert_eq!(s.gap("c", &A, 6), Some((3, 5)));
+        assert_eq!(s.lost("c", &A, 4, 1, 0), 1);
+        assert_eq!(s.gap("c", &A, 6), None, "4 was counted when it was dropped");
+        // Giving up counts what was not counted, once.
+        assert_eq!(s.skip_to("c", &A, 5), 2);
+        assert_eq!(s.mark("c", &A), Some(5));
+        assert_eq!(s.skip_to("c", &A, 5), 0);
+        assert_eq!(check(&mut s, 6, 1), v(0, 0, false));
+        assert_eq!(s.known("c"), vec![(A, 6)]);
     }
 
     #[test]

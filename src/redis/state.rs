@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
@@ -13,10 +14,13 @@ use tokio::sync::{mpsc, watch};
 use super::connection::{Link, LinkState};
 use super::ledger::{Sequencer, Settler};
 use super::sequences::Sequences;
+use super::window::Window;
 use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
 use crate::transport::{BoxFuture, Settlement};
 use crate::wire::codec::Codec;
+use crate::wire::control::{self, Control};
+use crate::wire::frame::Origin;
 
 /// A post waiting for the publisher.
 pub(crate) struct Outgoing {
@@ -128,6 +132,18 @@ pub(crate) struct State {
     pub(super) decode_errors: AtomicU64,
     pub(super) missed: AtomicU64,
     pub(super) duplicates: AtomicU64,
+    /// The retransmit window of what this bus published; `None` when repair is off (K01).
+    pub(super) window: Option<Mutex<Window>>,
+    /// How long held messages wait for their gap to be repaired (K03).
+    pub(super) repair_timeout: Duration,
+    /// Repair's control messages for the publisher to send: (Redis channel, payload).
+    pub(super) control: SegQueue<(String, Vec<u8>)>,
+    /// Redis refused to subscribe the control channel (an ACL): repair is off.
+    pub(super) control_refused: AtomicBool,
+    /// What every control channel's name starts with ([`control::control_channel`]).
+    pub(super) control_prefix: String,
+    /// Bytes the retransmit window holds: `Stats::global_repair_window_bytes`.
+    pub(super) window_bytes: AtomicU64,
     pub(super) repaired: AtomicU64,
     pub(super) repair_requests: AtomicU64,
     pub(super) repair_refused: AtomicU64,
@@ -144,6 +160,7 @@ impl State {
         events: Arc<EventHub>,
     ) -> (State, mpsc::UnboundedReceiver<Change>) {
         let (changes, changes_rx) = mpsc::unbounded_channel();
+        let namespace_for_control = namespace.clone();
         let state = State {
             codec,
             namespace,
@@ -178,11 +195,71 @@ impl State {
             decode_errors: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            window: None,
+            repair_timeout: Duration::ZERO,
+            control: SegQueue::new(),
+            control_refused: AtomicBool::new(false),
+            control_prefix: format!("{namespace_for_control}{}", control::CONTROL_INFIX),
+            window_bytes: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
             repair_requests: AtomicU64::new(0),
             repair_refused: AtomicU64::new(0),
         };
         (state, changes_rx)
+    }
+
+    /// Turns repair on (K01): a retransmit window of `messages` and `bytes`, and held
+    /// messages waiting up to `timeout` for a gap. Either bound at 0 leaves it off.
+    pub(super) fn with_repair(
+        mut self,
+        (messages, bytes): (usize, usize),
+        timeout: Duration,
+    ) -> Self {
+        if messages > 0 && bytes > 0 {
+            self.window = Some(Mutex::new(Window::new(messages, bytes)));
+        }
+        self.repair_timeout = timeout;
+        self
+    }
+
+    /// Whether this bus repairs gaps and answers repair requests: it keeps a window, and
+    /// Redis let it subscribe its control channel.
+    pub(super) fn repairing(&self) -> bool {
+        self.window.is_some() && !self.control_refused.load(Relaxed)
+    }
+
+    /// Whether Redis channel `channel` is a control channel (this bus's own: it subscribes
+    /// no other), when repair is on.
+    pub(super) fn is_control(&self, channel: &str) -> bool {
+        self.repairing() && channel.starts_with(self.control_prefix.as_str())
+    }
+
+    /// The control channel of the bus whose origin is `origin`.
+    pub(super) fn control_channel(&self, origin: &Origin) -> String {
+        control::control_channel(&self.namespace, origin)
+    }
+
+    /// Queues `message` for the publisher, to `channel`, signed when the bus signs.
+    pub(super) fn send_control(&self, channel: String, message: Control<'_>) {
+        let keys = &self.codec.keys;
+        let bytes = message.encode(keys.enabled(), |out| keys.seal(out));
+        self.control.push((channel, bytes));
+        super::publisher::wake(self);
+    }
+
+    /// Asks `origin` for `from..=to` of its messages on `channel` (K02).
+    pub(super) fn request_repair(&self, origin: &Origin, channel: &str, from: u64, to: u64) {
+        let asker = self.sequencer.lock().origin;
+        self.repair_requests.fetch_add(1, Relaxed);
+        self.send_control(
+            self.control_channel(origin),
+            Control::Request {
+                asker,
+                channel,
+                from,
+                to,
+            },
+        );
     }
 
     /// The Redis channel of `name`.
@@ -201,11 +278,14 @@ impl State {
     /// caller's own changes were sent before it read `changes_issued = n`, so they are among
     /// the first `n` in the queue, and `confirmed >= n` means they are applied.
     pub(super) fn subscription_changed(&self, name: &str, subscribe: bool) {
+        self.redis_subscription_changed(self.redis_channel(name), subscribe);
+    }
+
+    /// [`subscription_changed`](Self::subscription_changed) of a Redis channel: the bus's
+    /// own control channel (K02).
+    pub(super) fn redis_subscription_changed(&self, channel: String, subscribe: bool) {
         self.changes_issued.fetch_add(1, AcqRel);
-        let change = Change::Subscription {
-            channel: self.redis_channel(name),
-            subscribe,
-        };
+        let change = Change::Subscription { channel, subscribe };
         // The receiver lives as long as the bus's tasks; after close nothing listens.
         let _ = self.changes.send(change);
     }
@@ -351,6 +431,18 @@ impl State {
     /// Records that Redis refused to subscribe `channel`, and says so.
     pub(super) fn subscribe_refused(&self, channel: &str, reason: Reason) {
         let text = reason.to_string();
+        if self.is_control(channel) {
+            // Not a channel of the user's: repair alone is off (gaps are reported missed at
+            // once, as without repair; others' requests to this bus go unanswered).
+            self.control_refused.store(true, Relaxed);
+            tracing::warn!(
+                target: "evbus",
+                channel,
+                reason = %text,
+                "Redis refused the bus's repair control channel: repair is off for this bus"
+            );
+            return;
+        }
         self.refused_subscriptions
             .lock()
             .insert(channel.to_string(), reason);

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::connection::{Failure, Link, LinkState, Redis};
+use super::holds::{Held, Holds};
 use super::sequences::WINDOW;
 use super::state::{Change, State};
 use crate::error::Reason;
@@ -49,7 +50,10 @@ use crate::local::post::{self, Snapshot};
 use crate::stats::Tally;
 use crate::transport::Receive;
 use crate::wire::codec::Payload;
-use crate::wire::frame::{self, Origin, HEADER_LEN, MAC_LEN, RECORD_OVERHEAD, VERSION_SIGNED};
+use crate::wire::control::{self, Control};
+use crate::wire::frame::{
+    self, Frame, Origin, HEADER_LEN, MAC_LEN, RECORD_OVERHEAD, VERSION_SIGNED,
+};
 use crate::wire::serverpod;
 use crate::wire::WireFormat;
 
@@ -117,7 +121,11 @@ pub(super) async fn apply_changes(
         if restore {
             // The new connection has no subscriptions: subscribe everything wanted.
             subscribe = wanted.iter().cloned().collect();
-            tracing::info!(target: "evbus", channels = subscribe.len(), "resubscribing after a reconnect");
+            let channels = subscribe
+                .iter()
+                .filter(|channel| !state.is_control(channel))
+                .count();
+            tracing::info!(target: "evbus", channels, "resubscribing after a reconnect");
         }
         if !unsubscribe.is_empty() {
             let mut refused = state.refused_subscriptions.lock();
@@ -138,7 +146,34 @@ pub(super) async fn apply_changes(
                 .send_modify(|s| s.confirmed = s.confirmed.saturating_add(applied));
         }
         if restore {
+            ask_after_restore(&state, &wanted);
             state.link_changed(Link::Subscriber, LinkState::Restored);
+        }
+    }
+}
+
+/// After the subscriber reconnected: asks every origin known on each subscribed channel for
+/// its latest sequence number there (K04). What was posted while the connection was down
+/// shows no gap until the origin's next post, and an origin that went quiet meanwhile (its
+/// announcement lost with the connection) would never post it. Only the number is asked for:
+/// the gap it shows is asked for as any gap, once, so that a message that cannot reach this
+/// bus (one past its output buffer limit cuts the connection again) is given up after
+/// `repair_timeout` instead of being asked for on every reconnect.
+fn ask_after_restore(state: &State, wanted: &HashSet<String>) {
+    if !state.repairing() {
+        return;
+    }
+    let known: Vec<(String, Vec<(Origin, u64)>)> = {
+        let sequences = state.sequences.lock();
+        wanted
+            .iter()
+            .filter(|channel| !state.is_control(channel))
+            .map(|channel| (channel.clone(), sequences.known(channel)))
+            .collect()
+    };
+    for (channel, origins) in known {
+        for (origin, mark) in origins {
+            state.request_repair(&origin, &channel, mark.saturating_add(1), u64::MAX);
         }
     }
 }
@@ -311,12 +346,73 @@ impl Reader {
         });
     }
 
-    pub(super) fn receive(&self, channel: &[u8], payload: &[u8]) {
+    /// One message from Redis, on the dispatch thread of its channel (`holds` are that
+    /// thread's open gaps).
+    pub(super) fn receive(&self, holds: &mut Holds, channel: &[u8], payload: &[u8]) {
         let state = &self.state;
         // Not a channel of ours: we subscribe only UTF-8 names in our namespace.
         let Ok(channel) = std::str::from_utf8(channel) else {
             return;
         };
+        if state.is_control(channel) {
+            return self.control(holds, channel, payload);
+        }
+        match state.codec.format {
+            WireFormat::Native if control::is_control(payload) => {
+                self.announced(holds, channel, payload);
+            }
+            WireFormat::Native => self.on_channel(
+                holds,
+                channel,
+                Step::Frame {
+                    bytes: payload,
+                    repaired: false,
+                },
+            ),
+            WireFormat::Serverpod => self.serverpod(channel, payload),
+        }
+    }
+
+    /// A Serverpod message: one message per payload, and the payload is the message.
+    fn serverpod(&self, channel: &str, payload: &[u8]) {
+        let state = &self.state;
+        let Some(name) = channel.strip_prefix(state.namespace.as_str()) else {
+            return;
+        };
+        let Some(local) = self.local.upgrade() else {
+            return;
+        };
+        // No receivers: nothing to deliver.
+        let Some(topic) = local.topic(name) else {
+            return;
+        };
+        let snapshot = topic.snapshot();
+        let mut tally = Tally::default();
+        let max = state.codec.max_message_bytes;
+        if payload.len() > max {
+            let reason = format!(
+                "payload of {} bytes exceeds max_message_bytes ({max})",
+                payload.len()
+            );
+            return self.refuse(name, reason);
+        }
+        match serverpod::decode_serverpod(payload) {
+            Ok(message) => {
+                let payload = Payload::Json(message.data);
+                let class = &message.class;
+                if self.deliver(name, snapshot.as_deref(), class, payload, &mut tally) {
+                    add(&state.received, 1);
+                }
+            }
+            Err(error) => self.refuse(name, error.to_string()),
+        }
+        local.received(&tally);
+    }
+
+    /// One step of the Native messages of Redis channel `channel`: a frame, or a gap given
+    /// up on or reported gone; then whatever held frames of its origin now follow the mark.
+    fn on_channel(&self, holds: &mut Holds, channel: &str, step: Step<'_>) {
+        let state = &self.state;
         let Some(name) = channel.strip_prefix(state.namespace.as_str()) else {
             return;
         };
@@ -325,137 +421,413 @@ impl Reader {
         };
         // No receivers: nothing to deliver (and no sequence to track).
         let Some(topic) = local.topic(name) else {
+            if let Step::Expire { origin } = step {
+                holds.close(channel, &origin);
+            }
             return;
         };
         let snapshot = topic.snapshot();
-        let snapshot = snapshot.as_deref();
-        let mut tally = Tally::default();
-        let mut received = 0;
+        let mut to = Here {
+            channel,
+            name,
+            snapshot: snapshot.as_deref(),
+            tally: Tally::default(),
+            received: 0,
+        };
+        let origin = match step {
+            Step::Frame { bytes, repaired } => self.frame(holds, &mut to, bytes, repaired, true),
+            Step::Gone {
+                origin,
+                from,
+                to: last,
+            } => {
+                let mut sequences = state.sequences.lock();
+                // Only a range that starts where the receiver stands: the rest is on its way.
+                if sequences
+                    .mark(channel, &origin)
+                    .is_some_and(|mark| from <= mark.saturating_add(1))
+                {
+                    let lost = sequences.skip_to(channel, &origin, last);
+                    drop(sequences);
+                    self.missed(&origin, lost);
+                }
+                Some(origin)
+            }
+            Step::Expire { origin } => {
+                self.flush(holds, &mut to, &origin);
+                None
+            }
+            Step::Latest { origin, last } => {
+                self.latest(holds, channel, &origin, last);
+                None
+            }
+        };
+        if let Some(origin) = origin {
+            self.release(holds, &mut to, &origin);
+        }
+        add(&state.received, to.received);
+        local.received(&to.tally);
+    }
+
+    /// Delivers the held frames of `origin` that now follow the mark, in order, and closes
+    /// the gap once it is filled (K03).
+    fn release(&self, holds: &mut Holds, to: &mut Here<'_>, origin: &Origin) {
+        if !holds.is_open(to.channel, origin) {
+            return;
+        }
+        loop {
+            let mark = self.state.sequences.lock().mark(to.channel, origin);
+            let Some(held) = holds.next_ready(to.channel, origin, mark) else {
+                break;
+            };
+            self.frame(holds, to, &held.bytes, held.repaired, true);
+        }
+        let mark = self.state.sequences.lock().mark(to.channel, origin);
+        if let Some(mark) = mark {
+            holds.close_if_filled(to.channel, origin, mark);
+        }
+    }
+
+    /// Gives up on the gap of `origin`: counts what is still missing before each held frame
+    /// and delivers them in order, then counts what was asked for and never came (K03).
+    fn flush(&self, holds: &mut Holds, to: &mut Here<'_>, origin: &Origin) {
+        while let Some(first) = holds.first_held(to.channel, origin) {
+            let lost = (self.state.sequences.lock()).skip_to(to.channel, origin, first - 1);
+            self.missed(origin, lost);
+            if let Some(held) = holds.next_ready(to.channel, origin, None) {
+                self.frame(holds, to, &held.bytes, held.repaired, false);
+            }
+        }
+        if let Some(asked) = holds.close(to.channel, origin) {
+            let lost = (self.state.sequences.lock()).skip_to(to.channel, origin, asked);
+            self.missed(origin, lost);
+        }
+    }
+
+    /// The gaps of this dispatch thread whose `repair_timeout` passed: given up (K03).
+    pub(super) fn expire(&self, holds: &mut Holds, now: Instant) {
+        for (channel, origin) in holds.expired(now) {
+            self.on_channel(holds, &channel, Step::Expire { origin });
+        }
+    }
+
+    /// One Native frame of `to.channel`, `repaired` when it came as a repair answer: checked,
+    /// then delivered, or held while a gap before it is repaired (only when `may_hold`).
+    /// Returns its origin when it moved the mark, so that held frames may follow.
+    fn frame(
+        &self,
+        holds: &mut Holds,
+        to: &mut Here<'_>,
+        payload: &[u8],
+        repaired: bool,
+        may_hold: bool,
+    ) -> Option<Origin> {
+        let state = &self.state;
+        let (channel, name) = (to.channel, to.name);
         let max = state.codec.max_message_bytes;
-        match state.codec.format {
-            // One message per payload: the payload is the message.
-            WireFormat::Serverpod if payload.len() > max => self.refuse(
+        // The limit is applied to each message of a frame, not to the frame: a frame
+        // from a bus with a larger limit may carry messages within this bus's limit
+        // beside ones over it, and Redis has delivered the whole frame already.
+        // Authenticity first: a frame without a valid MAC is not even parsed, and
+        // touches nothing.
+        if !self.authentic(payload) {
+            let why = match payload.get(3) {
+                Some(&VERSION_SIGNED) => "a wrong MAC",
+                _ => "no MAC",
+            };
+            self.reject(
+                name,
+                format!("a frame with {why} (this bus has a signing key)"),
+            );
+            return None;
+        }
+        let frame = match frame::decode_frame(payload) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.refuse(name, error.to_string());
+                // Its messages are lost: when its header says how many (and the frame
+                // is long enough to hold that many), count them at once, so that
+                // received + missed == posted holds. The mark does not move: a frame
+                // that does not decode is not believed.
+                if let Some((origin, first, count)) = frame::decode_header(payload) {
+                    let possible = (payload.len() - HEADER_LEN) / RECORD_OVERHEAD;
+                    if count as usize <= possible {
+                        let tick = state.received.load(Relaxed);
+                        let lost = state.sequences.lock().lost(
+                            channel,
+                            &origin,
+                            first,
+                            u64::from(count),
+                            tick,
+                        );
+                        self.missed(&origin, lost);
+                    }
+                }
+                return None;
+            }
+        };
+        let count = frame.records.len() as u64;
+        let last = frame.first_seq + (count - 1);
+        if !state
+            .sequencer
+            .lock()
+            .may_have_sent(&frame.origin, channel, last)
+        {
+            self.reject(
+                name,
+                format!("a frame claims this bus's own origin with sequence {last}, which it never sent"),
+            );
+            return None;
+        }
+        if may_hold && state.repairing() && self.held(holds, to, payload, &frame, repaired) {
+            return None;
+        }
+        let tick = state.received.load(Relaxed);
+        let verdict =
+            state
+                .sequences
+                .lock()
+                .check(channel, &frame.origin, frame.first_seq, count, tick);
+        if verdict.implausible {
+            self.refuse(
                 name,
                 format!(
-                    "payload of {} bytes exceeds max_message_bytes ({max})",
-                    payload.len()
+                    "implausible sequence numbers {}..={last} from {}: more than {WINDOW} away from the last seen",
+                    frame.first_seq,
+                    hex(&frame.origin)
                 ),
-            ),
-            WireFormat::Serverpod => match serverpod::decode_serverpod(payload) {
-                Ok(message) => {
-                    let payload = Payload::Json(message.data);
-                    received += u64::from(self.deliver(
-                        name,
-                        snapshot,
-                        &message.class,
-                        payload,
-                        &mut tally,
-                    ));
-                }
-                Err(error) => self.refuse(name, error.to_string()),
-            },
-            // The limit is applied to each message of a frame, not to the frame: a frame
-            // from a bus with a larger limit may carry messages within this bus's limit
-            // beside ones over it, and Redis has delivered the whole frame already.
-            // Authenticity first: a frame without a valid MAC is not even parsed, and
-            // touches nothing.
-            WireFormat::Native if !self.authentic(payload) => {
-                let why = match payload.get(3) {
-                    Some(&VERSION_SIGNED) => "a wrong MAC",
-                    _ => "no MAC",
-                };
-                self.reject(
+            );
+            return None;
+        }
+        add(&state.duplicates, verdict.duplicates);
+        self.missed(&frame.origin, verdict.missed);
+        if verdict.duplicates == count {
+            return None;
+        }
+        if repaired {
+            add(&state.repaired, count - verdict.duplicates);
+            holds.progress(channel, &frame.origin, Instant::now());
+        } else {
+            export::latency(&state.namespace, frame.sent_at);
+        }
+        for record in &frame.records[verdict.duplicates as usize..] {
+            // Measured as the poster measures it (`PostError::TooLarge`): the
+            // record in a frame of its own.
+            let size = HEADER_LEN
+                + frame.mac.map_or(0, |_| MAC_LEN)
+                + RECORD_OVERHEAD
+                + record.class.len()
+                + record.payload.len();
+            if size > max {
+                self.refuse(
                     name,
-                    format!("a frame with {why} (this bus has a signing key)"),
+                    format!("message of {size} bytes exceeds max_message_bytes ({max})"),
+                );
+                continue;
+            }
+            let payload = Payload::Native(record.payload);
+            let delivered = self.deliver(name, to.snapshot, record.class, payload, &mut to.tally);
+            to.received += u64::from(delivered);
+        }
+        Some(frame.origin)
+    }
+
+    /// Holds `frame` when a gap of its origin lies before it, and asks for the part of the
+    /// gap not asked for yet (K02, K03); false when it is to be delivered now (no gap, or no
+    /// room left to hold it: then the gap is given up first).
+    fn held(
+        &self,
+        holds: &mut Holds,
+        to: &mut Here<'_>,
+        payload: &[u8],
+        frame: &Frame<'_>,
+        repaired: bool,
+    ) -> bool {
+        let (channel, origin) = (to.channel, &frame.origin);
+        let first = frame.first_seq;
+        let last = first + (frame.records.len() as u64 - 1);
+        let (gap, past) = {
+            let sequences = self.state.sequences.lock();
+            let past = sequences
+                .mark(channel, origin)
+                .is_some_and(|mark| first > mark.saturating_add(1) && first - mark - 1 <= WINDOW);
+            (sequences.gap(channel, origin, first), past)
+        };
+        let open = holds.is_open(channel, origin);
+        if gap.is_none() && !(open && past) {
+            return false;
+        }
+        if let Some((from, to)) = gap {
+            let from = from.max(holds.reach(channel, origin) + 1);
+            if from <= to || !open {
+                if let Some((from, to)) = holds.open(channel, origin, from, to, Instant::now()) {
+                    self.state.request_repair(origin, channel, from, to);
+                }
+            }
+        }
+        let kept = Held {
+            bytes: payload.to_vec(),
+            repaired,
+        };
+        if holds.hold(channel, origin, (first, last), kept) {
+            return true;
+        }
+        // No room: this gap is given up now, and the frame goes on as if there were none.
+        self.flush(holds, to, origin);
+        false
+    }
+
+    /// An origin's announcement of its last sequence number on `channel` (K04).
+    fn announced(&self, holds: &mut Holds, channel: &str, payload: &[u8]) {
+        let state = &self.state;
+        if !state.repairing() {
+            // Repair is off here: an announcement is nothing to this bus.
+            return;
+        }
+        let name = state.local_name(channel);
+        match self.decode_control(name, payload) {
+            Some(Control::Announce { origin, last }) => {
+                self.on_channel(holds, channel, Step::Latest { origin, last });
+            }
+            Some(_) => self.refuse(name, "a repair message on a channel of messages".into()),
+            None => {}
+        }
+    }
+
+    /// `origin`'s last sequence number on `channel` is `last` (K04): a gap before it that
+    /// was not asked for yet is asked for.
+    fn latest(&self, holds: &mut Holds, channel: &str, origin: &Origin, last: u64) {
+        let state = &self.state;
+        if !state.sequencer.lock().may_have_sent(origin, channel, last) {
+            return self.reject(
+                state.local_name(channel),
+                format!("a repair message claims this bus's own origin with sequence {last}, which it never sent"),
+            );
+        }
+        let Some(next) = last.checked_add(1) else {
+            return;
+        };
+        let Some((from, to)) = state.sequences.lock().gap(channel, origin, next) else {
+            return;
+        };
+        let from = from.max(holds.reach(channel, origin) + 1);
+        if from > to {
+            return;
+        }
+        if let Some((from, to)) = holds.open(channel, origin, from, to, Instant::now()) {
+            state.request_repair(origin, channel, from, to);
+        }
+    }
+
+    /// A message on this bus's control channel: a request for what it published, or an
+    /// answer to a request of its own (K02, K05).
+    fn control(&self, holds: &mut Holds, channel: &str, payload: &[u8]) {
+        let state = &self.state;
+        let Some(control) = self.decode_control(channel, payload) else {
+            if control::decode(payload).is_err() {
+                add(&state.repair_refused, 1);
+            }
+            return;
+        };
+        match control {
+            Control::Request {
+                asker,
+                channel,
+                from,
+                to,
+            } => self.answer(&asker, channel, from, to),
+            Control::Answer { channel, frame } => self.on_channel(
+                holds,
+                channel,
+                Step::Frame {
+                    bytes: frame,
+                    repaired: true,
+                },
+            ),
+            Control::Gone {
+                origin,
+                channel,
+                from,
+                to,
+            } => self.on_channel(holds, channel, Step::Gone { origin, from, to }),
+            Control::Latest {
+                origin,
+                channel,
+                last,
+            } => self.on_channel(holds, channel, Step::Latest { origin, last }),
+            Control::Announce { .. } => {
+                self.refuse(channel, "an announcement on a control channel".into());
+            }
+        }
+    }
+
+    /// Answers `asker`'s request from the retransmit window: what is kept, and what is gone
+    /// (K02); refused past the asker's rate limit (K05).
+    fn answer(&self, asker: &Origin, channel: &str, from: u64, to: u64) {
+        let state = &self.state;
+        let Some(window) = &state.window else {
+            return;
+        };
+        let answer = window
+            .lock()
+            .answer(asker, channel, from, to, Instant::now());
+        let Some(answer) = answer else {
+            if state.repair_refused.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(
+                    target: "evbus",
+                    asker = %hex(asker),
+                    "repair requests refused past their asker's rate limit (counted in global_repair_refused)"
                 );
             }
-            WireFormat::Native => match frame::decode_frame(payload) {
-                Ok(frame) => {
-                    let count = frame.records.len() as u64;
-                    let last = frame.first_seq + (count - 1);
-                    if !state
-                        .sequencer
-                        .lock()
-                        .may_have_sent(&frame.origin, channel, last)
-                    {
-                        return self.reject(
-                            name,
-                            format!("a frame claims this bus's own origin with sequence {last}, which it never sent"),
-                        );
-                    }
-                    let tick = state.received.load(Relaxed);
-                    let verdict = state.sequences.lock().check(
-                        channel,
-                        &frame.origin,
-                        frame.first_seq,
-                        count,
-                        tick,
-                    );
-                    if verdict.implausible {
-                        return self.refuse(
-                            name,
-                            format!(
-                                "implausible sequence numbers {}..={last} from {}: more than {WINDOW} away from the last seen",
-                                frame.first_seq,
-                                hex(&frame.origin)
-                            ),
-                        );
-                    }
-                    add(&state.duplicates, verdict.duplicates);
-                    self.missed(&frame.origin, verdict.missed);
-                    export::latency(&state.namespace, frame.sent_at);
-                    for record in &frame.records[verdict.duplicates as usize..] {
-                        // Measured as the poster measures it (`PostError::TooLarge`): the
-                        // record in a frame of its own.
-                        let size = HEADER_LEN
-                            + frame.mac.map_or(0, |_| MAC_LEN)
-                            + RECORD_OVERHEAD
-                            + record.class.len()
-                            + record.payload.len();
-                        if size > max {
-                            self.refuse(
-                                name,
-                                format!(
-                                    "message of {size} bytes exceeds max_message_bytes ({max})"
-                                ),
-                            );
-                            continue;
-                        }
-                        let payload = Payload::Native(record.payload);
-                        received += u64::from(self.deliver(
-                            name,
-                            snapshot,
-                            record.class,
-                            payload,
-                            &mut tally,
-                        ));
-                    }
-                }
-                Err(error) => {
-                    self.refuse(name, error.to_string());
-                    // Its messages are lost: when its header says how many (and the frame
-                    // is long enough to hold that many), count them at once, so that
-                    // received + missed == posted holds. The mark does not move: a frame
-                    // that does not decode is not believed.
-                    if let Some((origin, first, count)) = frame::decode_header(payload) {
-                        let possible = (payload.len() - HEADER_LEN) / RECORD_OVERHEAD;
-                        if count as usize <= possible {
-                            let tick = state.received.load(Relaxed);
-                            let lost = state.sequences.lock().lost(
-                                channel,
-                                &origin,
-                                first,
-                                u64::from(count),
-                                tick,
-                            );
-                            self.missed(&origin, lost);
-                        }
-                    }
-                }
-            },
+            return;
+        };
+        let reply_to = state.control_channel(asker);
+        let origin = state.sequencer.lock().origin;
+        if let Some(last) = answer.latest {
+            let latest = Control::Latest {
+                origin,
+                channel,
+                last,
+            };
+            state.send_control(reply_to.clone(), latest);
         }
-        add(&state.received, received);
-        local.received(&tally);
+        if let Some((from, to)) = answer.gone {
+            let gone = Control::Gone {
+                origin,
+                channel,
+                from,
+                to,
+            };
+            state.send_control(reply_to.clone(), gone);
+        }
+        for frame in &answer.frames {
+            state.send_control(reply_to.clone(), Control::Answer { channel, frame });
+        }
+    }
+
+    /// Decodes a control message, authenticated when this bus has a signing key; refused
+    /// (counted, reported) otherwise.
+    fn decode_control<'a>(&self, channel: &str, payload: &'a [u8]) -> Option<Control<'a>> {
+        let decoded = match control::decode(payload) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                self.refuse(channel, reason.to_string());
+                return None;
+            }
+        };
+        let keys = &self.state.codec.keys;
+        if keys.enabled()
+            && !decoded
+                .signed
+                .is_some_and(|(body, mac)| keys.verify(body, mac))
+        {
+            self.reject(
+                channel,
+                "a repair message without a valid MAC (this bus has a signing key)".into(),
+            );
+            return None;
+        }
+        Some(decoded.control)
     }
 
     /// Counts and reports `count` messages from `origin` as lost (G06).
@@ -523,6 +895,30 @@ impl Reader {
             reason,
         });
     }
+}
+
+/// What is being delivered to: one channel's receivers, and what they got.
+struct Here<'a> {
+    /// The Redis channel.
+    channel: &'a str,
+    /// Its name on the bus.
+    name: &'a str,
+    snapshot: Option<&'a Snapshot>,
+    tally: Tally,
+    received: u64,
+}
+
+/// What [`Reader::on_channel`] does for one channel.
+enum Step<'a> {
+    /// A frame as published, or `repaired` as a repair answer.
+    Frame { bytes: &'a [u8], repaired: bool },
+    /// The origin no longer has `from..=to`: counted missed.
+    Gone { origin: Origin, from: u64, to: u64 },
+    /// The gap of `origin` waited `repair_timeout` without progress: given up.
+    Expire { origin: Origin },
+    /// `origin`'s last sequence number is `last` (an announcement, or the answer to a
+    /// request for it): a gap before it is asked for.
+    Latest { origin: Origin, last: u64 },
 }
 
 /// Adds `n` to a counter, saturating at `u64::MAX`: a counter never wraps, whatever the

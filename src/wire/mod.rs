@@ -4,6 +4,7 @@
 //! and types, shared by every transport.
 //!
 //! - [`frame`]: the Native frame (origin id, sequence numbers, records of class and payload);
+//! - [`control`]: repair's requests, answers and announcements (K02, K04);
 //! - [`serverpod`]: Serverpod's JSON envelope;
 //! - [`error`]: `DecodeError`, why received bytes were refused, in either format;
 //! - [`mac`]: the MAC of a signed frame (keyed BLAKE3);
@@ -11,6 +12,7 @@
 //! - [`format`]: [`WireFormat`], which of the two a bus uses.
 
 pub(crate) mod codec;
+pub(crate) mod control;
 pub(crate) mod error;
 pub(crate) mod format;
 pub(crate) mod frame;
