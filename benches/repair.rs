@@ -26,7 +26,10 @@
 //! on within 5% of off), and the lone-post median and p99 over every post. Single batches on
 //! this kind of machine vary by a factor of two from one to the next, which is why the table
 //! takes many rounds and medians rather than criterion's two runs one after the other. It
-//! also gives the fastest batch of each: what each does when the machine leaves it alone.
+//! also gives the CPU time this process (both buses of a pair, not Redis) spent per message
+//! in the batches of each setup, from `/proc/self/stat` (Linux; in clock ticks, taken as
+//! 100 Hz): less disturbed by the other tenants than wall time, and where a cost of the
+//! window would show first.
 //!
 //! # Repair latency
 //!
@@ -226,13 +229,15 @@ impl Pair {
     fn check_steady(&self) {
         let b = self.b.stats();
         println!(
-            "{}: bus B received {}, missed {}, duplicates {}, repaired {}, repair requests {}",
+            "{}: bus B received {}, missed {}, duplicates {}, repaired {}, repair requests {}; \
+             bus A's window holds {} bytes",
             self.name,
             b.global_received,
             b.global_missed,
             b.global_duplicates,
             b.global_repaired,
-            b.global_repair_requests
+            b.global_repair_requests,
+            self.a.stats().global_repair_window_bytes,
         );
         assert_eq!(b.global_missed, 0, "{}", self.stats());
     }
@@ -303,16 +308,22 @@ fn turns(runtime: &Runtime, pairs: &[Pair; 2], rounds: usize) {
     let mut posts: [Vec<Duration>; 2] = Default::default();
     let mut rate_ratios = Vec::new();
     let mut p50_ratios = Vec::new();
-    let mut fastest = [Duration::MAX; 2];
+    let mut cpu = [Duration::ZERO; 2];
+    let mut cpu_ratios = Vec::new();
     runtime.block_on(async {
         for round in 0..rounds {
             let (first, second) = if round % 2 == 0 { (0, 1) } else { (1, 0) };
             let mut took = [Duration::ZERO; 2];
+            let mut round_cpu = [Duration::ZERO; 2];
             for i in [first, second, second, first] {
-                let batch = pairs[i].batch().await;
-                fastest[i] = fastest[i].min(batch);
-                took[i] += batch;
+                let cpu_before = process_cpu();
+                took[i] += pairs[i].batch().await;
+                round_cpu[i] += process_cpu().saturating_sub(cpu_before);
             }
+            for i in 0..2 {
+                cpu[i] += round_cpu[i];
+            }
+            cpu_ratios.push(round_cpu[0].as_secs_f64() / round_cpu[1].as_secs_f64());
             let rate = took.map(|t| 2.0 * BATCH as f64 / t.as_secs_f64());
             for i in 0..2 {
                 rates[i].push(rate[i]);
@@ -338,17 +349,20 @@ fn turns(runtime: &Runtime, pairs: &[Pair; 2], rounds: usize) {
         "turns ({rounds} rounds; per round two batches of {BATCH} posts and {lone_posts} lone \
          posts of each setup, in turns):\n  \
          throughput: repair_on median {:.0} msg/s, repair_off median {:.0} msg/s; \
-         median of per-round ratios on/off {:.3} (rounds: {}); fastest batch: repair_on \
-         {:.0} msg/s, repair_off {:.0} msg/s, ratio on/off {:.3}\n  \
+         median of per-round ratios on/off {:.3} (rounds: {})\n  \
+         CPU of this process per message: repair_on {:.3} µs, repair_off {:.3} µs; \
+         ratio on/off of the totals {:.3}, median of per-round ratios {:.3} (rounds: {})\n  \
          lone post: repair_on p50 {:?} p99 {:?}, repair_off p50 {:?} p99 {:?} \
          ({} posts each); median of per-round p50 ratios on/off {:.3} (rounds: {})",
         rate[0],
         rate[1],
         median(&mut rate_ratios.clone()),
         list(&rate_ratios),
-        BATCH as f64 / fastest[0].as_secs_f64(),
-        BATCH as f64 / fastest[1].as_secs_f64(),
-        fastest[1].as_secs_f64() / fastest[0].as_secs_f64(),
+        per_message(cpu[0], rounds),
+        per_message(cpu[1], rounds),
+        cpu[0].as_secs_f64() / cpu[1].as_secs_f64(),
+        median(&mut cpu_ratios.clone()),
+        list(&cpu_ratios),
         p50[0],
         p99[0],
         p50[1],
@@ -565,15 +579,14 @@ fn repair_latency(c: &mut Criterion, runtime: &Runtime, cut: &Cut) {
     }
 
     let mut group = configure(c, "repair_latency");
-    // A cut takes far longer than what is measured of it (the posts, the cut itself, fred's
-    // reconnect backoff): criterion's times are in measured time, so they are set from the
-    // sanity cut, for about 20 cuts measured after 2 of warm-up, whatever repair takes.
-    let per_cut = took.max(Duration::from_millis(5));
+    // Criterion sizes an `iter_custom` run by the wall time of its warm-up, and a cut takes
+    // some 0.2 s of wall time (the cut, the posts, fred's reconnect backoff) around the few
+    // milliseconds measured: about 40 cuts.
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(per_cut * 2)
-        .measurement_time(per_cut * 20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(LOST));
     group.bench_function(format!("reconnect_to_last_of_{LOST}"), |b| {
         b.iter_custom(|iters| {
@@ -610,6 +623,30 @@ fn repair_latency(c: &mut Criterion, runtime: &Runtime, cut: &Cut) {
 }
 
 // ---- Helpers --------------------------------------------------------------------------------
+
+/// CPU time of this process so far (user + system, every thread), from `/proc/self/stat`;
+/// zero where there is none (not Linux).
+fn process_cpu() -> Duration {
+    /// Linux's USER_HZ, which `/proc` counts in (100 on every common platform).
+    const TICKS_PER_SECOND: u64 = 100;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // After the command name in parentheses: state (field 3), ..., utime (14), stime (15).
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |at| at + 1)..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
+}
+
+/// Microseconds per message of `cpu` spent on `rounds` rounds of two batches.
+fn per_message(cpu: Duration, rounds: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / (2 * BATCH * rounds as u64) as f64
+}
 
 /// The counters of `Stats` that repair concerns, `after - before`.
 fn delta(before: &Stats, after: &Stats) -> String {
