@@ -7,6 +7,8 @@
 //!   Refused rather than held open: a held connection would look established to the client
 //!   and leave it waiting on a command timeout instead of reconnecting.
 //! - [`Proxy::unblock`] opens the same port again; new connections are forwarded.
+//! - [`Proxy::accepted`] says when the connections since the last `unblock` were accepted:
+//!   when the client was back, as seen from the network, not from its own reports.
 //!
 //! Included with `#[path = "support/proxy.rs"] mod proxy;`. Needs a tokio runtime with I/O.
 
@@ -30,6 +32,8 @@ pub struct Proxy {
 
 struct State {
     blocked: bool,
+    /// When each connection since the last `unblock` was accepted.
+    accepted: Vec<Instant>,
     /// The accept loop and one task per forwarded connection; dropping a task drops its
     /// sockets.
     tasks: JoinSet<()>,
@@ -48,6 +52,7 @@ impl Proxy {
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream)),
             state: Arc::new(Mutex::new(State {
                 blocked: true,
+                accepted: Vec::new(),
                 tasks: JoinSet::new(),
             })),
         };
@@ -72,6 +77,12 @@ impl Proxy {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// When the connections made since the last [`unblock`](Self::unblock) were accepted,
+    /// oldest first.
+    pub fn accepted(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
     /// Opens the port again and forwards new connections. Idempotent.
     ///
     /// # Panics
@@ -83,6 +94,7 @@ impl Proxy {
         let listener = bind(self.listen).await;
         let mut state = self.state.lock().unwrap();
         state.blocked = false;
+        state.accepted.clear();
         state
             .tasks
             .spawn(accept(listener, self.upstream, self.state.clone()));
@@ -113,7 +125,9 @@ async fn bind(addr: SocketAddr) -> TcpListener {
 /// Accepts connections and forwards each, until aborted by `block`.
 async fn accept(listener: TcpListener, upstream: SocketAddr, state: Arc<Mutex<State>>) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        let accepted = listener.accept().await;
+        let at = Instant::now();
+        let Ok((client, _)) = accepted else {
             // Out of descriptors, most likely: try again shortly rather than spin.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -123,6 +137,7 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, state: Arc<Mutex<St
         if state.blocked {
             return;
         }
+        state.accepted.push(at);
         state.tasks.spawn(forward(client, upstream));
     }
 }
