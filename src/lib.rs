@@ -116,6 +116,11 @@ pub mod fuzzing {
     pub use crate::wire::frame::*;
     pub use crate::wire::serverpod::*;
 
+    /// Repair's control messages, for the `control_message` target.
+    pub mod control {
+        pub use crate::wire::control::*;
+    }
+
     /// Duplicate and gap tracking, for the `sequences` target.
     pub mod sequences {
         pub use crate::redis::sequences::{Sequences, Verdict, WINDOW};

@@ -603,3 +603,160 @@ async fn c01_namespaces_and_the_serverpod_format_hold_on_a_cluster() {
         shutdown(bus).await;
     }
 }
+
+/// G04 on a cluster, where a batch of channels is `SSUBSCRIBE`d many at once: a channel the
+/// ACL forbids, in the middle of 200 allowed ones spread over every master, is reported
+/// (`subscriptions_ready` names it, `BusEvent::SubscribeRefused`), and holds up none of the
+/// others: each is subscribed once, on its owner, and receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c01_a_channel_the_acl_forbids_among_many_is_reported_and_holds_up_nothing() {
+    const ALLOWED: usize = 200;
+    let cluster = blocking(RedisCluster::start);
+    blocking(|| {
+        for node in cluster.running() {
+            node.cli(&[
+                "ACL",
+                "SETUSER",
+                "limited",
+                "on",
+                ">pw",
+                "~*",
+                "resetchannels",
+                "&ok:*",
+                "+@all",
+            ]);
+        }
+    });
+    let url = cluster.url().replacen("://", "://limited:pw@", 1);
+    let bus = build(Bus::builder().redis_url(url)).await;
+    let poster = cluster_bus(&cluster).await;
+    let mut events = bus.events();
+    let channels: Vec<String> = (0..ALLOWED).map(|i| format!("ok:{i}")).collect();
+    let (first, rest) = channels.split_at(ALLOWED / 2);
+    let mut logs: Vec<Log<u64>> = first
+        .iter()
+        .map(|c| recorder::<u64>(bus.messages(), c))
+        .collect();
+    let session = bus.session();
+    session
+        .messages()
+        .add_listener("bad:x", |_: &u64| panic!("nothing can arrive on bad:x"));
+    logs.extend(rest.iter().map(|c| recorder::<u64>(bus.messages(), c)));
+    let error = timeout(DEADLINE, bus.subscriptions_ready())
+        .await
+        .expect("subscriptions_ready returns promptly")
+        .expect_err("bad:x was refused");
+    assert!(
+        matches!(&error, evbus::BusError::SubscribeRefused { channel, reason }
+            if channel == "bad:x" && reason.contains("NOPERM")),
+        "{error:?}"
+    );
+    timeout(DEADLINE, async {
+        loop {
+            match next(&mut events).await {
+                Some(BusEvent::SubscribeRefused { channel, .. }) => {
+                    return assert_eq!(channel, "bad:x")
+                }
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no BusEvent::SubscribeRefused");
+    blocking(|| {
+        let mut subscribed: Vec<String> = cluster
+            .masters()
+            .into_iter()
+            .flat_map(|m| {
+                let out = cluster.nodes[m].cli(&["PUBSUB", "SHARDCHANNELS", "ok:*"]);
+                out.lines()
+                    .map(|l| l.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| !l.is_empty())
+            .collect();
+        subscribed.sort();
+        let mut expected = channels.clone();
+        expected.sort();
+        assert_eq!(
+            subscribed, expected,
+            "every allowed channel, once, on its owner"
+        );
+    });
+    for (i, channel) in channels.iter().enumerate() {
+        global(&poster, channel, i as u64);
+    }
+    flush(&poster).await;
+    wait_until("every allowed channel received", DEADLINE, || {
+        logs.iter()
+            .enumerate()
+            .all(|(i, log)| snapshot(log) == [i as u64])
+    })
+    .await;
+    // Once the refused channel has no receivers, the bus is ready again.
+    drop(session);
+    ready(&bus).await;
+    shutdown(&poster).await;
+}
+
+/// A measurement, not a rule: how long a bus takes to subscribe 10,000 channels on a
+/// three-master cluster, at first and again after Redis closed its subscriber connections
+/// (the restore after a reconnect, G08). Run by hand, in release:
+/// `cargo test --release --test cluster -- --ignored --nocapture resubscribing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn resubscribing_ten_thousand_channels_after_a_reconnect() {
+    const N: usize = 10_000;
+    const LIMIT: Duration = Duration::from_secs(600);
+    let cluster = blocking(RedisCluster::start);
+    let bus = cluster_bus(&cluster).await;
+    let masters = blocking(|| cluster.masters());
+    let subscribed = || -> usize {
+        masters
+            .iter()
+            .map(|&m| {
+                let out = cluster.nodes[m].cli(&["PUBSUB", "SHARDCHANNELS", "resub_*"]);
+                out.lines().filter(|l| !l.trim().is_empty()).count()
+            })
+            .sum()
+    };
+    for i in 0..N {
+        bus.messages()
+            .add_listener(&format!("resub_{i}"), |_: &u64| {});
+    }
+    let mut events = bus.events();
+    let started = Instant::now();
+    timeout(LIMIT, bus.subscriptions_ready())
+        .await
+        .expect("the first subscription timed out")
+        .expect("the first subscription failed");
+    let first = started.elapsed();
+    assert_eq!(blocking(subscribed), N, "every channel subscribed once");
+
+    let killed = Instant::now();
+    blocking(|| {
+        for &m in &masters {
+            cluster.nodes[m].cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+    });
+    timeout(LIMIT, async {
+        loop {
+            match next(&mut events).await {
+                Some(BusEvent::Reconnected) => return,
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no BusEvent::Reconnected after the subscriber connections were closed");
+    let again = killed.elapsed();
+    assert_eq!(blocking(subscribed), N, "every channel subscribed again");
+    println!(
+        "{N} channels on {} masters: first subscription {first:?}, \
+         restore after a reconnect {again:?}",
+        masters.len()
+    );
+    shutdown(&bus).await;
+}

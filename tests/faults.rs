@@ -437,8 +437,27 @@ struct Pair {
 
 impl Pair {
     async fn listening(server: &RedisServer, channel: &str, outage_buffer: usize) -> Pair {
-        let a = connect(server, outage_buffer).await;
-        let b = connect(server, outage_buffer).await;
+        Pair::listening_with(server, channel, outage_buffer, None).await
+    }
+
+    /// With a retransmit window of `window` messages instead of the default (K01).
+    async fn listening_with(
+        server: &RedisServer,
+        channel: &str,
+        outage_buffer: usize,
+        window: Option<usize>,
+    ) -> Pair {
+        let builder = || {
+            let builder = Bus::builder()
+                .redis_url(server.url())
+                .outage_buffer(outage_buffer);
+            match window {
+                Some(window) => builder.repair_window(window, 1 << 20),
+                None => builder,
+            }
+        };
+        let a = build(builder()).await;
+        let b = build(builder()).await;
         let (log_a, log_b) = (EventLog::record(&a), EventLog::record(&b));
         let got_a = Received::listen(&a, channel, |n: &u64| *n);
         let got_b = Received::listen(&b, channel, |n: &u64| *n);
@@ -522,6 +541,12 @@ async fn kill_and_restart_redis_mid_stream() {
         1_000,
     )
     .await;
+    // K02: the default retransmit window covers the outage: what a bus lost was repaired.
+    assert_eq!(
+        (on_a.1, on_b.1),
+        (0, 0),
+        "missed on A and B with repair on; B (received, missed, duplicates) {on_b:?}"
+    );
     eprintln!(
         "kill_and_restart_redis_mid_stream: {:?}; posted {posted} (killed at {killed_at}, \
          {posted_while_down} when restarted, held {held}, Backpressure {refused_while_down} \
@@ -540,6 +565,21 @@ async fn kill_and_restart_redis_mid_stream() {
 /// handled like the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_type_pubsub() {
+    let (on_a, on_b) = client_kill_rounds(None).await;
+    // K02: what the cuts lost was repaired from A's retransmit window.
+    assert_eq!((on_a.1, on_b.1), (0, 0), "missed on A and B with repair on");
+}
+
+/// The same with a retransmit window of 10 messages (K02): what the window no longer has is
+/// counted missed, and the accounting stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_type_pubsub_with_a_tiny_window() {
+    client_kill_rounds(Some(10)).await;
+}
+
+/// Two rounds of `CLIENT KILL TYPE pubsub` while A posts, with repair's default window or
+/// one of `window` messages; returns A's and B's (received, missed, duplicates).
+async fn client_kill_rounds(window: Option<usize>) -> ((u64, u64, u64), (u64, u64, u64)) {
     const CHANNEL: &str = "killed-subscribers";
     let started = Instant::now();
     let server = RedisServer::start();
@@ -550,7 +590,7 @@ async fn client_kill_type_pubsub() {
         log_b,
         got_a,
         got_b,
-    } = Pair::listening(&server, CHANNEL, 10_000).await;
+    } = Pair::listening_with(&server, CHANNEL, 10_000, window).await;
 
     let poster = Poster::start(a.clone(), CHANNEL);
     let mut rounds = Vec::new();
@@ -596,7 +636,7 @@ async fn client_kill_type_pubsub() {
     )
     .await;
     eprintln!(
-        "client_kill_type_pubsub: {:?}; posted {posted} (Backpressure {refused}); rounds \
+        "client_kill_type_pubsub (window {window:?}): {:?}; posted {posted} (Backpressure {refused}); rounds \
          (killed, cut to re-subscribed) {rounds:?}; B (received, missed, duplicates) {on_b:?}; \
          A {on_a:?}; events B {}",
         started.elapsed(),
@@ -604,6 +644,7 @@ async fn client_kill_type_pubsub() {
     );
     shutdown(&a).await;
     shutdown(&b).await;
+    (on_a, on_b)
 }
 
 /// A message with a sequence number and a padding to make it as big as wanted.

@@ -3,7 +3,8 @@
 //! The code and its comments cite these rules by id (`L02`, `S03`, `G06`, ...); this is where
 //! an id is looked up. `L` rules are about local delivery in one process, `S` about sessions,
 //! `G` about global messages through Redis, `R` about authentication revocation, `C` about a
-//! Redis Cluster. Where a rule differs from Serverpod's server events on purpose, it says so.
+//! Redis Cluster, `K` about repairing lost global messages. Where a rule differs from
+//! Serverpod's server events on purpose, it says so.
 //!
 //! Every id has at least one test named after it, lowercased (`l02_...` for L02), listed at
 //! the end of its section with the file it is in: `tests/rules.rs` has one test per rule;
@@ -403,7 +404,79 @@
 //!
 //! # Repair
 //!
-//! (Being written: rules K01 to K05.)
+//! Redis pub/sub delivers at most once: a subscriber that is disconnected, or cut off for
+//! its output buffer, loses what was published meanwhile. With [`WireFormat::Native`] evbus
+//! repairs such losses from the origin, the way reliable multicast does it (negative
+//! acknowledgements): the posting bus still has what it sent. Nothing is stored in Redis, and
+//! nothing is sent while nothing is lost but one announcement per quiet channel.
+//!
+//! **What is promised**: every message is delivered exactly once and in order per origin and
+//! channel, *while the origin lives and its window still holds the message*. **What is not**:
+//! an origin that crashed or shut down cannot repair; a loss larger than its window is
+//! repaired only in its newest part (the rest is counted missed, G06); the
+//! [`WireFormat::Serverpod`] format has no sequence numbers, so no repair; a message this
+//! bus dropped itself (its receive buffer full, or its Redis client's buffer) is counted
+//! missed at once and not asked for.
+//!
+//! ## K01
+//!
+//! Each bus keeps the frames it published, as published, in one retransmit window bounded in
+//! messages and bytes ([`BusBuilder::repair_window`], default 100,000 messages and 64 MiB),
+//! oldest evicted first. Its memory never exceeds the byte bound plus a small entry per
+//! frame ([`Stats::global_repair_window_bytes`] shows it); `(0, 0)` turns repair off.
+//!
+//! Tests: `tests/repair.rs`, `k01_the_retransmit_window_stays_within_its_bounds`; unit tests
+//! in `src/redis/window.rs`.
+//!
+//! ## K02
+//!
+//! A receiver that finds a gap from an origin asks that origin for the missing range on the
+//! origin's control channel (`<namespace>__evbus:repair:<origin id>`); the origin sends
+//! what it still has to the asker alone, and says what it no longer has. What comes back is
+//! delivered ([`Stats::global_repaired`]); what is gone is counted in
+//! [`Stats::global_missed`] and reported, as in G06. Duplicates are dropped: a message is
+//! never delivered twice. A gap is asked for up to three times, each after `repair_timeout`
+//! without progress ([`Stats::global_repair_requests`] counts the requests).
+//!
+//! Tests: `tests/repair.rs`, `k02_what_a_receiver_lost_is_repaired_from_its_origin`; the
+//! fault tests of `tests/faults.rs` (Redis killed and restarted, `CLIENT KILL TYPE pubsub`)
+//! check that nothing is missed with the default window, and with a window of 10 messages
+//! that received + missed == posted.
+//!
+//! ## K03
+//!
+//! While a gap is being repaired, later messages of that origin on that channel wait; then
+//! everything is delivered in sequence order. The wait is bounded in time
+//! ([`BusBuilder::repair_timeout`], default 200 ms, started again whenever part of the gap
+//! arrives) and in memory (at most 65,536 messages and a quarter of `receive_buffer_bytes`
+//! per dispatch thread; past either the gap is given up at once). Other channels and other
+//! origins never wait.
+//!
+//! Tests: `tests/repair.rs`, `k03_later_messages_wait_for_the_gap_and_nothing_else_does`.
+//!
+//! ## K04
+//!
+//! A lost last message is found without waiting for the next post: an origin that has been
+//! quiet on a channel for 100 ms announces its last sequence number there, once, and a
+//! receiver that has just resubscribed after a disconnect asks each origin it knows on each
+//! channel for its latest sequence number (an announcement sent while it was away is lost
+//! like any message). Either shows the gap, which is then asked for as in K02.
+//!
+//! Tests: `tests/repair.rs`, `k04_a_lost_last_message_is_asked_for_without_another_post`
+//! (announcements) and `k02_what_a_receiver_lost_is_repaired_from_its_origin` (after a
+//! reconnect, with nothing posted after it).
+//!
+//! ## K05
+//!
+//! Repair requests and answers are untrusted bytes like every frame: their decoder is total
+//! (fuzzed: `fuzz/fuzz_targets/control_message.rs`), and with a signing key they carry a MAC
+//! and are refused without one. Malformed ones are counted
+//! ([`Stats::global_repair_refused`]) and change nothing; one request never makes an origin
+//! resend more than its window; each asker may make 4,096 requests at once and 1,024 a
+//! second after that, and be resent a window's worth of bytes a second; past either its
+//! requests are refused and counted.
+//!
+//! Tests: `tests/repair.rs`, `k05_hostile_repair_messages_are_counted_and_bounded`.
 //!
 //! [`BusEvent::Resubscribed`]: crate::BusEvent::Resubscribed
 //! [`Bus::flush`]: crate::Bus::flush
@@ -416,6 +489,12 @@
 //! [`BusBuilder::namespace`]: crate::BusBuilder::namespace
 //! [`BusBuilder::outage_buffer`]: crate::BusBuilder::outage_buffer
 //! [`BusBuilder::stream_capacity`]: crate::BusBuilder::stream_capacity
+//! [`BusBuilder::repair_window`]: crate::BusBuilder::repair_window
+//! [`BusBuilder::repair_timeout`]: crate::BusBuilder::repair_timeout
+//! [`Stats::global_repaired`]: crate::Stats::global_repaired
+//! [`Stats::global_repair_requests`]: crate::Stats::global_repair_requests
+//! [`Stats::global_repair_refused`]: crate::Stats::global_repair_refused
+//! [`Stats::global_repair_window_bytes`]: crate::Stats::global_repair_window_bytes
 //! [`BusEvent`]: crate::BusEvent
 //! [`BusEvent::Connected`]: crate::BusEvent::Connected
 //! [`BusEvent::DecodeFailed`]: crate::BusEvent::DecodeFailed

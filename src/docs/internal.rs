@@ -12,6 +12,7 @@
 //! | `wire/serverpod.rs` | Serverpod's JSON envelope: writer, total decoder |
 //! | `wire/error.rs` | why received bytes were refused, in either format |
 //! | `wire/mac.rs` | the MAC of a signed frame (keyed BLAKE3) |
+//! | `wire/control.rs` | repair's requests, answers, gones, announcements: layout, writer, total decoder |
 //! | `wire/codec.rs`, `wire/format.rs` | class names, MessagePack and JSON payloads, the revocation classes |
 //! | `export.rs` | the `metrics` feature: `Stats` and the global path's histograms to a `metrics` recorder (empty without it) |
 //! | `sync.rs` | the atomics the hand-written protocols use, std's or, under `--cfg evbus_loom`, loom's |
@@ -26,6 +27,8 @@
 //! | `redis/subscriber.rs` | subscription changes in order, refused ones found; received frames checked and delivered |
 //! | `redis/dispatch.rs` | the reader that never waits, the receive byte bound, dispatch threads by channel |
 //! | `redis/sequences.rs` | duplicates, gaps and implausible frames, per channel and origin |
+//! | `redis/window.rs` | the retransmit window of what this bus published, and its answers to repair requests, rate-limited per asker |
+//! | `redis/holds.rs` | a receiver's open gaps: what was asked for, until when, and the frames that wait for it |
 //! | `redis/connection.rs` | the only file that names fred: connections, reconnects, pipelines; on a cluster, `SSUBSCRIBE`/`SPUBLISH` and which master each channel is subscribed on |
 //! | `inner.rs` | what every handle of a bus shares: the core, the transport, the codec |
 //! | `bus.rs`, `session.rs`, `channel.rs`, `delivery.rs` | the facade: the public handles |

@@ -19,11 +19,11 @@
 //! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
 //! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
 //! is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
-//! alone). No classic `SUBSCRIBE` or `PUBLISH` is sent: a cluster broadcasts those to every
-//! node. A slot that moves (C03) or a master that fails over (C04) is found by
-//! [`Redis::moved`], since fred drops the `SUNSUBSCRIBE` Redis pushes then. A
-//! `redis-sentinel://` URL uses classic pub/sub on the master the sentinels name; fred asks
-//! them again after a failover.
+//! alone), up to [`SSUBSCRIBE_WINDOW`] of them in flight at once. No classic `SUBSCRIBE` or
+//! `PUBLISH` is sent: a cluster broadcasts those to every node. A slot that moves (C03) or a
+//! master that fails over (C04) is found by [`Redis::moved`], since fred drops the
+//! `SUNSUBSCRIBE` Redis pushes then. A `redis-sentinel://` URL uses classic pub/sub on the
+//! master the sentinels name; fred asks them again after a failover.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -44,6 +44,12 @@ use crate::error::Reason;
 
 /// Messages fred may buffer for the reader before it reports them lagged.
 pub(crate) const SUBSCRIBER_BUFFER: usize = 1 << 11;
+
+/// On a cluster, how many single-channel `SSUBSCRIBE`s [`Redis::subscribe`] keeps in flight
+/// at once. Enough to keep every master's connection busy (fred writes what is queued in one
+/// write, and flushes at the latest after `max_feed_count` commands), few enough that a
+/// restore of 100,000 channels holds a bounded number of tasks and pending replies.
+const SSUBSCRIBE_WINDOW: usize = 512;
 
 /// Reconnect forever, 50 ms after a drop, backing off to at most one second between tries.
 fn policy() -> ReconnectPolicy {
@@ -287,18 +293,11 @@ impl Redis {
     /// (C02): fred awaits Redis's answer to an `SSUBSCRIBE` (so that it can follow `MOVED`),
     /// but takes only the first reply frame, and one `SSUBSCRIBE` of several channels would
     /// leave the other frames to be taken as the answers of later commands. Its answer is
-    /// Redis's confirmation, and a refusal is that command's error.
+    /// Redis's confirmation, and a refusal is that command's error. See
+    /// [`Redis::ssubscribe_all`] for how many are sent at once.
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
         if let Some(shards) = &self.cluster {
-            for channel in channels {
-                self.subscriber
-                    .ssubscribe(channel.clone())
-                    .await
-                    .map_err(failure)?;
-                let owner = self.owner(&channel).unwrap_or_default();
-                shards.owners.lock().insert(channel, owner);
-            }
-            return Ok(());
+            return self.ssubscribe_all(shards, channels).await;
         }
         let (subscribed, applied) = tokio::join!(
             self.subscriber.subscribe(channels),
@@ -306,6 +305,69 @@ impl Redis {
         );
         subscribed.map_err(failure)?;
         applied
+    }
+
+    /// `SSUBSCRIBE`s each of `channels` alone, up to [`SSUBSCRIBE_WINDOW`] at once, and
+    /// records the owner of each one Redis confirmed (C02). A restore after a reconnect
+    /// subscribes every channel again: awaited one after another, each channel cost a round
+    /// trip; in flight together, fred writes each to its master's connection without waiting
+    /// for the answers before it (a queue of them goes out in one write), so the masters
+    /// work on them at once (`resubscribing_ten_thousand_channels_after_a_reconnect` in
+    /// tests/cluster.rs measures it).
+    ///
+    /// Sending them together is safe with fred (10.1): it writes each command to the
+    /// connection of its slot's master and keeps the commands sent on a connection in a
+    /// queue, handing each reply frame to the oldest
+    /// (`router::clustered::process_response_frame`). Redis answers a connection's commands
+    /// in order, with one frame for a one-channel `SSUBSCRIBE` (its confirmation, or its
+    /// error), and fred does not take an `ssubscribe` frame for an out-of-band push
+    /// (`router::responses::is_subscribe_prefix`); so every future gets its own command's
+    /// answer. A `MOVED` is followed for that command alone. fred has no in-flight limit of
+    /// its own here: the window is ours.
+    ///
+    /// # Errors
+    ///
+    /// After the first failure no more are sent; those in flight are awaited (a confirmed
+    /// one is still recorded). Then [`Failure::Retry`] if any command failed with the
+    /// connection (sending them all again applies what was applied once more, harmlessly),
+    /// else the first refusal: the caller subscribes each channel alone to find it.
+    async fn ssubscribe_all(&self, shards: &Shards, channels: Vec<String>) -> Result<(), Failure> {
+        let mut channels = channels.into_iter();
+        // Tasks rather than futures polled here: the subscriber client is a cheap handle, and
+        // tokio's `JoinSet` is the bounded "join as they finish" the crate already has.
+        let mut flight = tokio::task::JoinSet::new();
+        let mut outcome: Result<(), Failure> = Ok(());
+        loop {
+            while outcome.is_ok() && flight.len() < SSUBSCRIBE_WINDOW {
+                let Some(channel) = channels.next() else {
+                    break;
+                };
+                let subscriber = self.subscriber.clone();
+                flight.spawn(async move {
+                    let result = subscriber.ssubscribe(channel.clone()).await;
+                    (channel, result)
+                });
+            }
+            let Some(joined) = flight.join_next().await else {
+                return outcome;
+            };
+            let result = match joined {
+                Ok((channel, Ok(()))) => {
+                    let owner = self.owner(&channel).unwrap_or_default();
+                    shards.owners.lock().insert(channel, owner);
+                    continue;
+                }
+                Ok((_, Err(error))) => failure(error),
+                Err(joined) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
+                // Cancelled: only a runtime shutting down cancels them.
+                Err(_) => Failure::Retry,
+            };
+            outcome = match (outcome, result) {
+                (Err(Failure::Retry), _) | (_, Failure::Retry) => Err(Failure::Retry),
+                (Err(first), _) => Err(first),
+                (Ok(()), refused) => Err(refused),
+            };
+        }
     }
 
     /// Which of `channels`, just subscribed, have no subscriber on the server: those Redis

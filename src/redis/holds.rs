@@ -29,10 +29,16 @@ pub(super) struct Held {
     pub(super) repaired: bool,
 }
 
+/// Times a gap is asked for before it is given up: a request can be lost (the origin's
+/// control channel not yet subscribed again after a reconnect), and the answer too.
+pub(super) const ASKS: u8 = 3;
+
 /// One open gap.
 struct Gap {
     /// The highest sequence number asked for.
     asked_to: u64,
+    /// Times it was asked for (the first time included) without progress.
+    asked: u8,
     /// When it is given up, unless part of it arrives first.
     deadline: Instant,
     /// Frames past the gap, by first sequence number: (last, frame).
@@ -83,6 +89,7 @@ impl Holds {
             .entry((channel.to_string(), *origin))
             .or_insert(Gap {
                 asked_to: 0,
+                asked: 1,
                 deadline,
                 held: BTreeMap::new(),
             });
@@ -137,7 +144,25 @@ impl Holds {
     pub(super) fn progress(&mut self, channel: &str, origin: &Origin, now: Instant) {
         if let Some(gap) = self.gaps.get_mut(&(channel.to_string(), *origin)) {
             gap.deadline = now + self.timeout;
+            gap.asked = 1;
         }
+    }
+
+    /// The gap's deadline passed: when it was asked for fewer than [`ASKS`] times, returns
+    /// what was asked for, to ask again, and starts the deadline again; `None`: give up.
+    pub(super) fn ask_again(
+        &mut self,
+        channel: &str,
+        origin: &Origin,
+        now: Instant,
+    ) -> Option<u64> {
+        let gap = self.gaps.get_mut(&(channel.to_string(), *origin))?;
+        if gap.asked >= ASKS {
+            return None;
+        }
+        gap.asked += 1;
+        gap.deadline = now + self.timeout;
+        Some(gap.asked_to)
     }
 
     /// The first held frame that follows `mark` (or every held frame, in order, when `mark`

@@ -17,6 +17,12 @@
 //!   second task reads the subscriber connection, drops duplicates and reports gaps (G06),
 //!   refuses what does not decode (G09), and delivers the rest to the local path, decoding
 //!   each message once per receiver type (G03).
+//! - Repair (K01 to K05): the publisher keeps what it sent in a retransmit window
+//!   ([`window`]); a receiver that finds a gap holds the later frames of that origin and
+//!   channel ([`holds`], per dispatch thread) and asks the origin through the origin's
+//!   control channel; the origin's reader answers from its window to the asker's control
+//!   channel ([`crate::wire::control`] is the format). Quiet channels are announced, and a
+//!   reconnected receiver asks the origins it knows for their latest sequence numbers.
 //! - [`connection`] is the only file of the crate that names fred.
 //! - [`state`] is what the post path, the tasks and every `Delivery` share.
 //!

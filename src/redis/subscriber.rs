@@ -504,9 +504,19 @@ impl Reader {
         }
     }
 
-    /// The gaps of this dispatch thread whose `repair_timeout` passed: given up (K03).
+    /// The gaps of this dispatch thread whose `repair_timeout` passed: asked for again, up
+    /// to [`ASKS`](super::holds::ASKS) times in all, then given up (K03).
     pub(super) fn expire(&self, holds: &mut Holds, now: Instant) {
         for (channel, origin) in holds.expired(now) {
+            if let Some(asked_to) = holds.ask_again(&channel, &origin, now) {
+                let mark = self.state.sequences.lock().mark(&channel, &origin);
+                if let Some(from) = mark.and_then(|mark| mark.checked_add(1)) {
+                    if from <= asked_to {
+                        self.state.request_repair(&origin, &channel, from, asked_to);
+                        continue;
+                    }
+                }
+            }
             self.on_channel(holds, &channel, Step::Expire { origin });
         }
     }

@@ -6,6 +6,10 @@
 //! channel's slot, `PUBSUB SHARDNUMSUB` and `PUBSUB NUMSUB` on each node, a slot moved
 //! (`CLUSTER SETSLOT .. IMPORTING/MIGRATING/NODE`, as `redis-cli --cluster reshard` does),
 //! a master killed. Every wait is for a condition, bounded, and fails naming it.
+//!
+//! [`RedisCluster::start_tls`] starts one whose nodes also listen with TLS, talk to each other
+//! over TLS (`--tls-cluster yes`, `--tls-replication yes`) and give clients their TLS ports;
+//! its certificate authority is made with `openssl` (`tests/cluster_tls.rs`).
 
 #![allow(dead_code)]
 
@@ -13,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::redis::{numsub, RedisServer};
+use super::redis::{free_port, numsub, RedisServer};
 
 /// How long the cluster may take to form, or to settle after a change (a busy 2-core machine).
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
@@ -32,6 +36,22 @@ pub struct NodeView {
 /// Six nodes: three masters with a replica each.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// For a cluster from [`start_tls`](Self::start_tls): its certificates and each node's
+    /// TLS port.
+    tls: Option<Tls>,
+}
+
+/// A TLS cluster's certificates (in a directory of its own, removed on drop) and the TLS
+/// port of each node, in the order of `nodes`.
+struct Tls {
+    dir: std::path::PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// What every node of a test cluster runs with: cluster mode, its own config file (in the
@@ -62,6 +82,45 @@ impl RedisCluster {
         let mut args = NODE_ARGS.to_vec();
         args.extend_from_slice(extra);
         let nodes: Vec<RedisServer> = (0..count).map(|_| RedisServer::start_with(&args)).collect();
+        Self::create(nodes, replicas, None)
+    }
+
+    /// [`start`](Self::start) with TLS: a certificate authority and a server certificate for
+    /// `127.0.0.1` made with `openssl`, and every node also listening on a TLS port, talking
+    /// to the other nodes and its replica over TLS, and naming its TLS port to clients that
+    /// come over TLS (`CLUSTER SLOTS`). Its plain port stays, for `redis-cli`, so everything
+    /// below works on it as on any cluster; [`url`](Self::url) is a `rediss-cluster://` URL.
+    /// Clients must trust [`ca_file`](Self::ca_file).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start), and if `openssl` is missing.
+    pub fn start_tls() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "evbus-cluster-tls-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        make_certificates(&dir);
+        let mut tls = Tls {
+            dir,
+            ports: Vec::new(),
+        };
+        let nodes = (0..6)
+            .map(|_| {
+                let (node, port, _) = start_tls_node(&tls.dir);
+                tls.ports.push(port);
+                node
+            })
+            .collect();
+        Self::create(nodes, 1, Some(tls))
+    }
+
+    /// Joins `nodes` into a cluster with `replicas` per master, and waits until it settled.
+    fn create(nodes: Vec<RedisServer>, replicas: usize, tls: Option<Tls>) -> RedisCluster {
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
@@ -80,17 +139,35 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         cluster.wait_settled();
         cluster
     }
 
-    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&..`: every node, fred's URL form.
+    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&..`: every node, fred's URL form; for
+    /// a cluster from [`start_tls`](Self::start_tls), `rediss-cluster://` and the TLS ports.
     pub fn url(&self) -> String {
-        let mut ports = self.nodes.iter().map(|n| n.port());
-        let first = ports.next().expect("a cluster has nodes");
-        let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
-        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+        let (scheme, ports): (&str, Vec<u16>) = match &self.tls {
+            Some(tls) => ("rediss-cluster", tls.ports.clone()),
+            None => (
+                "redis-cluster",
+                self.nodes.iter().map(|n| n.port()).collect(),
+            ),
+        };
+        let (first, rest) = ports.split_first().expect("a cluster has nodes");
+        let rest: Vec<String> = rest.iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("{scheme}://127.0.0.1:{first}?{}", rest.join("&"))
+    }
+
+    /// The TLS port of `nodes[index]`, on a cluster from [`start_tls`](Self::start_tls).
+    pub fn tls_port(&self, index: usize) -> u16 {
+        self.tls.as_ref().expect("a TLS cluster").ports[index]
+    }
+
+    /// The certificate authority's certificate (PEM) of a cluster from
+    /// [`start_tls`](Self::start_tls): what its clients must trust.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.tls.as_ref().expect("a TLS cluster").dir.join("ca.crt")
     }
 
     /// Waits until every running node says `cluster_state:ok`, agrees on who owns every
@@ -238,9 +315,20 @@ impl RedisCluster {
     /// waits until every node knows it: a master without slots, until some are moved to it.
     /// Returns its index in `nodes`.
     pub fn add_node(&mut self) -> usize {
-        let node = RedisServer::start_with(&NODE_ARGS);
+        let (node, bus_port) = match &mut self.tls {
+            Some(tls) => {
+                let (node, port, bus_port) = start_tls_node(&tls.dir);
+                tls.ports.push(port);
+                (node, Some(bus_port))
+            }
+            None => (RedisServer::start_with(&NODE_ARGS), None),
+        };
         let port = node.port();
-        self.nodes[0].cli(&["CLUSTER", "MEET", "127.0.0.1", &port.to_string()]);
+        let mut meet = vec!["CLUSTER".to_string(), "MEET".into(), "127.0.0.1".into()];
+        meet.push(port.to_string());
+        meet.extend(bus_port.map(|p| p.to_string()));
+        let meet: Vec<&str> = meet.iter().map(String::as_str).collect();
+        self.nodes[0].cli(&meet);
         self.nodes.push(node);
         let count = self.running().count();
         self.wait("every node knows the new one", SETTLE_DEADLINE, || {
@@ -303,6 +391,104 @@ impl RedisCluster {
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Starts one node of a TLS cluster with the certificates in `dir`; returns it, its TLS port
+/// and its cluster bus port, a free one of its own (by default it would be the TLS port plus
+/// 10,000, which no one reserved).
+fn start_tls_node(dir: &std::path::Path) -> (RedisServer, u16, u16) {
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (tls_port, bus_port) = (free_port().to_string(), free_port().to_string());
+    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let mut args = NODE_ARGS.to_vec();
+    args.extend_from_slice(&[
+        "--tls-port",
+        &tls_port,
+        "--cluster-port",
+        &bus_port,
+        "--tls-cluster",
+        "yes",
+        "--tls-replication",
+        "yes",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let node = RedisServer::start_with(&args);
+    let port = |p: &str| p.parse().expect("a port");
+    (node, port(&tls_port), port(&bus_port))
+}
+
+/// Makes, in `dir`, a certificate authority (`ca.crt`) and a certificate for `127.0.0.1` and
+/// `localhost` signed by it (`server.crt`, `server.key`), valid for two days.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl not found: install Debian's openssl package");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=evbus-test-ca",
+        "-days",
+        "2",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("the certificate's extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "ext",
+        "-days",
+        "2",
+    ]);
 }
 
 /// One line of `CLUSTER NODES`:
