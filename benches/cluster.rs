@@ -45,7 +45,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use evbus::Bus;
-use serde::{Deserialize, Serialize};
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
@@ -55,7 +54,7 @@ mod counter;
 mod redis;
 
 use cluster::{Raw, RedisCluster, Reply};
-use counter::{post_global, Counter};
+use counter::{post_global, Counter, Tick};
 
 /// Posts per iteration.
 const BATCH: u64 = 100_000;
@@ -70,23 +69,12 @@ const IDLE: Duration = Duration::from_secs(2);
 /// Masters of the cluster.
 const MASTERS: usize = 3;
 
-/// A small message: two fields.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Tick {
-    seq: u64,
-    value: u64,
-}
-
 fn main() {
     let single = redis::RedisServer::start();
     let cluster = RedisCluster::start_with(MASTERS, 0, &[]);
     let one = one_master_cluster();
     let one_url = format!("redis-cluster://127.0.0.1:{}", one.port());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = counter::runtime();
     let _context = runtime.enter();
     let mut criterion = Criterion::default().configure_from_args();
 

@@ -31,13 +31,12 @@ use std::time::{Duration, Instant};
 #[path = "support/counter.rs"]
 mod counter;
 
-use counter::{post_global, Counter, DELIVERY_DEADLINE};
+use counter::{post_global, Counter, Tick, DELIVERY_DEADLINE};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use evbus::Bus;
 use fred::bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -52,20 +51,9 @@ const FRED_BATCH: u64 = 10_000;
 /// Channel names: every bus and client here uses this namespace.
 const NAMESPACE: &str = "evbus-bench:";
 
-/// A small message: two fields.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Tick {
-    seq: u64,
-    value: u64,
-}
-
 fn main() {
     let server = redis::RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = counter::runtime();
     let _context = runtime.enter();
     let mut criterion = Criterion::default().configure_from_args();
 

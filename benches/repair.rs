@@ -72,11 +72,10 @@ mod proxy;
 #[path = "../tests/support/redis.rs"]
 mod redis;
 
-use counter::{post_global, Counter, DELIVERY_DEADLINE};
+use counter::{post_global, Counter, Tick, DELIVERY_DEADLINE};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use evbus::{Bus, BusEvent, BusEvents, Stats};
 use proxy::Proxy;
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -97,20 +96,9 @@ const THROUGHPUT: &str = "throughput";
 const LATENCY: &str = "latency";
 const LOSSY: &str = "lossy";
 
-/// A small message: two fields.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Tick {
-    seq: u64,
-    value: u64,
-}
-
 fn main() {
     let server = redis::RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = counter::runtime();
     let _context = runtime.enter();
     let mut criterion = Criterion::default().configure_from_args();
     let test_mode = std::env::args().any(|arg| arg == "--test");

@@ -19,27 +19,9 @@ use support::bus::{
     blocking, build, flush, global, ready, recorder, shutdown, snapshot, wait_until, DEADLINE,
 };
 use support::redis::{RawSubscriber, RedisServer};
+use support::wire::string_frame;
 
 // ---- the wire, by hand -----------------------------------------------------------------------
-
-/// A Native frame (version 3) of `String` messages from `origin`, first sequence `first`.
-fn frame(origin: [u8; 16], first: u64, messages: &[&str]) -> Vec<u8> {
-    let mut out = b"EVB\x03".to_vec();
-    out.extend_from_slice(&origin);
-    out.extend_from_slice(&first.to_le_bytes());
-    out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes()); // sent_at: unknown
-    for message in messages {
-        out.extend_from_slice(&6u16.to_le_bytes());
-        out.extend_from_slice(b"String");
-        let len = message.len() as u32;
-        out.extend_from_slice(&(len + 5).to_le_bytes());
-        out.push(0xdb); // MessagePack str32
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(message.as_bytes());
-    }
-    out
-}
 
 fn hex(origin: &[u8; 16]) -> String {
     origin.iter().map(|b| format!("{b:02x}")).collect()
@@ -293,14 +275,14 @@ async fn k03_later_messages_wait_for_the_gap_and_nothing_else_does() {
     let free = recorder::<String>(b.messages(), "free");
     ready(&b).await;
     let mut raw = blocking(|| RawSubscriber::connect(&server, &[&control_channel(&origin)]));
-    server.publish_raw("held", &frame(origin, 1, &["a"]));
+    server.publish_raw("held", &string_frame(origin, 1, &["a"]));
     wait_until("a arrives", DEADLINE, || snapshot(&held) == ["a"]).await;
 
-    server.publish_raw("held", &frame(origin, 3, &["c"]));
+    server.publish_raw("held", &string_frame(origin, 3, &["c"]));
     let (asker, channel, from, to) = blocking(|| next_request(&mut raw));
     assert_eq!((channel.as_str(), from, to), ("held", 2, 2));
     // Another channel goes on while "c" waits.
-    server.publish_raw("free", &frame(origin, 1, &["x"]));
+    server.publish_raw("free", &string_frame(origin, 1, &["x"]));
     wait_until("the other channel is not held up", DEADLINE, || {
         snapshot(&free) == ["x"]
     })
@@ -309,7 +291,7 @@ async fn k03_later_messages_wait_for_the_gap_and_nothing_else_does() {
 
     server.publish_raw(
         &control_channel(&asker),
-        &answer("held", &frame(origin, 2, &["b"])),
+        &answer("held", &string_frame(origin, 2, &["b"])),
     );
     wait_until("b, then c", DEADLINE, || snapshot(&held) == ["a", "b", "c"]).await;
     let stats = b.stats();
@@ -320,7 +302,7 @@ async fn k03_later_messages_wait_for_the_gap_and_nothing_else_does() {
     );
 
     // Nobody answers for d: after the timeout it is missed, and e is delivered.
-    server.publish_raw("held", &frame(origin, 5, &["e"]));
+    server.publish_raw("held", &string_frame(origin, 5, &["e"]));
     let (_, _, from, to) = blocking(|| next_request(&mut raw));
     assert_eq!((from, to), (4, 4));
     wait_until("e, after the timeout", DEADLINE, || {
@@ -331,7 +313,7 @@ async fn k03_later_messages_wait_for_the_gap_and_nothing_else_does() {
     // A late answer for d is a duplicate now, never delivered out of order.
     server.publish_raw(
         &control_channel(&asker),
-        &answer("held", &frame(origin, 4, &["d"])),
+        &answer("held", &string_frame(origin, 4, &["d"])),
     );
     stats_until(&b, "the late d is dropped", |s| s.global_duplicates == 1).await;
     assert_eq!(snapshot(&held), ["a", "b", "c", "e"]);
@@ -373,14 +355,14 @@ async fn k04_a_lost_last_message_is_asked_for_without_another_post() {
     let got = recorder::<String>(b.messages(), "quiet");
     ready(&b).await;
     let mut raw = blocking(|| RawSubscriber::connect(&server, &[&control_channel(&origin)]));
-    server.publish_raw("quiet", &frame(origin, 1, &["a"]));
+    server.publish_raw("quiet", &string_frame(origin, 1, &["a"]));
     wait_until("a arrives", DEADLINE, || snapshot(&got) == ["a"]).await;
     server.publish_raw("quiet", &announce(origin, 2));
     let (asker, channel, from, to) = blocking(|| next_request(&mut raw));
     assert_eq!((channel.as_str(), from, to), ("quiet", 2, 2));
     server.publish_raw(
         &control_channel(&asker),
-        &answer("quiet", &frame(origin, 2, &["b"])),
+        &answer("quiet", &string_frame(origin, 2, &["b"])),
     );
     wait_until("b is repaired", DEADLINE, || snapshot(&got) == ["a", "b"]).await;
     assert_eq!(b.stats().global_repaired, 1);

@@ -9,96 +9,20 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use evbus::{Bus, MessageScope};
 use support::bus::{build, flush, ready, shutdown, wait_until};
+use support::cluster::make_certificates;
 use support::redis::{free_port, RedisServer};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl not found: install Debian's openssl package");
-    assert!(
-        status.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_posts_and_receives_over_tls() {
     let dir = std::env::temp_dir().join(format!("evbus-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let days = ["-days", "2"];
-    openssl(
-        &dir,
-        &[
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-subj",
-                "/CN=evbus-test-ca",
-            ][..],
-            &days[..],
-        ]
-        .concat(),
-    );
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(
-        &dir,
-        &[
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.crt",
-                "-extfile",
-                "ext",
-            ][..],
-            &days[..],
-        ]
-        .concat(),
-    );
+    make_certificates(&dir);
     let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let tls_port = free_port().to_string();
     let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));

@@ -1,12 +1,29 @@
-//! What the global benches share: a delivery counter a bench waits on, and a global post that
-//! waits out backpressure.
+//! What the global benches share: a delivery counter a bench waits on, a global post that
+//! waits out backpressure, their small message, and their runtime.
 //! Included with `#[path = "support/counter.rs"] mod counter;`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use evbus::{Bus, Message, MessageScope, PostError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+/// A small message: two fields.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct Tick {
+    pub seq: u64,
+    pub value: u64,
+}
+
+/// The benches' runtime: two workers, as on the machine the figures come from.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
 
 /// How long a batch may take to arrive before the bench gives up, naming what it saw.
 pub const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);

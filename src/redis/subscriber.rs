@@ -47,6 +47,7 @@ use crate::error::Reason;
 use crate::events::BusEvent;
 use crate::export;
 use crate::local::post::{self, Snapshot};
+use crate::local::registry::Topic;
 use crate::stats::Tally;
 use crate::transport::Receive;
 use crate::wire::codec::Payload;
@@ -374,17 +375,21 @@ impl Reader {
         }
     }
 
+    /// The bus's name of Redis channel `channel`, the bus, and the channel's receivers:
+    /// `None` when it is not a channel of this bus's namespace, the bus is gone, or nothing
+    /// receives on it.
+    fn receivers<'a>(&self, channel: &'a str) -> Option<(&'a str, Arc<dyn Receive>, Arc<Topic>)> {
+        let name = channel.strip_prefix(self.state.namespace.as_str())?;
+        let local = self.local.upgrade()?;
+        let topic = local.topic(name)?;
+        Some((name, local, topic))
+    }
+
     /// A Serverpod message: one message per payload, and the payload is the message.
     fn serverpod(&self, channel: &str, payload: &[u8]) {
         let state = &self.state;
-        let Some(name) = channel.strip_prefix(state.namespace.as_str()) else {
-            return;
-        };
-        let Some(local) = self.local.upgrade() else {
-            return;
-        };
         // No receivers: nothing to deliver.
-        let Some(topic) = local.topic(name) else {
+        let Some((name, local, topic)) = self.receivers(channel) else {
             return;
         };
         let snapshot = topic.snapshot();
@@ -414,14 +419,8 @@ impl Reader {
     /// up on or reported gone; then whatever held frames of its origin now follow the mark.
     fn on_channel(&self, holds: &mut Holds, channel: &str, step: Step<'_>) {
         let state = &self.state;
-        let Some(name) = channel.strip_prefix(state.namespace.as_str()) else {
-            return;
-        };
-        let Some(local) = self.local.upgrade() else {
-            return;
-        };
         // No receivers: nothing to deliver (and no sequence to track).
-        let Some(topic) = local.topic(name) else {
+        let Some((name, local, topic)) = self.receivers(channel) else {
             if let Step::Expire { origin } = step {
                 holds.close(channel, &origin);
             }

@@ -241,6 +241,12 @@ mod tests {
 
     const A: Origin = [1; 16];
 
+    /// The messages of every kept frame, counted one by one.
+    fn kept(window: &Window) -> u64 {
+        let frames = window.channels.values().flatten();
+        frames.map(|k| k.last - k.first + 1).sum()
+    }
+
     #[test]
     fn memory_stays_within_both_bounds_whatever_is_kept() {
         let mut window = Window::new(100, 1000);
@@ -253,15 +259,7 @@ mod tests {
             window.keep(channel, *at, count, &frame);
             *at += count;
             assert!(window.messages <= 100 && window.bytes <= 1000);
-            assert_eq!(
-                window.messages,
-                window
-                    .channels
-                    .values()
-                    .flatten()
-                    .map(|k| k.last - k.first + 1)
-                    .sum::<u64>()
-            );
+            assert_eq!(window.messages, kept(&window));
         }
     }
 
@@ -307,15 +305,7 @@ mod tests {
             window.keep("c", first, 2, &[0]);
         }
         assert!(window.messages <= 10);
-        assert_eq!(
-            window.messages,
-            window
-                .channels
-                .values()
-                .flatten()
-                .map(|k| k.last - k.first + 1)
-                .sum::<u64>()
-        );
+        assert_eq!(window.messages, kept(&window));
     }
 
     #[test]

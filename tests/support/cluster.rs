@@ -426,7 +426,7 @@ fn start_tls_node(dir: &std::path::Path) -> (RedisServer, u16, u16) {
 
 /// Makes, in `dir`, a certificate authority (`ca.crt`) and a certificate for `127.0.0.1` and
 /// `localhost` signed by it (`server.crt`, `server.key`), valid for two days.
-fn make_certificates(dir: &std::path::Path) {
+pub fn make_certificates(dir: &std::path::Path) {
     let openssl = |args: &[&str]| {
         let output = Command::new("openssl")
             .args(args)

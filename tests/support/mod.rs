@@ -12,3 +12,4 @@
 pub mod bus;
 pub mod cluster;
 pub mod redis;
+pub mod wire;
