@@ -49,6 +49,28 @@ use crate::wire::WireFormat;
 /// Posts taken into one batch at most.
 const MAX_BATCH: usize = 1 << 16;
 
+/// Queues the control message `message` for the publisher, to `channel`, signed when the
+/// bus signs, and wakes the publisher (K02, K04).
+pub(super) fn send_control(state: &State, channel: String, message: Control<'_>) {
+    let keys = &state.codec.keys;
+    let bytes = message.encode(keys.enabled(), |out| keys.seal(out));
+    state.control.push((channel, bytes));
+    wake(state);
+}
+
+/// Asks `origin` for `from..=to` of its messages on `channel` (K02).
+pub(super) fn request_repair(state: &State, origin: &Origin, channel: &str, from: u64, to: u64) {
+    let asker = state.sequencer.lock().origin;
+    state.repair_requests.fetch_add(1, Relaxed);
+    let request = Control::Request {
+        asker,
+        channel,
+        from,
+        to,
+    };
+    send_control(state, state.control_channel(origin), request);
+}
+
 /// Wakes the publisher if it sleeps. Called after every push.
 #[inline]
 pub(super) fn wake(state: &State) {
@@ -198,7 +220,7 @@ impl Quiet {
                 if posted == at {
                     self.last.remove(&channel);
                     let origin = state.sequencer.lock().origin;
-                    state.send_control(channel, Control::Announce { origin, last });
+                    send_control(state, channel, Control::Announce { origin, last });
                 }
             }
         }

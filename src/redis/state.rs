@@ -19,7 +19,7 @@ use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
 use crate::transport::{BoxFuture, Settlement};
 use crate::wire::codec::Codec;
-use crate::wire::control::{self, Control};
+use crate::wire::control;
 use crate::wire::frame::Origin;
 
 /// A post waiting for the publisher.
@@ -237,29 +237,6 @@ impl State {
     /// The control channel of the bus whose origin is `origin`.
     pub(super) fn control_channel(&self, origin: &Origin) -> String {
         control::control_channel(&self.namespace, origin)
-    }
-
-    /// Queues `message` for the publisher, to `channel`, signed when the bus signs.
-    pub(super) fn send_control(&self, channel: String, message: Control<'_>) {
-        let keys = &self.codec.keys;
-        let bytes = message.encode(keys.enabled(), |out| keys.seal(out));
-        self.control.push((channel, bytes));
-        super::publisher::wake(self);
-    }
-
-    /// Asks `origin` for `from..=to` of its messages on `channel` (K02).
-    pub(super) fn request_repair(&self, origin: &Origin, channel: &str, from: u64, to: u64) {
-        let asker = self.sequencer.lock().origin;
-        self.repair_requests.fetch_add(1, Relaxed);
-        self.send_control(
-            self.control_channel(origin),
-            Control::Request {
-                asker,
-                channel,
-                from,
-                to,
-            },
-        );
     }
 
     /// The Redis channel of `name`.

@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 
 use super::connection::{Failure, Link, LinkState, Redis};
 use super::holds::{Held, Holds};
+use super::publisher;
 use super::sequences::WINDOW;
 use super::state::{Change, State};
 use crate::error::Reason;
@@ -174,7 +175,7 @@ fn ask_latest<'a>(state: &State, channels: impl Iterator<Item = &'a String>) {
     };
     for (channel, origins) in known {
         for (origin, mark) in origins {
-            state.request_repair(&origin, &channel, mark.saturating_add(1), u64::MAX);
+            publisher::request_repair(state, &origin, &channel, mark.saturating_add(1), u64::MAX);
         }
     }
 }
@@ -512,7 +513,7 @@ impl Reader {
                 let mark = self.state.sequences.lock().mark(&channel, &origin);
                 if let Some(from) = mark.and_then(|mark| mark.checked_add(1)) {
                     if from <= asked_to {
-                        self.state.request_repair(&origin, &channel, from, asked_to);
+                        publisher::request_repair(&self.state, &origin, &channel, from, asked_to);
                         continue;
                     }
                 }
@@ -671,7 +672,7 @@ impl Reader {
             let from = from.max(holds.reach(channel, origin) + 1);
             if from <= to || !open {
                 if let Some((from, to)) = holds.open(channel, origin, from, to, Instant::now()) {
-                    self.state.request_repair(origin, channel, from, to);
+                    publisher::request_repair(&self.state, origin, channel, from, to);
                 }
             }
         }
@@ -725,7 +726,7 @@ impl Reader {
             return;
         }
         if let Some((from, to)) = holds.open(channel, origin, from, to, Instant::now()) {
-            state.request_repair(origin, channel, from, to);
+            publisher::request_repair(state, origin, channel, from, to);
         }
     }
 
@@ -799,7 +800,7 @@ impl Reader {
                 channel,
                 last,
             };
-            state.send_control(reply_to.clone(), latest);
+            publisher::send_control(state, reply_to.clone(), latest);
         }
         if let Some((from, to)) = answer.gone {
             let gone = Control::Gone {
@@ -808,10 +809,10 @@ impl Reader {
                 from,
                 to,
             };
-            state.send_control(reply_to.clone(), gone);
+            publisher::send_control(state, reply_to.clone(), gone);
         }
         for frame in &answer.frames {
-            state.send_control(reply_to.clone(), Control::Answer { channel, frame });
+            publisher::send_control(state, reply_to.clone(), Control::Answer { channel, frame });
         }
     }
 
