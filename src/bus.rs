@@ -427,6 +427,10 @@ impl BusBuilder {
     /// ([`BusEvent::MessagesMissed`](crate::BusEvent::MessagesMissed)) without asking for
     /// it. Only [`WireFormat::Native`] carries the sequence numbers that repair needs.
     ///
+    /// Turn it off on every bus of a namespace or on none: a bus that repairs asks an origin
+    /// that does not in vain, and holds that origin's later messages on the channel for up to
+    /// three `repair_timeout`s before it counts the gap missed.
+    ///
     /// The memory the window takes never exceeds `bytes` plus a small entry per frame.
     /// See [the repair guarantees](crate::docs::guarantees#repair) for what is promised.
     pub fn repair_window(mut self, messages: usize, bytes: usize) -> Self {
