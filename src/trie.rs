@@ -139,18 +139,50 @@ impl<T: Clone> Trie<T> {
     }
 
     /// Rebuilds the trie densely, keeping the order; `moved(item, new_slot)` is called for
-    /// every item so that the caller can update its index.
+    /// every item so that the caller can update its index. Builds the levels bottom-up, each
+    /// node once: `O(len)`.
     pub(crate) fn repack(&mut self, mut moved: impl FnMut(&T, u64)) {
         let mut items = Vec::with_capacity(self.len);
         if let Some(root) = &self.root {
             root.for_each(&mut |item: &T| items.push(item.clone()));
         }
-        *self = Trie::default();
-        for item in items {
-            let slot = self.next;
-            moved(&item, slot);
-            self.push(item);
+        for (slot, item) in items.iter().enumerate() {
+            moved(item, slot as u64);
         }
+        *self = Trie::dense(items);
+    }
+
+    /// A trie of `items` at slots `0..items.len()`.
+    fn dense(items: Vec<T>) -> Self {
+        let len = items.len();
+        let mut level = nodes(items, Body::Leaf);
+        let mut height = 0;
+        while level.len() > 1 {
+            level = nodes(level, Body::Branch);
+            height += 1;
+        }
+        Trie {
+            root: level.pop(),
+            height,
+            next: len as u64,
+            len,
+        }
+    }
+}
+
+/// Full nodes of up to 32 of `items` each, in order.
+fn nodes<T, U>(items: Vec<U>, body: impl Fn(Box<[U]>) -> Body<T>) -> Vec<Arc<Node<T>>> {
+    let mut items = items.into_iter();
+    let mut nodes = Vec::with_capacity(items.len().div_ceil(WIDTH as usize));
+    loop {
+        let chunk: Box<[U]> = items.by_ref().take(WIDTH as usize).collect();
+        if chunk.is_empty() {
+            return nodes;
+        }
+        nodes.push(Arc::new(Node {
+            bitmap: u32::MAX >> (WIDTH as usize - chunk.len()),
+            body: body(chunk),
+        }));
     }
 }
 
@@ -163,6 +195,35 @@ fn position(slot: u64, height: u32) -> u32 {
     1 << ((slot >> (BITS * height)) & MASK)
 }
 
+// The copies below allocate their exact size once: no growth, no shrink (a write's cost is
+// mostly the allocator's and the reference counts').
+
+/// A copy of `items` with `item` inserted at `at`.
+fn inserted<T: Clone>(items: &[T], at: usize, item: T) -> Box<[T]> {
+    let mut copy = Vec::with_capacity(items.len() + 1);
+    copy.extend_from_slice(&items[..at]);
+    copy.push(item);
+    copy.extend_from_slice(&items[at..]);
+    copy.into_boxed_slice()
+}
+
+/// A copy of `items` with the one at `at` replaced by `item`.
+fn replaced<T: Clone>(items: &[T], at: usize, item: T) -> Box<[T]> {
+    let mut copy = Vec::with_capacity(items.len());
+    copy.extend_from_slice(&items[..at]);
+    copy.push(item);
+    copy.extend_from_slice(&items[at + 1..]);
+    copy.into_boxed_slice()
+}
+
+/// A copy of `items` without the one at `at`.
+fn removed<T: Clone>(items: &[T], at: usize) -> Box<[T]> {
+    let mut copy = Vec::with_capacity(items.len() - 1);
+    copy.extend_from_slice(&items[..at]);
+    copy.extend_from_slice(&items[at + 1..]);
+    copy.into_boxed_slice()
+}
+
 /// Returns a copy of `node` (or a fresh node) with `item` at `slot`.
 fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
     let bit = position(slot, height);
@@ -171,20 +232,16 @@ fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> 
     debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
     let body = match (node.map(|n| &n.body), height) {
         (None, 0) => Body::Leaf(Box::new([item])),
-        (Some(Body::Leaf(items)), _) => {
-            let mut items = items.to_vec();
-            items.insert(at, item);
-            Body::Leaf(items.into())
-        }
+        (Some(Body::Leaf(items)), _) => Body::Leaf(inserted(items, at, item)),
         (None, _) => Body::Branch(Box::new([Arc::new(insert(None, height - 1, slot, item))])),
         (Some(Body::Branch(children)), _) => {
-            let mut children = children.to_vec();
             if bitmap & bit != 0 {
-                children[at] = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+                let child = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+                Body::Branch(replaced(children, at, child))
             } else {
-                children.insert(at, Arc::new(insert(None, height - 1, slot, item)));
+                let child = Arc::new(insert(None, height - 1, slot, item));
+                Body::Branch(inserted(children, at, child))
             }
-            Body::Branch(children.into())
         }
     };
     Node {
@@ -204,31 +261,24 @@ fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<No
     let bitmap = node.bitmap & !bit;
     match &node.body {
         Body::Leaf(items) => {
-            let mut items = items.to_vec();
-            let item = items.remove(at);
             let rest = (bitmap != 0).then(|| Node {
                 bitmap,
-                body: Body::Leaf(items.into()),
+                body: Body::Leaf(removed(items, at)),
             });
-            Some((rest, item))
+            Some((rest, items[at].clone()))
         }
         Body::Branch(children) => {
             let (child, item) = remove(&children[at], height - 1, slot)?;
-            let mut children = children.to_vec();
-            let bitmap = match child {
-                Some(child) => {
-                    children[at] = Arc::new(child);
-                    node.bitmap
-                }
-                None => {
-                    children.remove(at);
-                    bitmap
-                }
+            let rest = match child {
+                Some(child) => Some(Node {
+                    bitmap: node.bitmap,
+                    body: Body::Branch(replaced(children, at, Arc::new(child))),
+                }),
+                None => (bitmap != 0).then(|| Node {
+                    bitmap,
+                    body: Body::Branch(removed(children, at)),
+                }),
             };
-            let rest = (bitmap != 0).then(|| Node {
-                bitmap,
-                body: Body::Branch(children.into()),
-            });
             Some((rest, item))
         }
     }

@@ -31,11 +31,11 @@
 //! who drops them after the mutex is released (`Garbage`).
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
+use foldhash::HashMap;
 use parking_lot::Mutex;
 
 use super::post::{self, Entry, Group, Receiver, Snapshot};
@@ -68,7 +68,7 @@ pub(crate) struct Owner {
 impl Owner {
     pub(crate) fn new() -> Self {
         Owner {
-            registrations: Mutex::new(Some(HashMap::new())),
+            registrations: Mutex::new(Some(HashMap::default())),
         }
     }
 
@@ -206,7 +206,11 @@ impl Writer {
     }
 
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        let groups: Box<[Group]> = self.groups.iter().filter_map(|g| g.publish()).collect();
+        // Exact capacity: every group has receivers (empty ones are removed), so the
+        // conversion to a boxed slice does not reallocate.
+        let mut groups = Vec::with_capacity(self.groups.len());
+        groups.extend(self.groups.iter().filter_map(|g| g.publish()));
+        let groups = groups.into_boxed_slice();
         (!groups.is_empty()).then(|| Arc::new(Snapshot { groups }))
     }
 }
