@@ -261,12 +261,7 @@ impl Writer {
     }
 
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        // Exact capacity: every group has receivers (empty ones are removed), so the
-        // conversion to a boxed slice does not reallocate.
-        let mut groups = Vec::with_capacity(self.groups.len());
-        groups.extend(self.groups.iter().filter_map(|g| g.publish()));
-        let groups = groups.into_boxed_slice();
-        (!groups.is_empty()).then(|| Arc::new(Snapshot { groups }))
+        Snapshot::new(self.groups.iter().filter_map(|g| g.publish())).map(Arc::new)
     }
 }
 
