@@ -1,7 +1,8 @@
 //! Registration churn on one channel: 100,000 listeners added, then removed.
 //!
 //! One iteration is the whole 200,000 operations on a fresh bus (building the bus and the id
-//! list is not timed). The requirement: well under one second in release.
+//! list is not timed). Issue 11's goals, in release: under 100 ms for each `add_then_remove`
+//! order, under 150 ms for `sessions/close_in_order`.
 //!
 //! - `add_then_remove/in_order`: remove in the order added.
 //! - `add_then_remove/reverse`: remove newest first.

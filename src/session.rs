@@ -10,7 +10,6 @@
 //! dropping a session closes it. The lock order is the registry's
 //! ([`Registry::register`](crate::local::registry::Registry::register)).
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
 use crate::delivery::Delivery;
@@ -193,14 +192,13 @@ impl Messages {
         channel: &str,
         receiver: Receiver<M>,
     ) -> (u64, Option<Arc<Topic>>) {
-        let id = self.bus.next_id.fetch_add(1, Relaxed);
         if let Some(global) = &self.bus.global {
             global.codec.learn::<M>();
         }
-        let registered = self
-            .bus
-            .registry
-            .register(channel, id, receiver, self.owner.as_ref());
+        let (id, registered) =
+            self.bus
+                .registry
+                .register(channel, &self.bus.next_id, receiver, self.owner.as_deref());
         (id, registered.ok())
     }
 }

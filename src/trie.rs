@@ -16,6 +16,11 @@
 //! changes: a post loads the root once (one `ArcSwap` load, done by the caller) and walks an
 //! immutable tree.
 //!
+//! Finding an item needs no index: the caller's items carry a key (a registration id) that
+//! grows with the slot, because the caller assigns both under one lock. So a node's items, and
+//! its children's key ranges, are sorted, and [`Trie::remove_by`] descends by binary search
+//! (a child's range starts at its leftmost item): `O(log n)` comparisons, no memory per item.
+//!
 //! Removals leave slot numbers unused; when the counter runs well ahead of the number of
 //! subscribers ([`Trie::should_repack`]), the writer rebuilds the trie densely. Each repack
 //! costs `O(len)` and needs at least `len / 2` removals since the previous one, so writes stay
@@ -117,13 +122,33 @@ impl<T: Clone> Trie<T> {
         slot
     }
 
-    /// Removes the item at `slot`; returns it, or `None` when the slot is empty.
-    pub(crate) fn remove(&mut self, slot: u64) -> Option<T> {
-        if slot >= self.next {
-            return None;
+    /// The item whose key is `key`, if any. Keys (`key_of`) must grow with the slots, that
+    /// is, with the order of [`Trie::push`]es (see the module docs).
+    pub(crate) fn get_by<K: Ord>(&self, key: K, key_of: impl Fn(&T) -> K) -> Option<&T> {
+        let mut node = self.root.as_deref()?;
+        loop {
+            match &node.body {
+                Body::Leaf(items) => {
+                    let at = items.binary_search_by(|item| key_of(item).cmp(&key)).ok()?;
+                    return Some(&items[at]);
+                }
+                Body::Branch(children) => {
+                    node = &children[child_of(children, &key, &key_of)?];
+                }
+            }
         }
+    }
+
+    /// Removes the item whose key is `key` if `accept` takes it; returns it. Keys as for
+    /// [`Trie::get_by`].
+    pub(crate) fn remove_by<K: Ord>(
+        &mut self,
+        key: K,
+        key_of: impl Fn(&T) -> K,
+        accept: impl Fn(&T) -> bool,
+    ) -> Option<T> {
         let root = self.root.as_deref()?;
-        let (node, item) = remove(root, self.height, slot)?;
+        let (node, item) = remove_by(root, &key, &key_of, &accept)?;
         self.root = node.map(Arc::new);
         self.len -= 1;
         if self.len == 0 {
@@ -138,19 +163,47 @@ impl<T: Clone> Trie<T> {
         self.next > WIDTH && self.next > 2 * self.len as u64
     }
 
-    /// Rebuilds the trie densely, keeping the order; `moved(item, new_slot)` is called for
-    /// every item so that the caller can update its index.
-    pub(crate) fn repack(&mut self, mut moved: impl FnMut(&T, u64)) {
+    /// Rebuilds the trie densely, keeping the order. Builds the levels bottom-up, each node
+    /// once: `O(len)`.
+    pub(crate) fn repack(&mut self) {
         let mut items = Vec::with_capacity(self.len);
         if let Some(root) = &self.root {
             root.for_each(&mut |item: &T| items.push(item.clone()));
         }
-        *self = Trie::default();
-        for item in items {
-            let slot = self.next;
-            moved(&item, slot);
-            self.push(item);
+        *self = Trie::dense(items);
+    }
+
+    /// A trie of `items` at slots `0..items.len()`.
+    fn dense(items: Vec<T>) -> Self {
+        let len = items.len();
+        let mut level = nodes(items, Body::Leaf);
+        let mut height = 0;
+        while level.len() > 1 {
+            level = nodes(level, Body::Branch);
+            height += 1;
         }
+        Trie {
+            root: level.pop(),
+            height,
+            next: len as u64,
+            len,
+        }
+    }
+}
+
+/// Full nodes of up to 32 of `items` each, in order.
+fn nodes<T, U>(items: Vec<U>, body: impl Fn(Box<[U]>) -> Body<T>) -> Vec<Arc<Node<T>>> {
+    let mut items = items.into_iter();
+    let mut nodes = Vec::with_capacity(items.len().div_ceil(WIDTH as usize));
+    loop {
+        let chunk: Box<[U]> = items.by_ref().take(WIDTH as usize).collect();
+        if chunk.is_empty() {
+            return nodes;
+        }
+        nodes.push(Arc::new(Node {
+            bitmap: u32::MAX >> (WIDTH as usize - chunk.len()),
+            body: body(chunk),
+        }));
     }
 }
 
@@ -163,6 +216,35 @@ fn position(slot: u64, height: u32) -> u32 {
     1 << ((slot >> (BITS * height)) & MASK)
 }
 
+// The copies below allocate their exact size once: no growth, no shrink (a write's cost is
+// mostly the allocator's and the reference counts').
+
+/// A copy of `items` with `item` inserted at `at`.
+fn inserted<T: Clone>(items: &[T], at: usize, item: T) -> Box<[T]> {
+    let mut copy = Vec::with_capacity(items.len() + 1);
+    copy.extend_from_slice(&items[..at]);
+    copy.push(item);
+    copy.extend_from_slice(&items[at..]);
+    copy.into_boxed_slice()
+}
+
+/// A copy of `items` with the one at `at` replaced by `item`.
+fn replaced<T: Clone>(items: &[T], at: usize, item: T) -> Box<[T]> {
+    let mut copy = Vec::with_capacity(items.len());
+    copy.extend_from_slice(&items[..at]);
+    copy.push(item);
+    copy.extend_from_slice(&items[at + 1..]);
+    copy.into_boxed_slice()
+}
+
+/// A copy of `items` without the one at `at`.
+fn removed<T: Clone>(items: &[T], at: usize) -> Box<[T]> {
+    let mut copy = Vec::with_capacity(items.len() - 1);
+    copy.extend_from_slice(&items[..at]);
+    copy.extend_from_slice(&items[at + 1..]);
+    copy.into_boxed_slice()
+}
+
 /// Returns a copy of `node` (or a fresh node) with `item` at `slot`.
 fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
     let bit = position(slot, height);
@@ -171,20 +253,16 @@ fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> 
     debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
     let body = match (node.map(|n| &n.body), height) {
         (None, 0) => Body::Leaf(Box::new([item])),
-        (Some(Body::Leaf(items)), _) => {
-            let mut items = items.to_vec();
-            items.insert(at, item);
-            Body::Leaf(items.into())
-        }
+        (Some(Body::Leaf(items)), _) => Body::Leaf(inserted(items, at, item)),
         (None, _) => Body::Branch(Box::new([Arc::new(insert(None, height - 1, slot, item))])),
         (Some(Body::Branch(children)), _) => {
-            let mut children = children.to_vec();
             if bitmap & bit != 0 {
-                children[at] = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+                let child = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+                Body::Branch(replaced(children, at, child))
             } else {
-                children.insert(at, Arc::new(insert(None, height - 1, slot, item)));
+                let child = Arc::new(insert(None, height - 1, slot, item));
+                Body::Branch(inserted(children, at, child))
             }
-            Body::Branch(children.into())
         }
     };
     Node {
@@ -193,42 +271,71 @@ fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> 
     }
 }
 
-/// Returns a copy of `node` without `slot` (`None` when that leaves it empty) and the removed
-/// item; `None` when `slot` is absent.
-fn remove<T: Clone>(node: &Node<T>, height: u32, slot: u64) -> Option<(Option<Node<T>>, T)> {
-    let bit = position(slot, height);
-    if node.bitmap & bit == 0 {
-        return None;
+/// The `n`th (from 0) set bit of `bitmap`, alone.
+fn nth_bit(bitmap: u32, n: usize) -> u32 {
+    let mut rest = bitmap;
+    for _ in 0..n {
+        rest &= rest - 1;
     }
-    let at = rank(node.bitmap, bit);
-    let bitmap = node.bitmap & !bit;
+    rest & rest.wrapping_neg()
+}
+
+/// The first item under `node`: the smallest key.
+fn first<T>(node: &Node<T>) -> &T {
+    match &node.body {
+        Body::Leaf(items) => &items[0],
+        Body::Branch(children) => first(&children[0]),
+    }
+}
+
+/// Which of `children` holds `key`, if any may: the last whose first key is not above it.
+fn child_of<T, K: Ord>(
+    children: &[Arc<Node<T>>],
+    key: &K,
+    key_of: impl Fn(&T) -> K,
+) -> Option<usize> {
+    children
+        .partition_point(|child| key_of(first(child)) <= *key)
+        .checked_sub(1)
+}
+
+/// Returns a copy of `node` without the item keyed `key` (`None` when that leaves it empty)
+/// and the removed item; `None` when there is no such item or `accept` refuses it.
+fn remove_by<T: Clone, K: Ord>(
+    node: &Node<T>,
+    key: &K,
+    key_of: &impl Fn(&T) -> K,
+    accept: &impl Fn(&T) -> bool,
+) -> Option<(Option<Node<T>>, T)> {
     match &node.body {
         Body::Leaf(items) => {
-            let mut items = items.to_vec();
-            let item = items.remove(at);
+            let at = items.binary_search_by(|item| key_of(item).cmp(key)).ok()?;
+            if !accept(&items[at]) {
+                return None;
+            }
+            let bitmap = node.bitmap & !nth_bit(node.bitmap, at);
             let rest = (bitmap != 0).then(|| Node {
                 bitmap,
-                body: Body::Leaf(items.into()),
+                body: Body::Leaf(removed(items, at)),
             });
-            Some((rest, item))
+            Some((rest, items[at].clone()))
         }
         Body::Branch(children) => {
-            let (child, item) = remove(&children[at], height - 1, slot)?;
-            let mut children = children.to_vec();
-            let bitmap = match child {
-                Some(child) => {
-                    children[at] = Arc::new(child);
-                    node.bitmap
-                }
+            let at = child_of(children, key, key_of)?;
+            let (child, item) = remove_by(&children[at], key, key_of, accept)?;
+            let rest = match child {
+                Some(child) => Some(Node {
+                    bitmap: node.bitmap,
+                    body: Body::Branch(replaced(children, at, Arc::new(child))),
+                }),
                 None => {
-                    children.remove(at);
-                    bitmap
+                    let bitmap = node.bitmap & !nth_bit(node.bitmap, at);
+                    (bitmap != 0).then(|| Node {
+                        bitmap,
+                        body: Body::Branch(removed(children, at)),
+                    })
                 }
             };
-            let rest = (bitmap != 0).then(|| Node {
-                bitmap,
-                body: Body::Branch(children.into()),
-            });
             Some((rest, item))
         }
     }
@@ -263,15 +370,17 @@ mod tests {
             trie.push(i);
         }
         for i in (0..2000u64).filter(|i| i % 3 != 0) {
-            assert_eq!(trie.remove(i), Some(i));
-            assert_eq!(trie.remove(i), None);
+            assert_eq!(trie.remove_by(i, |x| *x, |_| true), Some(i));
+            assert_eq!(trie.remove_by(i, |x| *x, |_| true), None);
+            assert_eq!(trie.get_by(i, |x| *x), None);
         }
         assert_eq!(
             items(&trie),
             (0..2000).filter(|i| i % 3 == 0).collect::<Vec<_>>()
         );
         for i in (0..2000u64).filter(|i| i % 3 == 0) {
-            trie.remove(i);
+            assert_eq!(trie.get_by(i, |x| *x), Some(&i));
+            trie.remove_by(i, |x| *x, |_| true);
         }
         assert!(trie.root().is_none());
         assert_eq!(trie.len(), 0);
@@ -284,7 +393,8 @@ mod tests {
             trie.push(i);
         }
         let before = trie.root().unwrap();
-        trie.remove(50);
+        assert_eq!(trie.remove_by(50, |x| *x, |_| false), None);
+        trie.remove_by(50, |x| *x, |_| true);
         trie.push(100);
         let mut seen = Vec::new();
         before.for_each(&mut |x: &u64| seen.push(*x));
@@ -298,12 +408,11 @@ mod tests {
             trie.push(i);
         }
         for i in 0..90u64 {
-            trie.remove(i);
+            trie.remove_by(i, |x| *x, |_| true);
         }
         assert!(trie.should_repack());
-        let mut moves = Vec::new();
-        trie.repack(|item, slot| moves.push((*item, slot)));
-        assert_eq!(moves, (90..100).zip(0..10).collect::<Vec<_>>());
+        trie.repack();
+        assert_eq!(trie.next, 10);
         assert_eq!(trie.height, 0);
         assert_eq!(items(&trie), (90..100).collect::<Vec<_>>());
     }

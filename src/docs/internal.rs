@@ -40,9 +40,9 @@
 //!                                   │
 //! Topic ── subscribers: ArcSwapOption<Snapshot>  ◄── the post path reads only this
 //!       │        Snapshot = per message type: { root of a persistent trie, len, streams }
+//!       │                   (the first type inline)
 //!       └─ writer: Mutex<Writer>                 ◄── registration side only
 //!             groups: per message type, the writer's trie (same roots as published)
-//!             index: id -> (type, trie slot, kind, owning session)
 //!             handles, forgotten
 //! ```
 //!
@@ -50,8 +50,10 @@
 //! `Arc<dyn Fn(&M)>` or a stream's sink (the producer half of its buffer). Grouping by type
 //! means a post checks the type once per group, not once per receiver, and then calls the
 //! group's closures with no further dispatch than the closure call itself. Only snapshots
-//! hold receivers: the index holds ids and trie slot numbers, a session holds ids and `Weak`
-//! topics.
+//! hold receivers: a session holds ids and `Weak` topics. Registration ids are taken from the
+//! bus's counter under the topic's lock, so within a topic they grow with the trie's slots,
+//! and a removal finds its id by binary search in the trie; there is no index from id to
+//! slot.
 //!
 //! # Writes
 //!
@@ -105,8 +107,10 @@
 //! An `Owner` records `id -> Weak<Topic>` for what a session registered. Registration through a
 //! session takes the session's lock and then the slot's, so close (which takes the record under
 //! the session's lock) either sees the registration or makes it inert. Removal by id
-//! (`remove_listener`, a stream's drop) takes the slot's lock, releases it, then tells the
-//! owner. No code path holds two slot locks, and only registration nests a slot lock inside a
+//! (`remove_listener`, a stream's drop) takes the slot's lock only: topics do not record
+//! owners, so the session keeps the removed id until it prunes its record (when the record
+//! has doubled since the last pruning, under the session's lock and then each slot's, the
+//! registration order) or closes, where the id is found gone and skipped. No code path holds two slot locks, and only registration nests a slot lock inside a
 //! session lock, so there is no lock-order cycle.
 //!
 //! # Shutdown

@@ -68,8 +68,30 @@ impl<M> Clone for Entry<M> {
 }
 
 /// What a post of one channel sees: per message type, the receivers of that type.
+///
+/// The first group is inline: most channels carry one message type, and their snapshot is
+/// then a single allocation (a registration change publishes one per change).
 pub(crate) struct Snapshot {
-    pub(crate) groups: Box<[Group]>,
+    first: Group,
+    rest: Box<[Group]>,
+}
+
+impl Snapshot {
+    /// A snapshot of `groups`; `None` when there are none.
+    pub(crate) fn new(groups: impl Iterator<Item = Group>) -> Option<Snapshot> {
+        let mut groups = groups;
+        let first = groups.next()?;
+        Some(Snapshot {
+            first,
+            rest: groups.collect(),
+        })
+    }
+
+    /// Every group, in registration order of their types.
+    #[inline]
+    fn groups(&self) -> impl Iterator<Item = &Group> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
 }
 
 /// The receivers of one message type, as published.
@@ -92,12 +114,12 @@ pub(crate) type Wire =
 pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M) -> Tally {
     let mut tally = Tally::default();
     let mut matching = None;
-    for group in snapshot.groups.iter() {
-        match group.root.downcast_ref::<Node<Entry<M>>>() {
+    snapshot
+        .groups()
+        .for_each(|group| match group.root.downcast_ref::<Node<Entry<M>>>() {
             Some(root) => matching = Some((group, root)),
             None => tally.mismatches += group.len as u64,
-        }
-    }
+        });
     if let Some((group, root)) = matching {
         deliver_to(group, root, message, &mut tally);
     }
@@ -163,11 +185,10 @@ pub(crate) fn receive(
     payload: Payload<'_>,
     tally: &mut Tally,
 ) -> Result<(), String> {
-    let groups = snapshot.map_or(&[][..], |s| &s.groups[..]);
     let mut taken = false;
     let mut refused = None;
     let mut mismatches = 0;
-    for group in groups {
+    for group in snapshot.into_iter().flat_map(Snapshot::groups) {
         match (group.wire)(group, codec, class, payload, tally) {
             None => mismatches += group.len as u64,
             Some(Ok(())) => taken = true,

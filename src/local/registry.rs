@@ -9,10 +9,13 @@
 //!
 //! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`) and, behind a
 //! `parking_lot` mutex, the writer's state: per message type a persistent trie of receivers
-//! ([`crate::trie`]), an index from registration id to (type, trie slot, owner), and the
-//! number of live handles. Every registration change takes that one mutex, edits one trie
-//! (copying `O(log n)`), and publishes a new snapshot before returning: a post that starts
-//! afterwards sees the change (L09).
+//! ([`crate::trie`]) and the number of live handles. Every registration change takes that one
+//! mutex, edits one trie (copying `O(log n)`), and publishes a new snapshot before returning:
+//! a post that starts afterwards sees the change (L09).
+//!
+//! Registration ids are taken from the bus's counter under the topic's mutex, so within a
+//! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
+//! search: no index from id to slot, no memory per registration beyond its trie entry.
 //!
 //! # Forgetting (L13)
 //!
@@ -31,7 +34,6 @@
 //! who drops them after the mutex is released (`Garbage`).
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
@@ -62,20 +64,53 @@ pub(crate) trait Interest: Send + Sync {
 /// The bus's snapshots hold the closures and stream sinks; the owner holds nothing of the
 /// user's, so a session can never keep a closure alive (S03).
 pub(crate) struct Owner {
-    registrations: Mutex<Option<HashMap<u64, Weak<Topic>>>>,
+    registrations: Mutex<Option<Records>>,
+}
+
+/// A session's registrations, in a plain vector (most sessions register a handful).
+///
+/// A registration removed by id (`remove_listener`, a stream's drop) stays recorded until the
+/// next pruning: the topics do not record owners, which keeps a registration's cost to its
+/// trie entry. Closing the session finds such an id gone and skips it. Pruning drops the
+/// records whose id is no longer registered, when the vector reaches twice its size after
+/// the previous pruning, so it stays within twice the live registrations, plus 4, and costs
+/// `O(log n)` amortized per registration.
+struct Records {
+    list: Vec<(u64, Weak<Topic>)>,
+    prune_at: usize,
+}
+
+impl Records {
+    fn push(&mut self, id: u64, topic: Weak<Topic>) {
+        if self.list.is_empty() {
+            // A session's first registration takes one slot, not a vector's default four.
+            self.list.reserve_exact(1);
+        }
+        self.list.push((id, topic));
+    }
+
+    /// Drops the records of removed registrations, if due. Takes topic locks: called under the
+    /// owner's lock, which precedes them (see [`Registry::register`]).
+    fn prune_if_due(&mut self) {
+        if self.list.len() < self.prune_at {
+            return;
+        }
+        self.list.retain(|(id, topic)| {
+            topic
+                .upgrade()
+                .is_some_and(|topic| topic.writer.lock().contains(*id))
+        });
+        self.prune_at = (2 * self.list.len()).max(4);
+    }
 }
 
 impl Owner {
     pub(crate) fn new() -> Self {
         Owner {
-            registrations: Mutex::new(Some(HashMap::new())),
-        }
-    }
-
-    /// Forgets registration `id` (it was removed from its channel by other means).
-    fn forget(&self, id: u64) {
-        if let Some(registrations) = &mut *self.registrations.lock() {
-            registrations.remove(&id);
+            registrations: Mutex::new(Some(Records {
+                list: Vec::new(),
+                prune_at: 4,
+            })),
         }
     }
 
@@ -85,20 +120,19 @@ impl Owner {
     }
 }
 
+/// What `receiver` is.
+fn kind_of<M>(receiver: &Receiver<M>) -> Kind {
+    match receiver {
+        Receiver::Listener(_) => Kind::Listener,
+        Receiver::Stream(_) => Kind::Stream,
+    }
+}
+
 /// What a registration is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Listener,
     Stream,
-}
-
-/// The writer's record of one registration.
-pub(crate) struct Registered {
-    slot: u64,
-    kind: Kind,
-    message: TypeId,
-    /// The session that owns it, if any (S01).
-    pub(crate) owner: Option<Weak<Owner>>,
 }
 
 /// Values to drop once the registration lock is released: a replaced snapshot and removed
@@ -120,9 +154,8 @@ pub(crate) struct Topic {
 
 #[derive(Default)]
 struct Writer {
-    /// One per message type with at least one receiver.
+    /// One per message type with at least one receiver: empty when the topic has none.
     groups: Vec<Box<dyn ErasedGroup>>,
-    index: HashMap<u64, Registered>,
     handles: usize,
     forgotten: bool,
 }
@@ -138,10 +171,13 @@ trait ErasedGroup: Send {
     fn message(&self) -> TypeId;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn len(&self) -> usize;
-    /// Removes the receiver at `slot`; returns it, boxed, for [`Garbage`].
-    fn remove(&mut self, slot: u64, kind: Kind) -> Option<Box<dyn Any + Send>>;
-    /// Repacks a sparse trie, reporting `(id, new slot)` for every receiver.
-    fn repack_if_sparse(&mut self, moved: &mut dyn FnMut(u64, u64));
+    fn streams(&self) -> usize;
+    fn contains(&self, id: u64) -> bool;
+    /// Removes receiver `id` (only if it is of kind `only`, when given); returns its kind and
+    /// the receiver, boxed, for [`Garbage`].
+    fn remove(&mut self, id: u64, only: Option<Kind>) -> Option<(Kind, Box<dyn Any + Send>)>;
+    /// Repacks a sparse trie.
+    fn repack_if_sparse(&mut self);
     fn publish(&self) -> Option<Group>;
 }
 
@@ -158,17 +194,30 @@ impl<M: Message> ErasedGroup for GroupWriter<M> {
         self.trie.len()
     }
 
-    fn remove(&mut self, slot: u64, kind: Kind) -> Option<Box<dyn Any + Send>> {
-        let entry = self.trie.remove(slot)?;
+    fn streams(&self) -> usize {
+        self.streams
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.trie.get_by(id, |entry| entry.id).is_some()
+    }
+
+    fn remove(&mut self, id: u64, only: Option<Kind>) -> Option<(Kind, Box<dyn Any + Send>)> {
+        let entry = self.trie.remove_by(
+            id,
+            |entry| entry.id,
+            |entry| only.is_none_or(|kind| kind == kind_of(&entry.receiver)),
+        )?;
+        let kind = kind_of(&entry.receiver);
         if kind == Kind::Stream {
             self.streams -= 1;
         }
-        Some(Box::new(entry))
+        Some((kind, Box::new(entry)))
     }
 
-    fn repack_if_sparse(&mut self, moved: &mut dyn FnMut(u64, u64)) {
+    fn repack_if_sparse(&mut self) {
         if self.trie.should_repack() {
-            self.trie.repack(|entry, at| moved(entry.id, at));
+            self.trie.repack();
         }
     }
 
@@ -192,6 +241,8 @@ impl Writer {
         {
             Some(at) => at,
             None => {
+                // Exact growth from empty: most topics hold one message type.
+                self.groups.reserve_exact(1);
                 self.groups.push(Box::new(GroupWriter::<M> {
                     trie: Trie::default(),
                     streams: 0,
@@ -205,9 +256,12 @@ impl Writer {
         }
     }
 
+    fn contains(&self, id: u64) -> bool {
+        self.groups.iter().any(|group| group.contains(id))
+    }
+
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        let groups: Box<[Group]> = self.groups.iter().filter_map(|g| g.publish()).collect();
-        (!groups.is_empty()).then(|| Arc::new(Snapshot { groups }))
+        Snapshot::new(self.groups.iter().filter_map(|g| g.publish())).map(Arc::new)
     }
 }
 
@@ -325,135 +379,115 @@ impl Registry {
         }
     }
 
-    /// Registers `receiver` on `name` under `id`, owned by `owner` when given (S01). Gives
-    /// the receiver back when the registration is inert: its owner is closed (S04), or the
-    /// registry is (after shutdown); the caller drops it outside any lock.
+    /// Registers `receiver` on `name` under a new id from `ids`, owned by `owner` when given
+    /// (S01); returns the id and the topic. Gives the receiver back (with an id all the same)
+    /// when the registration is inert: its owner is closed (S04), or the registry is (after
+    /// shutdown); the caller drops it outside any lock.
+    ///
+    /// The id is taken under the topic's lock, so a topic's ids grow with its trie's slots
+    /// (see the module docs).
     ///
     /// Lock order: the owner's lock, then the channel's, so that a registration is either
     /// recorded before [`Registry::close_owner`] takes the record, or refused. Everything else
     /// takes one lock at a time: `close_owner` takes the owner's, releases it, then each
-    /// channel's; removals take the channel's, release it, then the owner's.
+    /// channel's; removals take the channel's only.
     pub(crate) fn register<M: Message>(
         &self,
         name: &str,
-        id: u64,
+        ids: &AtomicU64,
         receiver: Receiver<M>,
-        owner: Option<&Arc<Owner>>,
-    ) -> Result<Arc<Topic>, Receiver<M>> {
+        owner: Option<&Owner>,
+    ) -> (u64, Result<Arc<Topic>, Receiver<M>>) {
         let Some(owner) = owner else {
-            return self.subscribe(name, id, receiver, None);
+            return self.subscribe(name, ids, receiver);
         };
         let mut registrations = owner.registrations.lock();
-        let Some(registrations) = &mut *registrations else {
-            return Err(receiver);
+        let Some(records) = &mut *registrations else {
+            return (ids.fetch_add(1, Relaxed), Err(receiver));
         };
-        let topic = self.subscribe(name, id, receiver, Some(Arc::downgrade(owner)))?;
-        registrations.insert(id, Arc::downgrade(&topic));
-        Ok(topic)
+        records.prune_if_due();
+        let (id, topic) = self.subscribe(name, ids, receiver);
+        if let Ok(topic) = &topic {
+            records.push(id, Arc::downgrade(topic));
+        }
+        (id, topic)
     }
 
     /// Closes `owner`: removes every registration made through it from its channel (S01).
     /// Idempotent; later registrations through it are inert (S04).
     pub(crate) fn close_owner(&self, owner: &Owner) {
-        let registrations = owner.registrations.lock().take();
-        for (id, topic) in registrations.into_iter().flatten() {
+        let records = owner.registrations.lock().take();
+        for (id, topic) in records.into_iter().flat_map(|records| records.list) {
             if let Some(topic) = topic.upgrade() {
                 self.unsubscribe(&topic, id, None);
             }
         }
     }
 
-    /// Registers `receiver` on `name` under `id`. Gives it back when the registry is closed.
+    /// Registers `receiver` on `name` under a new id from `ids`. Gives it back when the
+    /// registry is closed.
     fn subscribe<M: Message>(
         &self,
         name: &str,
-        id: u64,
+        ids: &AtomicU64,
         receiver: Receiver<M>,
-        owner: Option<Weak<Owner>>,
-    ) -> Result<Arc<Topic>, Receiver<M>> {
-        let registered = self.with_topic(name, move |topic, writer| {
+    ) -> (u64, Result<Arc<Topic>, Receiver<M>>) {
+        let (id, registered) = self.with_topic(name, move |topic, writer| {
+            let id = ids.fetch_add(1, Relaxed);
             // Checked under the topic's lock: `close` sets the flag before it sweeps the topics,
             // so a registration either sees the flag or is swept.
             if self.is_closed() {
-                return Err(receiver);
+                return (id, Err(receiver));
             }
-            let kind = match receiver {
-                Receiver::Listener(_) => Kind::Listener,
-                Receiver::Stream(_) => Kind::Stream,
-            };
-            let group = writer.group_mut::<M>();
-            group.streams += usize::from(kind == Kind::Stream);
-            let at = group.trie.push(Entry { id, receiver });
-            let message = TypeId::of::<M>();
-            let record = Registered {
-                slot: at,
-                kind,
-                message,
-                owner,
-            };
-            writer.index.insert(id, record);
-            if writer.index.len() == 1 {
+            let kind = kind_of(&receiver);
+            if writer.groups.is_empty() {
                 self.receivers_changed(topic, true);
             }
+            let group = writer.group_mut::<M>();
+            group.streams += usize::from(kind == Kind::Stream);
+            group.trie.push(Entry { id, receiver });
             self.gauge(kind).fetch_add(1, Relaxed);
             let garbage = Garbage {
                 _snapshot: topic.publish(writer),
                 _removed: Vec::new(),
             };
-            Ok((garbage, topic.clone()))
+            (id, Ok((garbage, topic.clone())))
         });
         // The garbage is dropped here, after `with_topic` released the lock.
-        registered.map(|(_garbage, topic)| topic)
+        (id, registered.map(|(_garbage, topic)| topic))
     }
 
-    /// Removes registration `id` (of kind `kind`) from `topic`, and from its owning session's
-    /// record; false when unknown.
+    /// Removes registration `id` (of kind `kind`) from `topic`; false when unknown. Its owning
+    /// session, if any, keeps the id until it prunes its records or closes (see `Records`).
     pub(crate) fn remove(&self, topic: &Topic, id: u64, kind: Kind) -> bool {
-        let Some(record) = self.unsubscribe(topic, id, Some(kind)) else {
-            return false;
-        };
-        if let Some(owner) = record.owner.and_then(|owner| owner.upgrade()) {
-            owner.forget(id);
-        }
-        true
+        self.unsubscribe(topic, id, Some(kind)).is_some()
     }
 
     /// Removes registration `id` from `topic` (only if it is of kind `only`, when given);
-    /// returns its record, `None` when unknown.
-    fn unsubscribe(&self, topic: &Topic, id: u64, only: Option<Kind>) -> Option<Registered> {
+    /// returns its kind, `None` when unknown.
+    fn unsubscribe(&self, topic: &Topic, id: u64, only: Option<Kind>) -> Option<Kind> {
         let mut writer = topic.writer.lock();
-        let record = writer.index.get(&id)?;
-        if only.is_some_and(|kind| kind != record.kind) {
-            return None;
-        }
-        let record = writer.index.remove(&id)?;
-        let Writer { groups, index, .. } = &mut *writer;
-        let at = groups.iter().position(|g| g.message() == record.message)?;
-        let removed = groups[at].remove(record.slot, record.kind);
-        groups[at].repack_if_sparse(&mut |id, slot| {
-            if let Some(record) = index.get_mut(&id) {
-                record.slot = slot;
-            }
-        });
+        let groups = &mut writer.groups;
+        let (at, (kind, removed)) = groups
+            .iter_mut()
+            .enumerate()
+            .find_map(|(at, group)| Some((at, group.remove(id, only)?)))?;
+        groups[at].repack_if_sparse();
         if groups[at].len() == 0 {
             groups.swap_remove(at);
         }
-        if index.is_empty() {
+        if groups.is_empty() {
             self.receivers_changed(topic, false);
         }
-        // Keep the index within a constant factor of its size (amortized O(1)).
-        if index.capacity() > 4 * index.len() + 64 {
-            index.shrink_to_fit();
-        }
-        self.gauge(record.kind).fetch_sub(1, Relaxed);
+        self.gauge(kind).fetch_sub(1, Relaxed);
         let garbage = Garbage {
             _snapshot: topic.publish(&writer),
-            _removed: removed.into_iter().collect(),
+            _removed: vec![removed],
         };
         self.forget_if_unused(topic, &mut writer);
         drop(writer);
         drop(garbage);
-        Some(record)
+        Some(kind)
     }
 
     /// A live handle on `name`: the topic stays interned while it lives.
@@ -488,13 +522,18 @@ impl Registry {
             .collect();
         for topic in topics {
             let mut writer = topic.writer.lock();
-            let groups: Box<dyn Any + Send> = Box::new(std::mem::take(&mut writer.groups));
-            if !writer.index.is_empty() {
+            let groups = std::mem::take(&mut writer.groups);
+            if !groups.is_empty() {
                 self.receivers_changed(&topic, false);
             }
-            for record in std::mem::take(&mut writer.index).into_values() {
-                self.gauge(record.kind).fetch_sub(1, Relaxed);
+            for group in &groups {
+                let streams = group.streams() as u64;
+                self.counters.streams.fetch_sub(streams, Relaxed);
+                self.counters
+                    .listeners
+                    .fetch_sub(group.len() as u64 - streams, Relaxed);
             }
+            let groups: Box<dyn Any + Send> = Box::new(groups);
             let garbage = Garbage {
                 _snapshot: topic.publish(&writer),
                 _removed: vec![groups],
@@ -507,7 +546,7 @@ impl Registry {
 
     /// Under `topic`'s lock: forgets the topic when nothing holds it any more (L13).
     fn forget_if_unused(&self, topic: &Topic, writer: &mut Writer) {
-        if writer.index.is_empty() && writer.handles == 0 && !writer.forgotten {
+        if writer.groups.is_empty() && writer.handles == 0 && !writer.forgotten {
             writer.forgotten = true;
             let map = self.map.pin();
             if let Ok(Some(_)) = map.remove_if(&*topic.name, |_, live| std::ptr::eq(&**live, topic))
@@ -522,5 +561,67 @@ impl Registry {
             Kind::Listener => &self.counters.listeners,
             Kind::Stream => &self.counters.streams,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener() -> Receiver<u64> {
+        Receiver::Listener(Arc::new(|_: &u64| {}))
+    }
+
+    /// Removal finds ids by binary search in the trie: in any order, across repacks, and only
+    /// for the right kind.
+    #[test]
+    fn remove_finds_ids_in_any_order() {
+        let registry = Registry::new(None);
+        let ids = AtomicU64::new(1);
+        let mut registered: Vec<(u64, Arc<Topic>)> = (0..2000)
+            .map(|_| {
+                let (id, topic) = registry.register("c", &ids, listener(), None);
+                (id, topic.ok().unwrap())
+            })
+            .collect();
+        // A fixed shuffle (xorshift), so that removals hit every part of the trie.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for i in (1..registered.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            registered.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for (at, (id, topic)) in registered.iter().enumerate() {
+            assert!(!registry.remove(topic, *id, Kind::Stream));
+            assert!(registry.remove(topic, *id, Kind::Listener));
+            assert!(!registry.remove(topic, *id, Kind::Listener));
+            let left = registered.len() - at - 1;
+            assert_eq!(registry.counters.listeners.load(Relaxed), left as u64);
+        }
+        assert!(registry.get("c").is_none());
+    }
+
+    /// A session whose registrations are removed by id keeps at most about twice its live
+    /// records, and closing it afterwards removes exactly what is left.
+    #[test]
+    fn session_records_stay_bounded() {
+        let registry = Registry::new(None);
+        let ids = AtomicU64::new(1);
+        let owner = Owner::new();
+        let (kept, _) = registry.register("kept", &ids, listener(), Some(&owner));
+        for _ in 0..1000 {
+            let (id, topic) = registry.register("c", &ids, listener(), Some(&owner));
+            assert!(registry.remove(&topic.ok().unwrap(), id, Kind::Listener));
+            let records = owner.registrations.lock();
+            assert!(records.as_ref().unwrap().list.len() <= 6);
+        }
+        assert_eq!(registry.counters.listeners.load(Relaxed), 1);
+        registry.close_owner(&owner);
+        assert!(owner.is_closed());
+        assert_eq!(registry.counters.listeners.load(Relaxed), 0);
+        assert!(registry.get("kept").is_none());
+        let (after, inert) = registry.register("c", &ids, listener(), Some(&owner));
+        assert!(inert.is_err() && after > kept);
     }
 }
