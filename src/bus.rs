@@ -429,7 +429,8 @@ impl BusBuilder {
     ///
     /// Turn it off on every bus of a namespace or on none: a bus that repairs asks an origin
     /// that does not in vain, and holds that origin's later messages on the channel for up to
-    /// three `repair_timeout`s before it counts the gap missed.
+    /// fifteen `repair_timeout`s (asking four times, each wait twice the one before) before it
+    /// counts the gap missed.
     ///
     /// The memory the window takes never exceeds `bytes` plus a small entry per frame.
     /// See [the repair guarantees](crate::docs::guarantees#repair) for what is promised.
@@ -441,8 +442,10 @@ impl BusBuilder {
     /// How long later messages of an origin on a channel wait while a gap before them is
     /// being repaired (K03); default 200 ms. The wait starts again whenever part of the
     /// gap arrives, so a long repair that makes progress is not cut short. When it runs
-    /// out, what is still missing is counted missed and the waiting messages are delivered,
-    /// in sequence order. Other channels and origins never wait.
+    /// out, the gap is asked for again, up to four times in all, each wait twice the one
+    /// before (15 `repair_timeout`s in all: the origin may be subscribing its control channel
+    /// again after an outage); then what is still missing is counted missed and the waiting
+    /// messages are delivered, in sequence order. Other channels and origins never wait.
     pub fn repair_timeout(mut self, wait: Duration) -> Self {
         self.repair_timeout = wait;
         self

@@ -68,7 +68,7 @@ pub struct Stats {
     /// Messages recovered from their origin's retransmit window after a gap (K02).
     pub global_repaired: u64,
     /// Repair requests this bus sent (K02, K04): one per gap it found (and again, up to
-    /// three times in all, while a gap makes no progress), and after a reconnect one per
+    /// four times in all, while a gap makes no progress), and after a reconnect one per
     /// origin it knows on each channel, for that origin's latest sequence number.
     pub global_repair_requests: u64,
     /// Repair requests this bus, as an origin, refused: malformed, or past the rate limit of

@@ -435,8 +435,10 @@
 //! what it still has to the asker alone, and says what it no longer has. What comes back is
 //! delivered ([`Stats::global_repaired`]); what is gone is counted in
 //! [`Stats::global_missed`] and reported, as in G06. Duplicates are dropped: a message is
-//! never delivered twice. A gap is asked for up to three times, each after `repair_timeout`
-//! without progress ([`Stats::global_repair_requests`] counts the requests).
+//! never delivered twice. A gap is asked for up to four times: again after `repair_timeout`
+//! without progress, then after twice, four and eight times that (15 `repair_timeout`s, 3 s
+//! by default: time for the origin to subscribe its control channel again after an
+//! outage). [`Stats::global_repair_requests`] counts the requests.
 //!
 //! Tests: `tests/repair.rs`, `k02_what_a_receiver_lost_is_repaired_from_its_origin`; the
 //! fault tests of `tests/faults.rs` (Redis killed and restarted, `CLIENT KILL TYPE pubsub`)
@@ -446,9 +448,9 @@
 //! ## K03
 //!
 //! While a gap is being repaired, later messages of that origin on that channel wait; then
-//! everything is delivered in sequence order. The wait is bounded in time
-//! ([`BusBuilder::repair_timeout`], default 200 ms, started again whenever part of the gap
-//! arrives) and in memory (at most 65,536 messages and a quarter of `receive_buffer_bytes`
+//! everything is delivered in sequence order. The wait is bounded in time (15
+//! [`BusBuilder::repair_timeout`]s without progress over the four asks of K02, 3 s by
+//! default; it starts again whenever part of the gap arrives) and in memory (at most 65,536 messages and a quarter of `receive_buffer_bytes`
 //! per dispatch thread; past either the gap is given up at once). Other channels and other
 //! origins never wait.
 //!

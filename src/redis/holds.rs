@@ -10,8 +10,9 @@
 //! once). Frames that fill the gap (answers, or a late copy) are delivered as they come, and
 //! after each one the held frames that now follow the mark are delivered, in sequence order.
 //!
-//! A gap waits at most `repair_timeout` without progress: the deadline moves whenever part
-//! of it arrives. When it passes, or when holding one more frame would pass the bound on
+//! A gap waits `repair_timeout` without progress (the deadline moves whenever part of it
+//! arrives), and is then asked for again, up to [`ASKS`] times, each wait twice the one
+//! before. When the last passes, or when holding one more frame would pass the bound on
 //! held frames, the gap is *flushed*: what is still missing is counted missed and every
 //! held frame is delivered in order. So the hold is bounded in time and in memory, and other
 //! channels and origins never wait: they are never held.
@@ -30,8 +31,10 @@ pub(super) struct Held {
 }
 
 /// Times a gap is asked for before it is given up: a request can be lost (the origin's
-/// control channel not yet subscribed again after a reconnect), and the answer too.
-pub(super) const ASKS: u8 = 3;
+/// control channel not yet subscribed again after a reconnect, which takes the origin's
+/// client up to a second of backoff and more on a busy machine), and the answer too. Each
+/// wait is twice the one before: 1, 2, 4 and 8 `repair_timeout`s, 15 in all (3 s by default).
+pub(super) const ASKS: u8 = 4;
 
 /// One open gap.
 struct Gap {
@@ -160,8 +163,8 @@ impl Holds {
         if gap.asked >= ASKS {
             return None;
         }
+        gap.deadline = now + self.timeout * (1 << gap.asked);
         gap.asked += 1;
-        gap.deadline = now + self.timeout;
         Some(gap.asked_to)
     }
 

@@ -506,7 +506,8 @@ impl Reader {
     }
 
     /// The gaps of this dispatch thread whose `repair_timeout` passed: asked for again, up
-    /// to [`ASKS`](super::holds::ASKS) times in all, then given up (K03).
+    /// to [`ASKS`](super::holds::ASKS) times in all, each wait twice the one before, then given
+    /// up (K03).
     pub(super) fn expire(&self, holds: &mut Holds, now: Instant) {
         for (channel, origin) in holds.expired(now) {
             if let Some(asked_to) = holds.ask_again(&channel, &origin, now) {
