@@ -317,6 +317,12 @@ async fn assert_accounted(
         received.len() as u64 + bus.stats().global_missed >= posted
     })
     .await;
+    // A frame's messages are counted in `global_received` once its listeners have run: the
+    // last count may lag the listener by a moment.
+    eventually(DEADLINE, || {
+        bus.stats().global_received >= received.len() as u64
+    })
+    .await;
     let stats = bus.stats();
     let values = received.snapshot();
     let got = values.len() as u64;
