@@ -99,17 +99,7 @@ impl Setup {
         };
         let a = bus().await;
         let b = bus().await;
-        let evbus_received = Arc::new(Counter::default());
-        let counter = evbus_received.clone();
-        b.messages().add_listener(THROUGHPUT, move |tick: &Tick| {
-            std::hint::black_box(tick);
-            counter.add(1);
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        b.messages().add_listener(LATENCY, move |_: &Tick| {
-            let _ = tx.send(Instant::now());
-        });
-        b.subscriptions_ready().await.expect("bus B subscribed");
+        let (evbus_received, rx) = counter::listen(&b, THROUGHPUT, LATENCY).await;
 
         let mut builder = Builder::from_config(Config::from_url(url).expect("Redis URL"));
         builder

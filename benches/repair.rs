@@ -158,17 +158,7 @@ impl Pair {
         };
         let a = bus().await;
         let b = bus().await;
-        let received = Arc::new(Counter::default());
-        let counter = received.clone();
-        b.messages().add_listener(THROUGHPUT, move |tick: &Tick| {
-            std::hint::black_box(tick);
-            counter.add(1);
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        b.messages().add_listener(LATENCY, move |_: &Tick| {
-            let _ = tx.send(Instant::now());
-        });
-        b.subscriptions_ready().await.expect("bus B subscribed");
+        let (received, rx) = counter::listen(&b, THROUGHPUT, LATENCY).await;
         Pair {
             name,
             a,

@@ -16,6 +16,31 @@ pub struct Tick {
     pub value: u64,
 }
 
+/// On `b`: a listener on `throughput` that counts the `Tick`s it gets, and one on `latency`
+/// that sends the time each arrives; then waits until Redis confirmed both subscriptions.
+#[allow(dead_code)] // benches/cluster.rs listens on many channels its own way
+pub async fn listen(
+    b: &Bus,
+    throughput: &str,
+    latency: &str,
+) -> (
+    std::sync::Arc<Counter>,
+    tokio::sync::mpsc::UnboundedReceiver<std::time::Instant>,
+) {
+    let received = std::sync::Arc::new(Counter::default());
+    let counter = received.clone();
+    b.messages().add_listener(throughput, move |tick: &Tick| {
+        std::hint::black_box(tick);
+        counter.add(1);
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    b.messages().add_listener(latency, move |_: &Tick| {
+        let _ = tx.send(std::time::Instant::now());
+    });
+    b.subscriptions_ready().await.expect("bus B subscribed");
+    (received, rx)
+}
+
 /// The benches' runtime: two workers, as on the machine the figures come from.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
