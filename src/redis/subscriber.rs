@@ -669,13 +669,8 @@ impl Reader {
         if gap.is_none() && !(open && past) {
             return false;
         }
-        if let Some((from, to)) = gap {
-            let from = from.max(holds.reach(channel, origin) + 1);
-            if from <= to || !open {
-                if let Some((from, to)) = holds.open(channel, origin, from, to, Instant::now()) {
-                    publisher::request_repair(&self.state, origin, channel, from, to);
-                }
-            }
+        if let Some(gap) = gap {
+            self.ask(holds, channel, origin, gap);
         }
         let kept = Held {
             bytes: payload.to_vec(),
@@ -719,15 +714,22 @@ impl Reader {
         let Some(next) = last.checked_add(1) else {
             return;
         };
-        let Some((from, to)) = state.sequences.lock().gap(channel, origin, next) else {
-            return;
-        };
+        let gap = state.sequences.lock().gap(channel, origin, next);
+        if let Some(gap) = gap {
+            self.ask(holds, channel, origin, gap);
+        }
+    }
+
+    /// Opens (or widens) the gap `from..=to` of `origin` on `channel` and asks the origin for
+    /// the part not held or asked for yet (K02). (A gap that is not open yet has nothing held
+    /// or asked: all of it is asked for, and the gap is opened.)
+    fn ask(&self, holds: &mut Holds, channel: &str, origin: &Origin, (from, to): (u64, u64)) {
         let from = from.max(holds.reach(channel, origin) + 1);
         if from > to {
             return;
         }
         if let Some((from, to)) = holds.open(channel, origin, from, to, Instant::now()) {
-            publisher::request_repair(state, origin, channel, from, to);
+            publisher::request_repair(&self.state, origin, channel, from, to);
         }
     }
 

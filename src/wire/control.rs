@@ -137,13 +137,7 @@ impl Control<'_> {
                 channel,
                 from,
                 to,
-            } => {
-                out.push(REQUEST);
-                out.extend_from_slice(&asker);
-                put_channel(&mut out, channel);
-                out.extend_from_slice(&from.to_le_bytes());
-                out.extend_from_slice(&to.to_le_bytes());
-            }
+            } => put_range(&mut out, REQUEST, &asker, channel, (from, to)),
             Control::Answer { channel, frame } => {
                 out.push(ANSWER);
                 put_channel(&mut out, channel);
@@ -154,13 +148,7 @@ impl Control<'_> {
                 channel,
                 from,
                 to,
-            } => {
-                out.push(GONE);
-                out.extend_from_slice(&origin);
-                put_channel(&mut out, channel);
-                out.extend_from_slice(&from.to_le_bytes());
-                out.extend_from_slice(&to.to_le_bytes());
-            }
+            } => put_range(&mut out, GONE, &origin, channel, (from, to)),
             Control::Latest {
                 origin,
                 channel,
@@ -290,6 +278,15 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, &'static str> {
         return Err("trailing bytes after a control message");
     }
     Ok(Decoded { control, signed })
+}
+
+/// A request's or a gone's fields: kind, origin, channel and range.
+fn put_range(out: &mut Vec<u8>, kind: u8, origin: &Origin, channel: &str, (from, to): (u64, u64)) {
+    out.push(kind);
+    out.extend_from_slice(origin);
+    put_channel(out, channel);
+    out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&to.to_le_bytes());
 }
 
 fn put_channel(out: &mut Vec<u8>, channel: &str) {
