@@ -29,6 +29,10 @@ use crate::sync;
 /// Read with [`Bus::stats`](crate::Bus::stats). Fields are added in minor versions, so the
 /// struct is `#[non_exhaustive]`; read the fields you need. It is `Serialize`, as a map of
 /// the field names to their numbers, for a `/stats` endpoint or a metrics exporter.
+///
+/// A post's counts are added once its listeners have returned: a listener (or a global
+/// message's listener on a dispatch thread) sees the message a moment before `stats()` counts
+/// it. Wait for the counter, not for the listener, when the number is what matters.
 #[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {

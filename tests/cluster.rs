@@ -19,7 +19,7 @@ use evbus::{
 };
 use support::bus::{
     blocking, build, delivered, flush, global, next, ready, recorder, shutdown, snapshot,
-    wait_until, Log, DEADLINE,
+    stats_until, wait_until, Log, DEADLINE,
 };
 use support::cluster::{ran, spublish, Raw, RedisCluster, Sentinels};
 use support::redis::{free_port, RawSubscriber, RedisServer};
@@ -89,7 +89,10 @@ async fn c01_every_global_rule_holds_across_a_cluster() {
         }
     }
     for bus in [&a, &b] {
-        let stats = bus.stats();
+        let stats = stats_until(bus, "every message is counted", |s| {
+            s.global_received >= 2 * N * 3
+        })
+        .await;
         assert_eq!((stats.global_missed, stats.global_duplicates), (0, 0));
         assert_eq!(stats.global_received, 2 * N * 3);
     }

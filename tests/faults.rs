@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use evbus::{Bus, BusEvent, MessageScope, PostError};
 use serde::{Deserialize, Serialize};
 use support::bus::{
-    blocking, build, delivered, eventually, flush, global, next, ready, shutdown, wait_until,
-    DEADLINE,
+    blocking, build, delivered, eventually, flush, global, next, ready, shutdown, stats_until,
+    wait_until, DEADLINE,
 };
 use support::redis::{numsub, RawSubscriber, RedisServer};
 
@@ -826,7 +826,10 @@ async fn duplicates_after_replay_are_dropped() {
         got_b.last() == Some(MESSAGES)
     })
     .await;
-    let stats = b.stats();
+    let stats = stats_until(&b, "B counted the fresh message", |s| {
+        s.global_received > MESSAGES
+    })
+    .await;
     let context = format!(
         "{} frames; received {:?}; {stats:?}; events {}",
         frames.len(),

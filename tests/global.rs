@@ -25,7 +25,7 @@ use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use support::bus::{
     blocking, build, delivered, eventually, flush, global, next, ready, recorder, redis_bus,
-    shutdown, snapshot, wait_until, Log, DEADLINE,
+    shutdown, snapshot, stats_until, wait_until, Log, DEADLINE,
 };
 use support::redis::{numsub, RawSubscriber, RedisServer};
 use support::wire::string_frame;
@@ -698,7 +698,7 @@ async fn g09_undecodable_unknown_and_oversized_payloads_are_counted_reported_and
     })
     .await;
     assert!(snapshot(&strings).is_empty(), "nothing bad was delivered");
-    let stats = b.stats();
+    let stats = stats_until(&b, "both are counted", |s| s.global_received >= 2).await;
     assert_eq!(stats.global_decode_errors, bad.len() as u64, "{stats:?}");
     assert_eq!(stats.global_received, 2, "{stats:?}");
 
@@ -1431,7 +1431,7 @@ async fn a_message_within_the_limit_is_delivered_beside_one_over_it() {
         snapshot(&lines) == ["tiny"]
     })
     .await;
-    let stats = small.stats();
+    let stats = stats_until(&small, "it is counted", |s| s.global_received >= 1).await;
     assert_eq!(
         (
             stats.global_received,
@@ -1453,7 +1453,7 @@ async fn a_message_within_the_limit_is_delivered_beside_one_over_it() {
     })
     .await;
     assert_eq!(snapshot(&lines), ["tiny", "one", fits.as_str(), "five"]);
-    let stats = small.stats();
+    let stats = stats_until(&small, "they are counted", |s| s.global_received >= 4).await;
     assert_eq!(
         (
             stats.global_received,
@@ -1484,7 +1484,7 @@ async fn an_unreadable_frame_counts_its_messages_missed() {
         snapshot(&lines) == ["first", "five"]
     })
     .await;
-    let stats = bus.stats();
+    let stats = stats_until(&bus, "they are counted", |s| s.global_received >= 2).await;
     assert_eq!(
         (
             stats.global_received,

@@ -14,9 +14,10 @@ mod support;
 
 use std::time::Duration;
 
-use evbus::{Bus, BusBuilder, Stats};
+use evbus::{Bus, BusBuilder};
 use support::bus::{
-    blocking, build, flush, global, ready, recorder, shutdown, snapshot, wait_until, DEADLINE,
+    blocking, build, flush, global, ready, recorder, shutdown, snapshot, stats_until, wait_until,
+    DEADLINE,
 };
 use support::redis::{RawSubscriber, RedisServer};
 use support::wire::string_frame;
@@ -108,11 +109,6 @@ fn pipe(server: &RedisServer, commands: &[u8]) {
         .write_all(commands)
         .expect("write the commands");
     assert!(child.wait().expect("redis-cli --pipe").success());
-}
-
-async fn stats_until(bus: &Bus, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    wait_until(what, DEADLINE, || done(&bus.stats())).await;
-    bus.stats()
 }
 
 // ---- K01 ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evbus::{Bus, BusBuilder, Delivery, Message, MessageScope, Messages};
+use evbus::{Bus, BusBuilder, Delivery, Message, MessageScope, Messages, Stats};
 use futures_core::Stream;
 use tokio::time::timeout;
 
@@ -123,6 +123,19 @@ pub async fn wait_until(what: &str, deadline: Duration, condition: impl FnMut() 
         eventually(deadline, condition).await,
         "timed out after {deadline:?} waiting until {what}"
     );
+}
+
+/// Waits until `done` holds for the bus's [`Stats`] (or [`DEADLINE`] passes, then panics
+/// with `what`), and returns them. A dispatch thread adds to the counters after it has called
+/// the listeners of a frame, so a listener's record runs a moment ahead of them.
+pub async fn stats_until(bus: &Bus, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    let ok = eventually(DEADLINE, || done(&bus.stats())).await;
+    let stats = bus.stats();
+    assert!(
+        ok,
+        "timed out after {DEADLINE:?} waiting until {what}: {stats:?}"
+    );
+    stats
 }
 
 /// What a [`recorder`] listener got, in order.
