@@ -396,10 +396,14 @@
 //!
 //! When a master fails and its replica is promoted, subscriptions and pending posts move to the
 //! new master: every message posted meanwhile is delivered once or reported missed. The same
-//! holds for a failover that Sentinel performs, on a `redis-sentinel://` URL.
+//! holds for a failover that Sentinel performs, on a `redis-sentinel://` URL. Each master has
+//! a publishing connection and an outage budget of its own, so while one master is down the
+//! others' channels keep flowing; a master that dies with no replica holds its own channels'
+//! posts up to `outage_buffer` (then `Backpressure`), and shutdown names those it still held.
 //!
 //! Tests: `tests/cluster.rs`,
 //! `c04_a_master_failover_moves_subscriptions_and_posts_to_the_promoted_replica`,
+//! `c04_a_lost_shard_without_replica_backpressures_its_own_channels_only`,
 //! `sentinel_a_failover_is_followed_and_losses_reported`.
 //!
 //! # Repair

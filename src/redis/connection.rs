@@ -16,9 +16,11 @@
 //! # Redis Cluster (C01-C04)
 //!
 //! A `redis-cluster://` URL makes both clients clustered: fred keeps one connection per
-//! master on each and routes by slot. Global messages then use sharded pub/sub (C02): posts
-//! are `SPUBLISH` (one pipelined write per master, `MOVED` followed by fred), and each channel
-//! is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
+//! master on each and routes by slot. Global messages then use sharded pub/sub (C02). Posts
+//! are `SPUBLISH`, sent on a plain connection of their own per master ([`Master`], one
+//! pipelined write per master, a `MOVED` answer returned as [`Failure::Moved`]): fred's
+//! clustered client reconnects every master together and writes nothing while any master is
+//! unreachable, so one dead shard would stop them all. Each channel is `SSUBSCRIBE`d alone on the master that owns its slot (see [`Redis::subscribe`] for why
 //! alone), up to [`SSUBSCRIBE_WINDOW`] of them in flight at once. No classic `SUBSCRIBE` or
 //! `PUBLISH` is sent: a cluster broadcasts those to every node. A slot that moves (C03) or a
 //! master that fails over (C04) is found by [`Redis::moved`], since fred drops the
@@ -26,6 +28,7 @@
 //! master the sentinels name; fred asks them again after a failover.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +65,32 @@ pub(crate) struct Redis {
     subscriber: SubscriberClient,
     /// On a Redis Cluster (a `redis-cluster://` URL): sharded pub/sub, and where each
     /// subscribed channel was subscribed. `None` on one Redis or through Sentinel.
-    cluster: Option<Shards>,
+    cluster: Option<Arc<Shards>>,
+    /// The settings every connection was built with, for the [`Master`] connections.
+    builder: Builder,
+    /// The [`Master`] connections made and not yet closed, so that [`Redis::close`] closes
+    /// them too: master (`host:port`) -> fred's task for it.
+    masters: Mutex<HashMap<String, tokio::task::JoinHandle<Result<(), fred::error::Error>>>>,
+}
+
+/// A cluster master's own publishing connection: a plain (not clustered) client, so that a
+/// master that is unreachable holds up only what is sent to it. Made by [`Redis::master`].
+pub(crate) struct Master {
+    client: Client,
+    /// Whether [`Master::publish`] sends `SPUBLISH` (always, on a cluster).
+    sharded: bool,
+}
+
+impl Master {
+    /// Sends `batch` as one pipelined write, in order; returns each command's outcome. A
+    /// `MOVED` answer is [`Failure::Moved`]. Waits (without a bound of its own) while the
+    /// master is unreachable: fred reconnects by itself.
+    pub(crate) fn publish(
+        &self,
+        batch: Vec<Outbound>,
+    ) -> impl Future<Output = Vec<Result<(), Failure>>> + Send + '_ {
+        publish_with(&self.client, self.sharded, batch)
+    }
 }
 
 /// Sharded pub/sub on a Redis Cluster (C01-C04).
@@ -81,13 +109,26 @@ struct Shards {
 /// Why a PUBLISH failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// The connection failed; the command may or may not have reached Redis. Send it again.
+    /// The connection failed, or the cluster cannot take it now (`CLUSTERDOWN`,
+    /// `TRYAGAIN`, `LOADING`); the command may or may not have reached Redis. Send it again.
     Retry,
+    /// A cluster master answered `MOVED`: send it again to this master (`host:port`).
+    Moved(String),
     /// Redis answered with an error: sending it again would not help.
     Refused(Reason),
 }
 
 fn failure(error: fred::error::Error) -> Failure {
+    let details = error.details().trim();
+    if let Some(to) = moved_to(details) {
+        return Failure::Moved(to);
+    }
+    if ["CLUSTERDOWN", "TRYAGAIN", "LOADING"]
+        .iter()
+        .any(|transient| details.starts_with(transient))
+    {
+        return Failure::Retry;
+    }
     match error.kind() {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => {
             Failure::Retry
@@ -237,13 +278,17 @@ impl Redis {
         };
         publisher.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
-        let cluster = clustered.then(|| Shards {
-            owners: Mutex::new(HashMap::new()),
+        let cluster = clustered.then(|| {
+            Arc::new(Shards {
+                owners: Mutex::new(HashMap::new()),
+            })
         });
         Ok(Redis {
             publisher,
             subscriber,
             cluster,
+            builder,
+            masters: Mutex::new(HashMap::new()),
         })
     }
 
@@ -259,30 +304,121 @@ impl Redis {
     /// On a cluster the commands are `SPUBLISH` (C02), which fred routes by slot: one
     /// pipelined write per master, each channel's commands in order, a `MOVED` followed.
     pub(crate) async fn publish(&self, batch: Vec<Outbound>) -> Vec<Result<(), Failure>> {
-        let pipeline = self.publisher.pipeline();
-        let mut queued = Vec::with_capacity(batch.len());
-        let sharded = self.is_cluster();
-        for Outbound { channel, payload } in batch {
-            let result: Result<(), _> = if sharded {
-                pipeline.spublish(channel, Value::Bytes(payload)).await
-            } else {
-                pipeline.publish(channel, Value::Bytes(payload)).await
-            };
-            queued.push(result.map_err(failure));
-        }
-        let mut results = pipeline.try_all::<Value>().await.into_iter();
-        queued
-            .into_iter()
-            .map(|queued| {
-                queued?;
-                match results.next() {
-                    Some(result) => result.map(drop).map_err(failure),
-                    None => Err(Failure::Retry),
-                }
-            })
-            .collect()
+        publish_with(&self.publisher, self.is_cluster(), batch).await
     }
 
+    /// A connection of its own to cluster master `master` (`host:port`), for its
+    /// publishing lane; `None` on one Redis, or for a name that is not `host:port`. It
+    /// connects in the background and reconnects by itself; [`Redis::close_master`] or
+    /// [`Redis::close`] closes it.
+    pub(crate) fn master(&self, master: &str) -> Option<Master> {
+        self.cluster.as_ref()?;
+        // The slot table's entry for it carries what TLS needs (its server name).
+        let known = self.subscriber.cached_cluster_state().and_then(|routing| {
+            routing
+                .slots()
+                .iter()
+                .map(|range| &range.primary)
+                .find(|server| server.to_string() == master)
+                .cloned()
+        });
+        let server = match known {
+            Some(server) => server,
+            None => {
+                let (host, port) = master.rsplit_once(':')?;
+                fred::types::config::Server::new(host, port.parse().ok()?)
+            }
+        };
+        let mut config = self.builder.get_config()?.clone();
+        config.server = fred::types::config::ServerConfig::Centralized { server };
+        let mut builder = self.builder.clone();
+        builder.set_config(config);
+        let client = builder.build().ok()?;
+        let task = client.connect();
+        if let Some(old) = self.masters.lock().insert(master.to_string(), task) {
+            old.abort();
+        }
+        Some(Master {
+            client,
+            sharded: true,
+        })
+    }
+
+    /// Closes `master`'s connection ([`Redis::master`]), within `limit`.
+    pub(crate) async fn close_master(&self, master: Master, name: &str, limit: Duration) {
+        let _ = tokio::time::timeout(limit, master.client.quit()).await;
+        if let Some(task) = self.masters.lock().remove(name) {
+            // A connection to a master that is gone would keep trying to reconnect.
+            task.abort();
+        }
+    }
+
+    /// On a cluster, the masters that own slots now, by fred's slot table as last read.
+    pub(crate) fn masters(&self) -> Vec<String> {
+        let Some(routing) = self
+            .cluster
+            .as_ref()
+            .and_then(|_| self.subscriber.cached_cluster_state())
+        else {
+            return Vec::new();
+        };
+        let mut masters: Vec<String> = routing
+            .slots()
+            .iter()
+            .map(|range| range.primary.to_string())
+            .collect();
+        masters.sort();
+        masters.dedup();
+        masters
+    }
+
+    /// The owner of each slot range now: (first slot, last slot, master as `host:port`).
+    pub(crate) fn slot_table(&self) -> Vec<(u16, u16, String)> {
+        self.cluster
+            .as_ref()
+            .and_then(|_| self.subscriber.cached_cluster_state())
+            .map(|routing| {
+                routing
+                    .slots()
+                    .iter()
+                    .map(|range| (range.start, range.end, range.primary.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Sends `batch` on `client` as one pipelined write of PUBLISH (or, `sharded`, SPUBLISH)
+/// commands, in order; returns each command's outcome.
+async fn publish_with(
+    client: &Client,
+    sharded: bool,
+    batch: Vec<Outbound>,
+) -> Vec<Result<(), Failure>> {
+    let pipeline = client.pipeline();
+    let mut queued = Vec::with_capacity(batch.len());
+    for Outbound { channel, payload } in batch {
+        let result: Result<(), _> = if sharded {
+            pipeline.spublish(channel, Value::Bytes(payload)).await
+        } else {
+            pipeline.publish(channel, Value::Bytes(payload)).await
+        };
+        queued.push(result.map_err(failure));
+    }
+    let mut results = pipeline.try_all::<Value>().await.into_iter();
+    queued
+        .into_iter()
+        .map(|queued| {
+            queued?;
+            match results.next() {
+                Some(result) => result.map(drop).map_err(failure),
+                None => Err(Failure::Retry),
+            }
+        })
+        .collect()
+}
+
+impl Redis {
     /// SUBSCRIBEs to `channels`; returns once Redis has applied it (see [`applied`]).
     ///
     /// The PING that confirms it is sent at once behind it, so that a refusal of the
@@ -426,7 +562,7 @@ impl Redis {
     }
 
     /// The master that owns `channel`'s slot, as `host:port`, by fred's slot table.
-    fn owner(&self, channel: &str) -> Option<String> {
+    pub(crate) fn owner(&self, channel: &str) -> Option<String> {
         let slot = ClusterRouting::hash_key(channel.as_bytes());
         self.subscriber
             .cached_cluster_state()
@@ -475,6 +611,10 @@ impl Redis {
     /// `Connected` on a reconnect. What a reconnected subscriber must restore is the caller's
     /// to restore (fred's own set of tracked channels can be stale: it is changed only by
     /// commands that succeeded). The tasks run until aborted.
+    ///
+    /// On a cluster fred also reports a connection to a node it had none to before (a node
+    /// that joined, or a replica promoted): while the link is up, and nothing this bus
+    /// subscribed is on that node, nothing was lost and nothing is reported.
     pub(crate) fn watch<F>(&self, report: F) -> Vec<tokio::task::JoinHandle<()>>
     where
         F: Fn(Link, LinkState) + Send + Sync + 'static,
@@ -493,19 +633,42 @@ impl Redis {
             ),
         ];
         let mut tasks = Vec::new();
-        for (link, errors, reconnects) in links {
-            tasks.push(tokio::spawn(forward(
-                errors,
-                link,
-                LinkState::Down,
-                report.clone(),
-            )));
-            tasks.push(tokio::spawn(forward(
-                reconnects,
-                link,
-                LinkState::Connected,
-                report.clone(),
-            )));
+        for (link, mut errors, mut reconnects) in links {
+            let report = report.clone();
+            let shards = self.cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                // Whether an error was reported since the last reconnect.
+                let mut down = false;
+                loop {
+                    let server = match next_change(&mut errors, &mut reconnects).await {
+                        None => return,
+                        Some(Change::Down) => {
+                            down = true;
+                            report(link, LinkState::Down);
+                            continue;
+                        }
+                        Some(Change::Connected(server)) => server,
+                    };
+                    let joined = match (&shards, &server) {
+                        (Some(shards), Some(server)) => {
+                            !down
+                                && (link == Link::Publisher
+                                    || !shards.owners.lock().values().any(|on| on == server))
+                        }
+                        _ => false,
+                    };
+                    if joined {
+                        tracing::debug!(
+                            target: "evbus",
+                            node = server.as_deref().unwrap_or_default(),
+                            "connected to a cluster node this bus had no connection to"
+                        );
+                        continue;
+                    }
+                    down = false;
+                    report(link, LinkState::Connected);
+                }
+            }));
         }
         tasks
     }
@@ -520,6 +683,10 @@ impl Redis {
         }
         let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
         let _ = tokio::time::timeout(limit, self.publisher.quit()).await;
+        // The lanes' connections (their tasks stopped before this): fred's own tasks.
+        for (_, task) in self.masters.lock().drain() {
+            task.abort();
+        }
     }
 }
 
@@ -566,19 +733,55 @@ fn carries_any(reply: &Value, tokens: &[String]) -> bool {
     }
 }
 
-/// Reports `state` of `link` for every event `events` carries, until it closes.
-async fn forward<T: Clone>(
-    mut events: Receiver<T>,
-    link: Link,
-    state: LinkState,
-    report: Arc<impl Fn(Link, LinkState)>,
-) {
-    loop {
-        match events.recv().await {
-            Ok(_) | Err(RecvError::Lagged(_)) => report(link, state),
-            Err(RecvError::Closed) => return,
+/// The master a `MOVED <slot> <host:port>` answer names; `None` for any other error.
+fn moved_to(details: &str) -> Option<String> {
+    let rest = details.strip_prefix("MOVED ")?;
+    let mut words = rest.split_whitespace();
+    words.next()?;
+    words.next().map(str::to_string)
+}
+
+/// The cluster slot of a Redis channel (CRC16 of its hash tag or name, modulo 16,384).
+pub(crate) fn slot(channel: &str) -> u16 {
+    ClusterRouting::hash_key(channel.as_bytes())
+}
+
+/// What [`next_change`] saw of a connection.
+enum Change {
+    /// An error.
+    Down,
+    /// A connection made again, to this node (`host:port`; `None` when some reports were
+    /// missed).
+    Connected(Option<String>),
+}
+
+/// The next error or reconnect of a client, errors first when both are waiting (fred
+/// reports the error of a connection before the reconnect that replaces it); `None` once
+/// the client is gone. A lagged receiver counts as an error: reports were missed.
+async fn next_change<E: Clone>(
+    errors: &mut Receiver<E>,
+    reconnects: &mut Receiver<fred::types::config::Server>,
+) -> Option<Change> {
+    let mut error = std::pin::pin!(errors.recv());
+    let mut reconnect = std::pin::pin!(reconnects.recv());
+    // Both are cancel-safe: the one not taken keeps its report for the next call.
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(error) = error.as_mut().poll(cx) {
+            return std::task::Poll::Ready(match error {
+                Err(RecvError::Closed) => None,
+                Ok(_) | Err(RecvError::Lagged(_)) => Some(Change::Down),
+            });
         }
-    }
+        reconnect
+            .as_mut()
+            .poll(cx)
+            .map(|reconnect| match reconnect {
+                Err(RecvError::Closed) => None,
+                Ok(server) => Some(Change::Connected(Some(server.to_string()))),
+                Err(RecvError::Lagged(_)) => Some(Change::Connected(None)),
+            })
+    })
+    .await
 }
 
 /// `url` with the password of its user info, if any, replaced by `***`, for errors, logs and
@@ -635,5 +838,15 @@ mod tests {
             redact_in("bad TopSecret-Pw here", "redis://a:TopSecret-Pw@h:1"),
             "bad *** here"
         );
+    }
+
+    #[test]
+    fn a_moved_answer_names_its_master() {
+        assert_eq!(
+            moved_to("MOVED 3999 127.0.0.1:6381").as_deref(),
+            Some("127.0.0.1:6381")
+        );
+        assert_eq!(moved_to("MOVED 3999"), None);
+        assert_eq!(moved_to("ERR unknown command"), None);
     }
 }

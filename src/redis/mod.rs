@@ -30,7 +30,11 @@
 //!
 //! While Redis is unreachable the publisher's write waits in fred for the reconnect, and
 //! posts keep queueing, up to `outage_buffer` posts not yet acknowledged; past that a post
-//! fails with [`PostError::Backpressure`]. After the reconnect the held posts go out in
+//! fails with [`PostError::Backpressure`]. On a Redis Cluster the bound is per master: each
+//! master has its own publishing lane ([`lanes`]) and its own budget of `outage_buffer` posts
+//! and `outage_buffer_bytes` (a post counts against its slot's master's), so a master that
+//! is unreachable, say one that died without a replica, refuses only the posts to its own
+//! channels while the other masters' posts flow. After the reconnect the held posts go out in
 //! order, the subscriber connection subscribes every tracked channel again, and
 //! [`BusEvent::Reconnected`] is emitted. A command that fails because the connection dropped
 //! under it is sent again; if it had reached Redis after all, receivers drop the copy by its
@@ -39,6 +43,7 @@
 mod connection;
 mod dispatch;
 mod holds;
+mod lanes;
 mod ledger;
 mod publisher;
 pub(crate) mod sequences;
@@ -120,6 +125,7 @@ impl RedisTransport {
             settings.outage_buffer_bytes,
             settings.receive_buffer_bytes,
             events,
+            redis.is_cluster(),
         );
         let state = state.with_repair(settings.repair_window, settings.repair_timeout);
         Ok(RedisTransport {
@@ -195,36 +201,40 @@ impl Transport for RedisTransport {
     /// `Backpressure` when `outage_buffer` posts are already waiting (G07).
     fn broadcast(&self, channel: &str, message: Vec<u8>) -> Result<Ticket, PostError> {
         let state = &self.state;
-        if state.waiting.fetch_add(1, SeqCst) >= state.outage_buffer {
-            state.waiting.fetch_sub(1, AcqRel);
-            state.backpressure(true);
+        let channel = state.redis_channel(channel);
+        // On a cluster, the budget of the channel's master: one that is unreachable fills
+        // only its own.
+        let budget = state.budget_of(&channel);
+        let counted = &state.budgets[usize::from(budget)];
+        if counted.posts.fetch_add(1, SeqCst) >= state.outage_buffer {
+            counted.posts.fetch_sub(1, AcqRel);
+            state.backpressure(counted, &channel, true);
             return Err(PostError::Backpressure);
         }
         // The byte bound; one post is always taken, so that a bound below the largest
         // message does not refuse everything.
         let bytes = message.len() as u64;
-        let before = state.waiting_bytes.fetch_add(bytes, AcqRel);
+        let before = counted.bytes.fetch_add(bytes, AcqRel);
         if before > 0 && before + bytes > state.outage_buffer_bytes {
-            state.waiting_bytes.fetch_sub(bytes, AcqRel);
-            state.waiting.fetch_sub(1, AcqRel);
-            state.backpressure(true);
+            state.release([(budget, bytes)]);
+            state.backpressure(counted, &channel, true);
             return Err(PostError::Backpressure);
         }
-        // Pairs with `Closing::run`, which sets `closed` and then counts `waiting`: either
+        // Pairs with `Closing::run`, which sets `closed` and then counts what waits: either
         // it counts this post among those shutdown reports, or this post sees `closed`.
         if self.closed.load(SeqCst) {
-            state.waiting_bytes.fetch_sub(bytes, AcqRel);
-            state.waiting.fetch_sub(1, AcqRel);
+            state.release([(budget, bytes)]);
             return Err(PostError::ShutDown);
         }
         let number = state.tickets.fetch_add(1, AcqRel);
+        state.backpressure(counted, &channel, false);
         state.queue.push(Outgoing {
-            channel: state.redis_channel(channel),
+            channel,
             bytes: message,
             ticket: number,
+            budget,
         });
         state.posted.fetch_add(1, Relaxed);
-        state.backpressure(false);
         publisher::wake(state);
         Ok(Ticket {
             number,
@@ -288,7 +298,7 @@ impl Transport for RedisTransport {
         stats.global_decode_errors = s.decode_errors.load(Relaxed);
         stats.global_missed = s.missed.load(Relaxed);
         stats.global_duplicates = s.duplicates.load(Relaxed);
-        stats.global_buffered = s.waiting.load(Relaxed);
+        stats.global_buffered = s.waiting().0;
         stats.global_rejected = s.rejected.load(Relaxed);
         stats.global_repaired = s.repaired.load(Relaxed);
         stats.global_repair_requests = s.repair_requests.load(Relaxed);
@@ -327,7 +337,7 @@ impl Closing {
         // their message was written (`State::outcome`).
         self.abort();
         state.progress.send_modify(|p| p.abandoned = true);
-        let unsettled = state.waiting.load(SeqCst);
+        let unsettled = state.waiting().0;
         let unknown = state.sending.lock().len() as u64;
         let not_sent = unsettled.saturating_sub(unknown);
         if unsettled == 0 {

@@ -19,9 +19,13 @@
 //! 4. Send the PUBLISHes as one pipelined write and read every reply. A command that failed
 //!    because the connection dropped is sent again (the same frame, so a copy that did reach
 //!    Redis is dropped by receivers); one that Redis refused fails its posts' Deliveries.
-//! 5. Settle the batch's tickets: the watermark that Deliveries and `flush` wait on moves
-//!    past every ticket settled so far (tickets are settled out of order when posts from
-//!    several threads race into the queue, so the ones ahead wait in a set).
+//!    On a Redis Cluster each master's commands go to that master's lane instead
+//!    ([`super::lanes`]), which writes them on a connection of its own; the publisher waits
+//!    until the lanes have taken them, not until the masters answered.
+//! 5. Settle the batch's tickets: the watermark that `flush` waits on moves past every
+//!    ticket settled so far (tickets are settled out of order when posts from several
+//!    threads race into the queue, or when masters answer at different times, so the ones
+//!    ahead wait in a set). A Delivery waits for its own ticket.
 //!
 //! Order: posts of one thread on one channel are published in post order. Posts to
 //! different channels may be reordered within a batch (each channel's order is kept).
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 
 use super::connection::{Failure, Outbound, Redis};
+use super::lanes::Lanes;
 use super::ledger::Sequencer;
 use super::state::{Outgoing, State};
 use crate::error::Reason;
@@ -116,6 +121,9 @@ fn poll_parked<F: Flag>(
 
 /// The publisher task.
 pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
+    let lanes = redis
+        .is_cluster()
+        .then(|| Lanes::start(state.clone(), redis.clone()));
     let mut batch = Vec::new();
     let mut quiet = Quiet::default();
     loop {
@@ -124,7 +132,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
             WireFormat::Serverpod => batch
                 .drain(..)
                 .map(|post| Command {
-                    posted_bytes: post.bytes.len() as u64,
+                    charges: vec![(post.budget, post.bytes.len() as u64)],
                     outbound: Outbound::new(post.channel, post.bytes),
                     tickets: vec![post.ticket],
                 })
@@ -137,11 +145,17 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
             commands.push(Command {
                 outbound: Outbound::new(channel, bytes),
                 tickets: Vec::new(),
-                posted_bytes: 0,
+                charges: Vec::new(),
             });
         }
-        if !commands.is_empty() {
-            send(&state, &redis, commands).await;
+        if commands.is_empty() {
+            continue;
+        }
+        sending(&state, &commands);
+        match &lanes {
+            // Each master's lane sends its own; this waits only until they have taken them.
+            Some(lanes) => lanes.route(commands).await,
+            None => send(&state, &redis, commands).await,
         }
     }
 }
@@ -254,11 +268,11 @@ async fn next_batch(state: &State, batch: &mut Vec<Outgoing>, until: Option<Inst
 type Keep<'a> = dyn FnMut(&Origin, &str, u64, u64, &[u8]) + 'a;
 
 /// One PUBLISH and the tickets it carries.
-struct Command {
-    outbound: Outbound,
-    tickets: Vec<u64>,
-    /// What its posts count against `outage_buffer_bytes`.
-    posted_bytes: u64,
+pub(super) struct Command {
+    pub(super) outbound: Outbound,
+    pub(super) tickets: Vec<u64>,
+    /// For each post: the outage budget it counts against, and its bytes.
+    pub(super) charges: Vec<(u8, u64)>,
 }
 
 /// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
@@ -318,7 +332,10 @@ fn frames(
             commands.push(Command {
                 outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
-                posted_bytes: now.iter().map(|post| post.bytes.len() as u64).sum(),
+                charges: now
+                    .iter()
+                    .map(|post| (post.budget, post.bytes.len() as u64))
+                    .collect(),
             });
         }
     }
@@ -326,58 +343,83 @@ fn frames(
 }
 
 /// Sends `commands` as one pipelined write, again for those lost with a connection, and
-/// settles their tickets.
+/// settles their tickets (one Redis, or a cluster through fred's clustered client).
 async fn send(state: &State, redis: &Redis, mut commands: Vec<Command>) {
-    // Until Redis answers, these may or may not reach it: if the bus shuts down meanwhile,
-    // their Deliveries say so (`State::outcome`).
-    state
-        .sending
-        .lock()
-        .extend(commands.iter().flat_map(|c| c.tickets.iter().copied()));
     while !commands.is_empty() {
         let outbound: Vec<Outbound> = commands.iter().map(|c| c.outbound.clone()).collect();
         let results = redis.publish(outbound).await;
-        state.batches.fetch_add(1, Relaxed);
-        export::batch(
-            &state.namespace,
-            commands.iter().map(|c| c.tickets.len()).sum(),
-        );
-        let mut settled = Vec::new();
-        let mut settled_bytes = 0;
-        let mut refused = Vec::new();
-        let mut retry = Vec::new();
-        for (command, result) in commands.into_iter().zip(results) {
-            match result {
-                Err(Failure::Retry) => retry.push(command),
-                Ok(()) => {
-                    settled_bytes += command.posted_bytes;
-                    settled.extend(command.tickets);
-                }
-                Err(Failure::Refused(reason)) => {
-                    tracing::warn!(
-                        target: "evbus",
-                        channel = %command.outbound.channel(),
-                        messages = command.tickets.len(),
-                        reason = %reason,
-                        "Redis refused a PUBLISH; its posts' Deliveries fail with the reason"
-                    );
-                    refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
-                    settled_bytes += command.posted_bytes;
-                    settled.extend(command.tickets);
-                }
-            }
-        }
-        settle(state, settled, settled_bytes, refused);
+        let (retry, moved) = account(state, commands, results);
+        // fred follows a `MOVED` itself: one it hands back is sent again.
         commands = retry;
+        commands.extend(moved.into_iter().map(|(_, command)| command));
         if !commands.is_empty() {
             // fred already waited for the reconnect; do not spin while it tries again.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 }
 
-/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason.
-fn settle(state: &State, settled: Vec<u64>, bytes: u64, refused: Vec<(u64, Reason)>) {
+/// How long a write that failed with its connection waits before it is sent again.
+pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Marks `commands` as written, not yet answered: if the bus shuts down before Redis
+/// answers, their Deliveries say that they may or may not have reached it
+/// (`State::outcome`).
+fn sending(state: &State, commands: &[Command]) {
+    state
+        .sending
+        .lock()
+        .extend(commands.iter().flat_map(|c| c.tickets.iter().copied()));
+}
+
+/// Settles what Redis answered for in one write of `commands` (acknowledged, or refused
+/// with its reason), and returns the rest: those to send again as they are (the connection
+/// failed under them), and those a cluster master answered with `MOVED`, with the master it
+/// named.
+pub(super) fn account(
+    state: &State,
+    commands: Vec<Command>,
+    results: Vec<Result<(), Failure>>,
+) -> (Vec<Command>, Vec<(String, Command)>) {
+    state.batches.fetch_add(1, Relaxed);
+    export::batch(
+        &state.namespace,
+        commands.iter().map(|c| c.tickets.len()).sum(),
+    );
+    let mut settled = Vec::new();
+    let mut charges = Vec::new();
+    let mut refused = Vec::new();
+    let mut retry = Vec::new();
+    let mut moved = Vec::new();
+    for (command, result) in commands.into_iter().zip(results) {
+        match result {
+            Err(Failure::Retry) => retry.push(command),
+            Err(Failure::Moved(to)) => moved.push((to, command)),
+            Ok(()) => {
+                charges.extend(command.charges);
+                settled.extend(command.tickets);
+            }
+            Err(Failure::Refused(reason)) => {
+                tracing::warn!(
+                    target: "evbus",
+                    channel = %command.outbound.channel(),
+                    messages = command.tickets.len(),
+                    reason = %reason,
+                    "Redis refused a PUBLISH; its posts' Deliveries fail with the reason"
+                );
+                refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
+                charges.extend(command.charges);
+                settled.extend(command.tickets);
+            }
+        }
+    }
+    settle(state, settled, charges, refused);
+    (retry, moved)
+}
+
+/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason; gives
+/// back what their posts took of their outage budgets (`charges`).
+fn settle(state: &State, settled: Vec<u64>, charges: Vec<(u8, u64)>, refused: Vec<(u64, Reason)>) {
     if settled.is_empty() {
         return;
     }
@@ -390,12 +432,14 @@ fn settle(state: &State, settled: Vec<u64>, bytes: u64, refused: Vec<(u64, Reaso
             sending.remove(ticket);
         }
     }
-    state.waiting.fetch_sub(settled.len() as u64, AcqRel);
-    state.waiting_bytes.fetch_sub(bytes, AcqRel);
+    state.release(charges);
     let moved = state.settler.lock().settle(settled);
-    if let Some(acked) = moved {
-        state.progress.send_modify(|p| p.acked = acked);
-    }
+    state.progress.send_modify(|p| {
+        p.settlements += 1;
+        if let Some(acked) = moved {
+            p.acked = acked;
+        }
+    });
 }
 
 #[cfg(test)]
@@ -408,6 +452,7 @@ mod tests {
             channel: channel.into(),
             bytes: vec![0; 100],
             ticket,
+            budget: 0,
         };
         let mut batch = vec![post("a", 1), post("b", 2), post("a", 3), post("a", 4)];
         let mut sequencer = Sequencer::new();

@@ -3,7 +3,7 @@
 //! transport's counters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
-use super::connection::{Link, LinkState};
+use super::connection::{self, Link, LinkState};
 use super::ledger::{Sequencer, Settler};
 use super::sequences::Sequences;
 use super::window::Window;
@@ -29,12 +29,33 @@ pub(crate) struct Outgoing {
     /// A Native record, or a whole Serverpod payload.
     pub(crate) bytes: Vec<u8>,
     pub(crate) ticket: u64,
+    /// The outage budget it counts against ([`State::budget_of`]).
+    pub(crate) budget: u8,
+}
+
+/// Outage budgets of a cluster bus at most; masters beyond share them.
+pub(super) const MAX_BUDGETS: usize = 64;
+/// Slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+
+/// Posts queued or in flight against one outage budget, and their bytes (G07): one for a
+/// bus on one Redis, one per master on a cluster.
+#[derive(Default)]
+pub(super) struct Budget {
+    pub(super) posts: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    /// Posts refused with `Backpressure` since the last one accepted; only for the
+    /// `tracing` events of [`State::backpressure`].
+    refusing: AtomicU64,
 }
 
 /// How far the publisher got: every ticket up to `acked` is settled.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Progress {
     pub(super) acked: u64,
+    /// Settlements so far: moves whenever tickets are settled, also ahead of `acked` (on a
+    /// cluster a Delivery waits for its own ticket, not for those of other masters).
+    pub(super) settlements: u64,
     /// Set when the bus closed before Redis acknowledged everything: the rest never will be.
     pub(super) abandoned: bool,
 }
@@ -83,10 +104,13 @@ pub(crate) struct State {
     pub(super) events: Arc<EventHub>,
 
     pub(super) queue: SegQueue<Outgoing>,
-    /// Posts queued or in flight: the outage bound, and `Stats::global_buffered`.
-    pub(super) waiting: AtomicU64,
-    /// Their bytes, and the bound on them.
-    pub(super) waiting_bytes: AtomicU64,
+    /// Posts queued or in flight, per outage budget, each bounded by `outage_buffer` and
+    /// `outage_buffer_bytes` (G07): on a cluster one per master (its publishing lane), so
+    /// that a master that is unreachable fills only its own; on one Redis, one. Summed:
+    /// `Stats::global_buffered`.
+    pub(super) budgets: Box<[Budget]>,
+    /// On a cluster, each slot's budget, as the publisher last routed it; empty on one Redis.
+    pub(super) slot_budgets: Box<[AtomicU8]>,
     pub(super) outage_buffer_bytes: u64,
     /// The next ticket; tickets start at 1.
     pub(super) tickets: AtomicU64,
@@ -122,9 +146,6 @@ pub(crate) struct State {
     pub(super) receive_buffer_bytes: u64,
     /// Bits per [`Link`]: (not connected, subscriptions not restored).
     pub(super) links: Mutex<(u8, u8)>,
-    /// Posts refused with `Backpressure` since the last one accepted. Only for the `tracing`
-    /// events of [`State::backpressure`].
-    pub(super) refusing: AtomicU64,
 
     pub(super) posted: AtomicU64,
     pub(super) batches: AtomicU64,
@@ -158,6 +179,7 @@ impl State {
         outage_buffer_bytes: usize,
         receive_buffer_bytes: usize,
         events: Arc<EventHub>,
+        clustered: bool,
     ) -> (State, mpsc::UnboundedReceiver<Change>) {
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let namespace_for_control = namespace.clone();
@@ -167,8 +189,12 @@ impl State {
             outage_buffer: outage_buffer as u64,
             events,
             queue: SegQueue::new(),
-            waiting: AtomicU64::new(0),
-            waiting_bytes: AtomicU64::new(0),
+            budgets: (0..if clustered { MAX_BUDGETS } else { 1 })
+                .map(|_| Budget::default())
+                .collect(),
+            slot_budgets: (0..if clustered { SLOTS } else { 0 })
+                .map(|_| AtomicU8::new(0))
+                .collect(),
             outage_buffer_bytes: outage_buffer_bytes as u64,
             tickets: AtomicU64::new(1),
             publisher_parked: AtomicBool::new(false),
@@ -188,7 +214,6 @@ impl State {
             inbox_bytes: AtomicU64::new(0),
             receive_buffer_bytes: receive_buffer_bytes as u64,
             links: Mutex::new((0, 0)),
-            refusing: AtomicU64::new(0),
             posted: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -267,25 +292,58 @@ impl State {
         let _ = self.changes.send(change);
     }
 
+    /// The outage budget a post to Redis channel `channel` counts against: on a cluster,
+    /// its slot's master's (a CRC16 of the name and one load), else the only one.
+    #[inline]
+    pub(super) fn budget_of(&self, channel: &str) -> u8 {
+        if self.slot_budgets.is_empty() {
+            return 0;
+        }
+        let slot = usize::from(connection::slot(channel));
+        self.slot_budgets[slot % SLOTS].load(Relaxed)
+    }
+
+    /// Posts queued or in flight, and their bytes, over every budget.
+    pub(super) fn waiting(&self) -> (u64, u64) {
+        self.budgets.iter().fold((0, 0), |(posts, bytes), budget| {
+            (
+                posts + budget.posts.load(SeqCst),
+                bytes + budget.bytes.load(Relaxed),
+            )
+        })
+    }
+
+    /// Gives back what settled posts took of their budgets: (budget, bytes) per post.
+    pub(super) fn release(&self, charges: impl IntoIterator<Item = (u8, u64)>) {
+        for (budget, bytes) in charges {
+            let budget = &self.budgets[usize::from(budget)];
+            budget.posts.fetch_sub(1, AcqRel);
+            budget.bytes.fetch_sub(bytes, AcqRel);
+        }
+    }
+
     /// A post refused with `Backpressure` (`refused`) or accepted. Logs the first refusal
     /// (`warn`) and the first post accepted after refusals (`info`, with how many were
     /// refused), not each post: a full buffer refuses thousands a second. An accepted post
     /// pays one relaxed load while nothing was refused.
-    pub(super) fn backpressure(&self, refused: bool) {
+    /// On a cluster, per master: the events name the channel.
+    pub(super) fn backpressure(&self, budget: &Budget, channel: &str, refused: bool) {
         if refused {
-            if self.refusing.fetch_add(1, Relaxed) == 0 {
+            if budget.refusing.fetch_add(1, Relaxed) == 0 {
                 tracing::warn!(
                     target: "evbus",
-                    waiting = self.waiting.load(Relaxed),
-                    waiting_bytes = self.waiting_bytes.load(Relaxed),
+                    channel = self.local_name(channel),
+                    waiting = budget.posts.load(Relaxed),
+                    waiting_bytes = budget.bytes.load(Relaxed),
                     "the outage buffer is full: global posts fail with Backpressure"
                 );
             }
-        } else if self.refusing.load(Relaxed) != 0 {
-            let refused = self.refusing.swap(0, Relaxed);
+        } else if budget.refusing.load(Relaxed) != 0 {
+            let refused = budget.refusing.swap(0, Relaxed);
             if refused != 0 {
                 tracing::info!(
                     target: "evbus",
+                    channel = self.local_name(channel),
                     refused,
                     "the outage buffer takes global posts again"
                 );
@@ -374,7 +432,16 @@ impl State {
     /// to Redis (so never delivered), or written without an answer (Redis may have delivered
     /// it: sending it again may deliver it twice).
     pub(super) async fn outcome(&self, ticket: u64) -> Result<(), PostError> {
-        if !self.reached(ticket).await && !self.settler.lock().is_settled(ticket) {
+        let mut progress = self.progress.subscribe();
+        // Its own ticket, not every one before it: on a cluster an earlier post may wait
+        // for a master that is down while this one's master answered.
+        let settled = progress
+            .wait_for(|p| {
+                p.acked >= ticket || p.abandoned || self.settler.lock().is_settled(ticket)
+            })
+            .await
+            .is_ok_and(|p| p.acked >= ticket);
+        if !settled && !self.settler.lock().is_settled(ticket) {
             let text = if self.sending.lock().contains(&ticket) {
                 UNKNOWN
             } else {
@@ -484,6 +551,7 @@ mod tests {
             1 << 20,
             1 << 20,
             Arc::new(EventHub::new()),
+            false,
         );
         let state = Arc::new(state);
         // A Redis that refuses every PUBLISH (an ACL without +publish, OOM): 1,000 posts.

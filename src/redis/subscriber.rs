@@ -269,7 +269,8 @@ where
         match command().await {
             Ok(answer) => return Ok(answer),
             Err(Failure::Refused(reason)) => return Err(reason),
-            Err(Failure::Retry) => {
+            // fred follows a `MOVED` itself; one it hands back is a slot table on the move.
+            Err(Failure::Retry | Failure::Moved(_)) => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
