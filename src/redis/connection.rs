@@ -430,10 +430,13 @@ impl Redis {
     /// but takes only the first reply frame, and one `SSUBSCRIBE` of several channels would
     /// leave the other frames to be taken as the answers of later commands. Its answer is
     /// Redis's confirmation, and a refusal is that command's error. See
-    /// [`Redis::ssubscribe_all`] for how many are sent at once.
+    /// [`Redis::subscribe_each`] for how many are sent at once.
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), Failure> {
-        if let Some(shards) = &self.cluster {
-            return self.ssubscribe_all(shards, channels).await;
+        if self.cluster.is_some() {
+            return match self.subscribe_each(channels).await?.into_iter().next() {
+                Some((_, reason)) => Err(Failure::Refused(reason)),
+                None => Ok(()),
+            };
         }
         let (subscribed, applied) = tokio::join!(
             self.subscriber.subscribe(channels),
@@ -461,20 +464,31 @@ impl Redis {
     /// answer. A `MOVED` is followed for that command alone. fred has no in-flight limit of
     /// its own here: the window is ours.
     ///
+    /// Returns the channels Redis refused (an ACL without them), each with its answer:
+    /// every `SSUBSCRIBE` has its own answer, so a refused channel among 100,000 costs no
+    /// search.
+    ///
     /// # Errors
     ///
-    /// After the first failure no more are sent; those in flight are awaited (a confirmed
-    /// one is still recorded). Then [`Failure::Retry`] if any command failed with the
-    /// connection (sending them all again applies what was applied once more, harmlessly),
-    /// else the first refusal: the caller subscribes each channel alone to find it.
-    async fn ssubscribe_all(&self, shards: &Shards, channels: Vec<String>) -> Result<(), Failure> {
+    /// [`Failure::Refused`] on one Redis (this is for a cluster). After a command failed
+    /// with its connection no more are sent; those in flight are awaited (a confirmed one is
+    /// still recorded); then [`Failure::Retry`]: sending them all again applies what was
+    /// applied once more, harmlessly.
+    pub(crate) async fn subscribe_each(
+        &self,
+        channels: Vec<String>,
+    ) -> Result<Vec<(String, Reason)>, Failure> {
+        let Some(shards) = &self.cluster else {
+            return Err(Failure::Refused(Reason::new("not a Redis Cluster")));
+        };
         let mut channels = channels.into_iter();
         // Tasks rather than futures polled here: the subscriber client is a cheap handle, and
         // tokio's `JoinSet` is the bounded "join as they finish" the crate already has.
         let mut flight = tokio::task::JoinSet::new();
-        let mut outcome: Result<(), Failure> = Ok(());
+        let mut refused = Vec::new();
+        let mut lost = false;
         loop {
-            while outcome.is_ok() && flight.len() < SSUBSCRIBE_WINDOW {
+            while !lost && flight.len() < SSUBSCRIBE_WINDOW {
                 let Some(channel) = channels.next() else {
                     break;
                 };
@@ -485,24 +499,25 @@ impl Redis {
                 });
             }
             let Some(joined) = flight.join_next().await else {
-                return outcome;
+                return if lost {
+                    Err(Failure::Retry)
+                } else {
+                    Ok(refused)
+                };
             };
-            let result = match joined {
+            match joined {
                 Ok((channel, Ok(()))) => {
                     let owner = self.owner(&channel).unwrap_or_default();
                     shards.owners.lock().insert(channel, owner);
-                    continue;
                 }
-                Ok((_, Err(error))) => failure(error),
+                Ok((channel, Err(error))) => match failure(error) {
+                    Failure::Refused(reason) => refused.push((channel, reason)),
+                    Failure::Retry | Failure::Moved(_) => lost = true,
+                },
                 Err(joined) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
                 // Cancelled: only a runtime shutting down cancels them.
-                Err(_) => Failure::Retry,
-            };
-            outcome = match (outcome, result) {
-                (Err(Failure::Retry), _) | (_, Failure::Retry) => Err(Failure::Retry),
-                (Err(first), _) => Err(first),
-                (Ok(()), refused) => Err(refused),
-            };
+                Err(_) => lost = true,
+            }
         }
     }
 

@@ -220,7 +220,16 @@ async fn follow_slots(state: &State, redis: &Redis, wanted: &HashSet<String>) {
 /// refused one is recorded and reported (G04: it must hold up neither the other channels nor
 /// `subscriptions_ready`, which returns an error naming it), and not sent again until it is
 /// wanted afresh or the subscriber reconnects.
+///
+/// On a cluster every channel is `SSUBSCRIBE`d alone anyway, with an answer of its own: the
+/// refused ones are known at once.
 async fn subscribe_all(state: &State, redis: &Redis, channels: Vec<String>) {
+    if redis.is_cluster() {
+        let refused = until_answered(|| redis.subscribe_each(channels.clone()))
+            .await
+            .unwrap_or_default();
+        return record_refusals(state, &channels, refused);
+    }
     let suspects = match until_answered(|| redis.subscribe(channels.clone())).await {
         Ok(()) => until_answered(|| redis.unsubscribed(&channels))
             .await
@@ -246,9 +255,14 @@ async fn subscribe_all(state: &State, redis: &Redis, channels: Vec<String>) {
             refused.push((channel.clone(), reason));
         }
     }
+    record_refusals(state, &channels, refused);
+}
+
+/// Records which of `channels` (just subscribed) Redis refused, and reports each (G04).
+fn record_refusals(state: &State, channels: &[String], refused: Vec<(String, Reason)>) {
     {
         let mut known = state.refused_subscriptions.lock();
-        for channel in &channels {
+        for channel in channels {
             known.remove(channel);
         }
     }
