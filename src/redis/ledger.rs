@@ -2,7 +2,9 @@
 //! sent ([`Sequencer`], which the reader asks about frames that claim this origin), and which
 //! tickets are settled ([`Settler`], which a `Delivery` asks after a shutdown).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::wire::frame::Origin;
 

@@ -216,14 +216,14 @@ impl Transport for RedisTransport {
         let bytes = message.len() as u64;
         let before = counted.bytes.fetch_add(bytes, AcqRel);
         if before > 0 && before + bytes > state.outage_buffer_bytes {
-            state.release([(budget, bytes)]);
+            state.release([(budget, 1, bytes)]);
             state.backpressure(counted, &channel, true);
             return Err(PostError::Backpressure);
         }
         // Pairs with `Closing::run`, which sets `closed` and then counts what waits: either
         // it counts this post among those shutdown reports, or this post sees `closed`.
         if self.closed.load(SeqCst) {
-            state.release([(budget, bytes)]);
+            state.release([(budget, 1, bytes)]);
             return Err(PostError::ShutDown);
         }
         let number = state.tickets.fetch_add(1, AcqRel);

@@ -30,7 +30,9 @@
 //! Order: posts of one thread on one channel are published in post order. Posts to
 //! different channels may be reordered within a batch (each channel's order is kept).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::future::poll_fn;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
@@ -132,7 +134,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
             WireFormat::Serverpod => batch
                 .drain(..)
                 .map(|post| Command {
-                    charges: vec![(post.budget, post.bytes.len() as u64)],
+                    charges: vec![(post.budget, 1, post.bytes.len() as u64)],
                     outbound: Outbound::new(post.channel, post.bytes),
                     tickets: vec![post.ticket],
                 })
@@ -271,8 +273,9 @@ type Keep<'a> = dyn FnMut(&Origin, &str, u64, u64, &[u8]) + 'a;
 pub(super) struct Command {
     pub(super) outbound: Outbound,
     pub(super) tickets: Vec<u64>,
-    /// For each post: the outage budget it counts against, and its bytes.
-    pub(super) charges: Vec<(u8, u64)>,
+    /// What its posts take of their outage budgets: (budget, posts, bytes), one entry per
+    /// run of posts with the same budget (one, but across a move of the channel's slot).
+    pub(super) charges: Vec<(u8, u64, u64)>,
 }
 
 /// Packs a Native batch into frames: per channel, in order, each at most `max` bytes.
@@ -332,14 +335,27 @@ fn frames(
             commands.push(Command {
                 outbound: Outbound::new(channel.clone(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
-                charges: now
-                    .iter()
-                    .map(|post| (post.budget, post.bytes.len() as u64))
-                    .collect(),
+                charges: charges(now),
             });
         }
     }
     commands
+}
+
+/// What `posts` take of their outage budgets, as [`Command::charges`].
+fn charges(posts: &[Outgoing]) -> Vec<(u8, u64, u64)> {
+    let mut charges: Vec<(u8, u64, u64)> = Vec::with_capacity(1);
+    for post in posts {
+        let bytes = post.bytes.len() as u64;
+        match charges.last_mut() {
+            Some((budget, count, sum)) if *budget == post.budget => {
+                *count += 1;
+                *sum += bytes;
+            }
+            _ => charges.push((post.budget, 1, bytes)),
+        }
+    }
+    charges
 }
 
 /// Sends `commands` as one pipelined write, again for those lost with a connection, and
@@ -419,7 +435,12 @@ pub(super) fn account(
 
 /// Settles tickets Redis answered for: acknowledged, or `refused` with its reason; gives
 /// back what their posts took of their outage budgets (`charges`).
-fn settle(state: &State, settled: Vec<u64>, charges: Vec<(u8, u64)>, refused: Vec<(u64, Reason)>) {
+fn settle(
+    state: &State,
+    settled: Vec<u64>,
+    charges: Vec<(u8, u64, u64)>,
+    refused: Vec<(u64, Reason)>,
+) {
     if settled.is_empty() {
         return;
     }

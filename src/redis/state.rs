@@ -2,7 +2,7 @@
 //! queue, the watermark of settled posts, the subscription changes in order, and the
 //! transport's counters.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,10 +121,10 @@ pub(crate) struct State {
     /// Which tickets are settled (the watermark `progress` publishes, and those ahead of it).
     pub(super) settler: Mutex<Settler>,
     /// The tickets of the batch the publisher is writing, until Redis answered for all.
-    pub(super) sending: Mutex<HashSet<u64>>,
+    pub(super) sending: Mutex<foldhash::HashSet<u64>>,
     /// Tickets Redis refused, with its answer (rare: ACL errors and the like), until their
     /// `Delivery` has read it or is dropped: bounded by the Deliveries the user holds.
-    pub(super) refused: Mutex<HashMap<u64, Reason>>,
+    pub(super) refused: Mutex<foldhash::HashMap<u64, Reason>>,
     /// `refused.len()`, so that dropping a `Delivery` takes no lock while nothing is refused.
     pub(super) refused_len: AtomicUsize,
 
@@ -201,8 +201,8 @@ impl State {
             publisher_waker: atomic_waker::AtomicWaker::new(),
             progress: watch::Sender::new(Progress::default()),
             settler: Mutex::new(Settler::default()),
-            sending: Mutex::new(HashSet::new()),
-            refused: Mutex::new(HashMap::new()),
+            sending: Mutex::default(),
+            refused: Mutex::default(),
             refused_len: AtomicUsize::new(0),
             changes,
             changes_issued: AtomicU64::new(0),
@@ -313,11 +313,11 @@ impl State {
         })
     }
 
-    /// Gives back what settled posts took of their budgets: (budget, bytes) per post.
-    pub(super) fn release(&self, charges: impl IntoIterator<Item = (u8, u64)>) {
-        for (budget, bytes) in charges {
+    /// Gives back what settled posts took of their budgets: (budget, posts, bytes).
+    pub(super) fn release(&self, charges: impl IntoIterator<Item = (u8, u64, u64)>) {
+        for (budget, posts, bytes) in charges {
             let budget = &self.budgets[usize::from(budget)];
-            budget.posts.fetch_sub(1, AcqRel);
+            budget.posts.fetch_sub(posts, AcqRel);
             budget.bytes.fetch_sub(bytes, AcqRel);
         }
     }
@@ -540,6 +540,7 @@ mod tests {
     use super::*;
     use crate::transport::Ticket;
     use crate::wire::WireFormat;
+    use std::collections::HashMap;
 
     #[test]
     fn refusals_are_kept_only_while_their_deliveries_live() {

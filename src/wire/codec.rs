@@ -51,7 +51,9 @@
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -79,16 +81,26 @@ pub(crate) struct Codec {
     pub(crate) format: WireFormat,
     pub(crate) max_message_bytes: usize,
     /// Names set with `BusBuilder::class_name`.
-    names: HashMap<TypeId, Arc<str>>,
+    names: foldhash::HashMap<TypeId, Arc<str>>,
     /// Classes this bus takes: of every type that was ever a receiver here, and every name
     /// set explicitly. A received class outside it is refused as unknown (G09); a known
     /// class that no receiver of the channel takes is a type mismatch (L05).
-    known: RwLock<HashSet<Arc<str>>>,
+    known: RwLock<foldhash::HashSet<Arc<str>>>,
     /// The frame MAC keys (`BusBuilder::signing_key`).
     pub(crate) keys: Keys,
     /// Per class that is some type's own name: the first such type this bus used, which
     /// keeps it (see "One type per own name" above).
-    claims: RwLock<HashMap<Arc<str>, Claimant>>,
+    claims: RwLock<foldhash::HashMap<Arc<str>, Claimant>>,
+    /// Tells this codec from every other one in the process, for [`CLAIMED`].
+    id: u64,
+}
+
+thread_local! {
+    /// The last (codec, type) whose claim this thread found in effect. A claim is never
+    /// withdrawn, so this stays true: the next post or receive of that type on that bus, on
+    /// this thread, skips the shared lock and the lookup (two cache misses when another
+    /// thread used the lock meanwhile).
+    static CLAIMED: Cell<Option<(u64, TypeId)>> = const { Cell::new(None) };
 }
 
 /// The type that claimed a class.
@@ -122,14 +134,16 @@ impl Codec {
         max_message_bytes: usize,
         names: HashMap<TypeId, Arc<str>>,
     ) -> Self {
+        static CODECS: AtomicU64 = AtomicU64::new(0);
         let known = names.values().cloned().collect();
         Codec {
             format,
             max_message_bytes,
-            names,
+            names: names.into_iter().collect(),
             known: RwLock::new(known),
             keys: Keys::default(),
             claims: RwLock::default(),
+            id: CODECS.fetch_add(1, Relaxed),
         }
     }
 
@@ -140,10 +154,14 @@ impl Codec {
     }
 
     /// The wire class of `M`.
-    pub(crate) fn class_of<M: 'static>(&self) -> Cow<'_, str> {
-        match self.names.get(&TypeId::of::<M>()) {
-            Some(name) => Cow::Borrowed(name),
-            None => Cow::Borrowed(default_class_name(std::any::type_name::<M>())),
+    pub(crate) fn class_of<M: 'static>(&self) -> &str {
+        let named = match self.names.is_empty() {
+            true => None,
+            false => self.names.get(&TypeId::of::<M>()),
+        };
+        match named {
+            Some(name) => name,
+            None => default_class_name(std::any::type_name::<M>()),
         }
     }
 
@@ -169,6 +187,10 @@ impl Codec {
     /// The conflict, naming both types, when `class` is `M`'s own name and another type
     /// claimed it first.
     fn claim<M: 'static>(&self, class: &str) -> Result<(), String> {
+        let this = Some((self.id, TypeId::of::<M>()));
+        if CLAIMED.with(Cell::get) == this {
+            return Ok(());
+        }
         let name = std::any::type_name::<M>();
         if default_class_name(name) != class {
             return Ok(());
@@ -184,6 +206,7 @@ impl Codec {
             None => *self.claims.write().entry(class.into()).or_insert(me),
         };
         if owner.id == me.id {
+            CLAIMED.with(|claimed| claimed.set(this));
             return Ok(());
         }
         Err(format!(
@@ -333,8 +356,16 @@ fn decode<'a, T: Deserialize<'a>>(payload: Payload<'a>) -> Result<T, String> {
 
 /// `app::models::UserUpdate<T>` becomes `UserUpdate`.
 pub(crate) fn default_class_name(type_name: &'static str) -> &'static str {
-    let path = type_name.split('<').next().unwrap_or(type_name);
-    path.rsplit("::").next().unwrap_or(path)
+    // Single-byte searches (memchr): `str`'s pattern searchers set up a two-way search for
+    // "::" on every call, on every post.
+    let path = match type_name.find('<') {
+        Some(end) => &type_name[..end],
+        None => type_name,
+    };
+    match path.rfind(':') {
+        Some(colon) => &path[colon + 1..],
+        None => path,
+    }
 }
 
 #[cfg(test)]
