@@ -172,11 +172,11 @@ impl Codec {
             return;
         }
         let class = self.class_of::<M>();
-        if !self.known.read().contains(&*class) {
-            self.known.write().insert(Arc::from(&*class));
+        if !self.known.read().contains(class) {
+            self.known.write().insert(Arc::from(class));
         }
         // Registration cannot fail: a conflict shows when `M` is posted or received.
-        let _ = self.claim::<M>(&class);
+        let _ = self.claim::<M>(class);
     }
 
     /// Whether `M` may use `class`, its wire class, on this bus; claims `class` for `M` when
@@ -246,9 +246,9 @@ impl Codec {
             ),
             None => {
                 let class = self.class_of::<M>();
-                self.claim::<M>(&class)
+                self.claim::<M>(class)
                     .map_err(|conflict| PostError::Encode(Reason::new(conflict)))?;
-                self.encode_as(&class, message)
+                self.encode_as(class, message)
             }
         }
     }
