@@ -34,6 +34,8 @@
 //! who drops them after the mutex is released (`Garbage`).
 
 use std::any::{Any, TypeId};
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
@@ -146,7 +148,7 @@ struct Garbage {
 
 /// One interned channel.
 pub(crate) struct Topic {
-    name: Arc<str>,
+    name: Box<str>,
     /// The published snapshot: all the post path reads.
     subscribers: ArcSwapOption<Snapshot>,
     writer: Mutex<Writer>,
@@ -297,9 +299,35 @@ impl Topic {
     }
 }
 
+/// A key of the interning table: the topic itself, looked up by its name. The table's entry is
+/// then one pointer, where a name and a topic were two, and the name is stored once, in the
+/// topic.
+struct Interned(Arc<Topic>);
+
+impl Borrow<str> for Interned {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// Hashes as the name does (`Borrow`'s contract: a lookup hashes a `&str`).
+impl Hash for Interned {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name.hash(state);
+    }
+}
+
+impl PartialEq for Interned {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Interned {}
+
 /// The interning table and the gauges that go with it.
 pub(crate) struct Registry {
-    map: papaya::HashMap<Arc<str>, Arc<Topic>, foldhash::fast::RandomState>,
+    map: papaya::HashMap<Interned, (), foldhash::fast::RandomState>,
     pub(crate) counters: Counters,
     /// Set by [`Registry::close`] (bus shutdown): registrations are inert afterwards.
     closed: AtomicBool,
@@ -337,8 +365,8 @@ impl Registry {
     #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
         let map = self.map.pin();
-        match map.get(name) {
-            Some(topic) => topic.post(message, &self.counters),
+        match map.get_key_value(name) {
+            Some((topic, _)) => topic.0.post(message, &self.counters),
             None => {
                 self.counters.record_post(&Tally::default());
                 0
@@ -348,7 +376,10 @@ impl Registry {
 
     /// The live topic of `name`, if any.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.map.pin().get(name).cloned()
+        self.map
+            .pin()
+            .get_key_value(name)
+            .map(|(topic, _)| topic.0.clone())
     }
 
     /// Runs `f` on the live topic of `name` (interning it if needed) with its writer locked.
@@ -358,18 +389,22 @@ impl Registry {
             let topic = match self.get(name) {
                 Some(topic) => topic,
                 None => {
-                    let name: Arc<str> = name.into();
                     let fresh = Arc::new(Topic {
-                        name: name.clone(),
+                        name: name.into(),
                         subscribers: ArcSwapOption::empty(),
                         writer: Mutex::default(),
                     });
-                    let map = self.map.pin();
-                    let topic = map.get_or_insert(name, fresh.clone()).clone();
-                    if Arc::ptr_eq(&topic, &fresh) {
-                        self.counters.channels.fetch_add(1, Relaxed);
+                    if self
+                        .map
+                        .pin()
+                        .try_insert(Interned(fresh.clone()), ())
+                        .is_err()
+                    {
+                        // Another registration interned the name first: use its topic.
+                        continue;
                     }
-                    topic
+                    self.counters.channels.fetch_add(1, Relaxed);
+                    fresh
                 }
             };
             let mut writer = topic.writer.lock();
@@ -518,7 +553,7 @@ impl Registry {
             .map
             .pin()
             .iter()
-            .map(|(_, topic)| topic.clone())
+            .map(|(topic, _)| topic.0.clone())
             .collect();
         for topic in topics {
             let mut writer = topic.writer.lock();
@@ -549,7 +584,8 @@ impl Registry {
         if writer.groups.is_empty() && writer.handles == 0 && !writer.forgotten {
             writer.forgotten = true;
             let map = self.map.pin();
-            if let Ok(Some(_)) = map.remove_if(&*topic.name, |_, live| std::ptr::eq(&**live, topic))
+            if let Ok(Some(_)) =
+                map.remove_if(&*topic.name, |live, _| std::ptr::eq(&*live.0, topic))
             {
                 self.counters.channels.fetch_sub(1, Relaxed);
             }
