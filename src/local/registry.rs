@@ -2,10 +2,10 @@
 //!
 //! # Algorithm
 //!
-//! The registry interns channel names in a lock-free hash set (`papaya`) of [`Topic`]s, each
-//! found by its name, so a post by name is one lock-free lookup followed by the topic's
-//! snapshot load: no lock on the post path (L10). A [`Channel`](crate::Channel) handle holds
-//! its topic directly and skips the lookup.
+//! The registry interns channel names in a lock-free hash map (`papaya`) keyed by the
+//! [`Topic`]s themselves, each found by its name, so a post by name is one lock-free lookup
+//! followed by the topic's snapshot load: no lock on the post path (L10). A
+//! [`Channel`](crate::Channel) handle holds its topic directly and skips the lookup.
 //!
 //! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`): per message type a
 //! persistent trie of receivers ([`crate::trie`]). Behind a `parking_lot` mutex it holds the
@@ -15,16 +15,16 @@
 //! afterwards sees the change (L09). Only the mutex's holder replaces the snapshot, so the one
 //! it reads is the latest.
 //!
+//! Registration ids are taken from the bus's counter under the topic's mutex, so within a
+//! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
+//! search: no index from id to slot, no memory per registration beyond its trie entry.
+//!
 //! # Memory
 //!
 //! A channel with one receiver is four allocations of its own besides the receiver: its
 //! topic, its name, its snapshot, and its one group's [`Receivers`] (whose trie holds a lone
 //! receiver inline), plus an 8-byte entry and a slot of the name table (see
 //! `examples/memory.rs`).
-//!
-//! Registration ids are taken from the bus's counter under the topic's mutex, so within a
-//! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
-//! search: no index from id to slot, no memory per registration beyond its trie entry.
 //!
 //! # Forgetting (L13)
 //!
@@ -615,6 +615,45 @@ mod tests {
             let left = registered.len() - at - 1;
             assert_eq!(registry.counters.listeners.load(Relaxed), left as u64);
         }
+        assert!(registry.get("c").is_none());
+    }
+
+    /// A channel with receivers of three message types: each post reaches its type's
+    /// receivers and counts the others as mismatches (L05), whatever group a removal empties
+    /// (the first, one in the middle of the list, the last).
+    #[test]
+    fn several_message_types_share_a_channel() {
+        let registry = Registry::new(None);
+        let ids = AtomicU64::new(1);
+        let register = |receiver| {
+            let (id, topic) = registry.register::<u64>("c", &ids, receiver, None);
+            (id, topic.ok().unwrap())
+        };
+        let (a, topic) = register(listener());
+        let (b, _) = registry.register::<String>(
+            "c",
+            &ids,
+            Receiver::Listener(Arc::new(|_: &String| {})),
+            None,
+        );
+        let (c, _) =
+            registry.register::<u8>("c", &ids, Receiver::Listener(Arc::new(|_: &u8| {})), None);
+        let (d, _) = register(listener());
+        let post = |message: u64| post::deliver(&topic.snapshot().unwrap(), message);
+        let tally = post(7);
+        assert_eq!((tally.delivered, tally.mismatches), (2, 2));
+        let tally = post::deliver(&topic.snapshot().unwrap(), 7u8);
+        assert_eq!((tally.delivered, tally.mismatches), (1, 3));
+        assert!(registry.remove(&topic, b, Kind::Listener));
+        let tally = post(7);
+        assert_eq!((tally.delivered, tally.mismatches), (2, 1));
+        assert!(registry.remove(&topic, a, Kind::Listener));
+        assert!(registry.remove(&topic, d, Kind::Listener));
+        let tally = post(7);
+        assert_eq!((tally.delivered, tally.mismatches), (0, 1));
+        assert!(topic.contains(c) && !topic.contains(a));
+        assert!(registry.remove(&topic, c, Kind::Listener));
+        assert!(topic.snapshot().is_none());
         assert!(registry.get("c").is_none());
     }
 
