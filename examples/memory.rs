@@ -24,12 +24,22 @@ struct Counting;
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 static LIVE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
 
+/// Live allocations by size (the last bucket holds every larger one), for the breakdown that
+/// `EVBUS_MEMORY_SIZES=1` prints: where a row's bytes go.
+const SIZES: usize = 1025;
+static LIVE_BY_SIZE: [AtomicIsize; SIZES] = [const { AtomicIsize::new(0) }; SIZES];
+
+fn by_size(size: usize) -> &'static AtomicIsize {
+    &LIVE_BY_SIZE[size.min(SIZES - 1)]
+}
+
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged, so
 // `System`'s guarantees are this allocator's; the counters do not touch the memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Relaxed);
         LIVE_BLOCKS.fetch_add(1, Relaxed);
+        by_size(layout.size()).fetch_add(1, Relaxed);
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` needs.
         unsafe { System.alloc(layout) }
     }
@@ -37,12 +47,15 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Relaxed);
         LIVE_BLOCKS.fetch_sub(1, Relaxed);
+        by_size(layout.size()).fetch_sub(1, Relaxed);
         // SAFETY: `ptr` was allocated by `alloc` above, that is by `System`, with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        by_size(layout.size()).fetch_sub(1, Relaxed);
+        by_size(new_size).fetch_add(1, Relaxed);
         // SAFETY: as for `dealloc`; `new_size` is the caller's, checked by its contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -58,6 +71,11 @@ const N: usize = 10_000;
 struct Live {
     bytes: isize,
     blocks: isize,
+}
+
+/// Live allocations by size now; on the stack, so taking it allocates nothing.
+fn live_by_size() -> [isize; SIZES] {
+    std::array::from_fn(|size| LIVE_BY_SIZE[size].load(Relaxed))
 }
 
 fn live() -> Live {
@@ -77,6 +95,9 @@ struct Row {
     retained: isize,
     /// Live bytes left after dropping the bus too.
     leaked: isize,
+    /// Per allocation size (bytes; the largest bucket means at least that), the change in
+    /// live allocations, divided by N: nonzero ones only.
+    sizes: Vec<(usize, f64)>,
 }
 
 /// On a fresh, warmed-up bus: `setup` pushes `N` items (whatever keeps its registrations
@@ -91,9 +112,11 @@ fn measure<T>(
     let bus = Bus::local();
     warm_up(&bus);
     let mut held = Vec::with_capacity(N);
+    let sizes_before = live_by_size();
     let before = live();
     setup(&bus, &mut held);
     let after = live();
+    let sizes_after = live_by_size();
     assert_eq!(held.len(), N);
     assert_eq!(
         held.capacity(),
@@ -116,6 +139,15 @@ fn measure<T>(
         blocks: (after.blocks - before.blocks) as f64 / N as f64,
         retained,
         leaked,
+        sizes: (0..SIZES)
+            .map(|size| {
+                (
+                    size,
+                    (sizes_after[size] - sizes_before[size]) as f64 / N as f64,
+                )
+            })
+            .filter(|(_, each)| each.abs() >= 0.005)
+            .collect(),
     }
 }
 
@@ -247,8 +279,13 @@ fn main() {
         drop(bus);
         cost
     };
-    // Before printing: stdout's buffer is allocated on first use.
-    let leaked = live().bytes - process_start.bytes;
+    // Before printing: stdout's buffer is allocated on first use. The rows' size breakdowns
+    // are the example's own.
+    let breakdowns: usize = rows
+        .iter()
+        .map(|row| row.sizes.capacity() * size_of::<(usize, f64)>())
+        .sum();
+    let leaked = live().bytes - process_start.bytes - breakdowns as isize;
 
     println!("Heap per registration, N = {N} (live bytes and live allocations, divided by N):");
     println!();
@@ -278,6 +315,28 @@ fn main() {
         size_of::<Bus>(),
     );
     println!("An empty `Bus::local()` allocates {empty_bus} B.");
+
+    if std::env::var_os("EVBUS_MEMORY_SIZES").is_some() {
+        println!();
+        println!(
+            "Where the bytes go: allocation size x live allocations each (EVBUS_MEMORY_SIZES)."
+        );
+        for row in &rows {
+            let sizes: Vec<String> = row
+                .sizes
+                .iter()
+                .map(|(size, each)| {
+                    let size = if *size == SIZES - 1 {
+                        format!(">={size}")
+                    } else {
+                        size.to_string()
+                    };
+                    format!("{size} B x {each:.2}")
+                })
+                .collect();
+            println!("- {}: {}", row.what, sizes.join(", "));
+        }
+    }
 
     println!();
     println!(

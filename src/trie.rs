@@ -18,16 +18,18 @@
 //!
 //! Finding an item needs no index: the caller's items carry a key (a registration id) that
 //! grows with the slot, because the caller assigns both under one lock. So a node's items, and
-//! its children's key ranges, are sorted, and [`Trie::remove_by`] descends by binary search
+//! its children's key ranges, are sorted, and [`Trie::removed_by`] descends by binary search
 //! (a child's range starts at its leftmost item): `O(log n)` comparisons, no memory per item.
 //!
 //! Removals leave slot numbers unused; when the counter runs well ahead of the number of
-//! subscribers ([`Trie::should_repack`]), the writer rebuilds the trie densely. Each repack
+//! subscribers (`Trie::should_repack`), a removal rebuilds the trie densely. Each repack
 //! costs `O(len)` and needs at least `len / 2` removals since the previous one, so writes stay
 //! `O(log n)` amortized, and a small channel with churn is always a single leaf.
 //!
 //! Memory: a subscriber costs its entry in one leaf; interior nodes add about one pointer per
-//! 32 subscribers.
+//! 32 subscribers. A [`Trie`] value holds its root node inline, and a leaf with one item holds
+//! it inline too, so the trie of a channel with one subscriber allocates nothing of its own:
+//! it is part of its owner's allocation (the registry's published group).
 
 use std::sync::Arc;
 
@@ -35,175 +37,220 @@ const BITS: u32 = 5;
 const WIDTH: u64 = 1 << BITS;
 const MASK: u64 = WIDTH - 1;
 
-/// One immutable node of a snapshot.
-pub(crate) struct Node<T> {
-    /// Which of the 32 positions under this node are present.
-    bitmap: u32,
-    body: Body<T>,
-}
-
-enum Body<T> {
-    Leaf(Box<[T]>),
-    Branch(Box<[Arc<Node<T>>]>),
+/// One immutable node. The variants carry the bitmap (which of the 32 positions under the
+/// node are present) beside the enum's tag, in the word the tag needs anyway.
+#[derive(Clone)]
+enum Node<T> {
+    /// A leaf with one item, held inline: a channel with one receiver has no leaf allocation.
+    One { bitmap: u32, item: T },
+    /// A leaf with two or more items.
+    Leaf { bitmap: u32, items: Box<[T]> },
+    Branch {
+        bitmap: u32,
+        children: Box<[Arc<Node<T>>]>,
+    },
 }
 
 impl<T> Node<T> {
-    /// Calls `f` on every item, in slot order.
-    pub(crate) fn for_each<F: FnMut(&T)>(&self, f: &mut F) {
-        self.for_each_leaf(&mut |items: &[T]| items.iter().for_each(&mut *f));
+    fn bitmap(&self) -> u32 {
+        match self {
+            Node::One { bitmap, .. } | Node::Leaf { bitmap, .. } | Node::Branch { bitmap, .. } => {
+                *bitmap
+            }
+        }
     }
 
     /// Calls `f` on every leaf's items, in slot order: the caller's per-item loop stays in
     /// the caller, where it is inlined (one call per 32 items, not one per item). Recursion
     /// depth is the trie's height (at most 13 for 64-bit slots).
     #[inline]
-    pub(crate) fn for_each_leaf<F: FnMut(&[T])>(&self, f: &mut F) {
-        match &self.body {
-            Body::Leaf(items) => f(items),
-            Body::Branch(children) => children.iter().for_each(|child| child.for_each_leaf(f)),
+    fn for_each_leaf<F: FnMut(&[T])>(&self, f: &mut F) {
+        match self {
+            Node::One { item, .. } => f(std::slice::from_ref(item)),
+            Node::Leaf { items, .. } => f(items),
+            Node::Branch { children, .. } => {
+                children.iter().for_each(|child| child.for_each_leaf(f))
+            }
         }
     }
 }
 
-/// The writer's view of one channel's subscribers: the current root plus what is needed to
-/// produce the next version. Lives behind the channel's registration lock; the post path only
-/// ever sees [`Trie::root`] through the channel's `ArcSwapOption`.
+/// One version of a channel's subscribers, never empty: its root node, inline, and what is
+/// needed to produce the next version. Immutable: a write returns a new version that shares
+/// all but one path with this one. The registry publishes versions (inside its snapshot) and
+/// the post path walks them.
 pub(crate) struct Trie<T> {
-    root: Option<Arc<Node<T>>>,
-    /// Levels above the leaves.
-    height: u32,
-    /// The slot the next push takes.
+    root: Node<T>,
+    /// The slot the next push takes. The height (levels above the leaves) follows from it:
+    /// [`height_for`].
     next: u64,
     len: usize,
 }
 
-impl<T> Default for Trie<T> {
-    fn default() -> Self {
-        Trie {
-            root: None,
-            height: 0,
-            next: 0,
-            len: 0,
-        }
+/// The levels above the leaves of a trie whose slots are below `next` (at least 1): the root
+/// only ever grows, when a push needs a slot beyond it, and a repack rebuilds it for `len`
+/// slots, so this is the height in both cases.
+fn height_for(next: u64) -> u32 {
+    let last = next.saturating_sub(1);
+    let mut height = 0;
+    while last >> (BITS * (height + 1)) != 0 {
+        height += 1;
     }
+    height
 }
 
-impl<T: Clone> Trie<T> {
-    /// The current version, to be published to readers.
-    pub(crate) fn root(&self) -> Option<Arc<Node<T>>> {
-        self.root.clone()
-    }
-
+impl<T> Trie<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Appends `item` after every present item; returns its slot.
-    pub(crate) fn push(&mut self, item: T) -> u64 {
-        let slot = self.next;
-        while slot >> (BITS * (self.height + 1)) != 0 {
-            // The trie is full at this height: the old root becomes child 0 of a new one.
-            self.root = self.root.take().map(|old| {
-                Arc::new(Node {
-                    bitmap: 1,
-                    body: Body::Branch(Box::new([old])),
-                })
-            });
-            self.height += 1;
+    /// Calls `f` on every item, in slot order.
+    pub(crate) fn for_each<F: FnMut(&T)>(&self, f: &mut F) {
+        self.for_each_leaf(&mut |items: &[T]| items.iter().for_each(&mut *f));
+    }
+
+    /// Calls `f` on every leaf's items, in slot order (see `Node::for_each_leaf`).
+    #[inline]
+    pub(crate) fn for_each_leaf<F: FnMut(&[T])>(&self, f: &mut F) {
+        self.root.for_each_leaf(f);
+    }
+}
+
+impl<T: Clone> Trie<T> {
+    /// A trie of `item` alone, at slot 0.
+    pub(crate) fn new(item: T) -> Self {
+        Trie {
+            root: Node::One { bitmap: 1, item },
+            next: 1,
+            len: 1,
         }
-        self.root = Some(Arc::new(insert(
-            self.root.as_deref(),
-            self.height,
-            slot,
-            item,
-        )));
-        self.next += 1;
-        self.len += 1;
-        slot
+    }
+
+    /// A new version with `item` appended after every present item.
+    pub(crate) fn pushed(&self, item: T) -> Self {
+        let slot = self.next;
+        let (before, height) = (height_for(slot), height_for(slot + 1));
+        let root = if height == before {
+            insert(Some(&self.root), height, slot, item)
+        } else {
+            // The trie is full at this height: the old root becomes child 0 of a new one.
+            let mut grown = self.root.clone();
+            for _ in before..height {
+                grown = Node::Branch {
+                    bitmap: 1,
+                    children: Box::new([Arc::new(grown)]),
+                };
+            }
+            insert(Some(&grown), height, slot, item)
+        };
+        Trie {
+            root,
+            next: slot + 1,
+            len: self.len + 1,
+        }
     }
 
     /// The item whose key is `key`, if any. Keys (`key_of`) must grow with the slots, that
-    /// is, with the order of [`Trie::push`]es (see the module docs).
+    /// is, with the order of [`Trie::pushed`] (see the module docs).
     pub(crate) fn get_by<K: Ord>(&self, key: K, key_of: impl Fn(&T) -> K) -> Option<&T> {
-        let mut node = self.root.as_deref()?;
+        let mut node = &self.root;
         loop {
-            match &node.body {
-                Body::Leaf(items) => {
+            match node {
+                Node::One { item, .. } => return (key_of(item) == key).then_some(item),
+                Node::Leaf { items, .. } => {
                     let at = items.binary_search_by(|item| key_of(item).cmp(&key)).ok()?;
                     return Some(&items[at]);
                 }
-                Body::Branch(children) => {
+                Node::Branch { children, .. } => {
                     node = &children[child_of(children, &key, &key_of)?];
                 }
             }
         }
     }
 
-    /// Removes the item whose key is `key` if `accept` takes it; returns it. Keys as for
-    /// [`Trie::get_by`].
-    pub(crate) fn remove_by<K: Ord>(
-        &mut self,
+    /// A new version without the item whose key is `key`, if `accept` takes it (`None` when
+    /// that leaves it empty), and the item; rebuilt densely when it became sparse (see
+    /// [`Trie::should_repack`]). `None` when there is no such item or `accept` refuses it.
+    /// Keys as for [`Trie::get_by`].
+    pub(crate) fn removed_by<K: Ord>(
+        &self,
         key: K,
         key_of: impl Fn(&T) -> K,
         accept: impl Fn(&T) -> bool,
-    ) -> Option<T> {
-        let root = self.root.as_deref()?;
-        let (node, item) = remove_by(root, &key, &key_of, &accept)?;
-        self.root = node.map(Arc::new);
-        self.len -= 1;
-        if self.len == 0 {
-            *self = Trie::default();
-        }
-        Some(item)
+    ) -> Option<(Option<Self>, T)> {
+        let (root, item) = remove_by(&self.root, &key, &key_of, &accept)?;
+        let rest = root.map(|root| Trie {
+            root,
+            next: self.next,
+            len: self.len - 1,
+        });
+        Some((rest.map(Trie::repacked_if_sparse), item))
     }
 
     /// Whether enough slots went unused that a dense rebuild pays for itself (see the module
     /// docs for the amortization argument).
-    pub(crate) fn should_repack(&self) -> bool {
+    fn should_repack(&self) -> bool {
         self.next > WIDTH && self.next > 2 * self.len as u64
     }
 
-    /// Rebuilds the trie densely, keeping the order. Builds the levels bottom-up, each node
-    /// once: `O(len)`.
-    pub(crate) fn repack(&mut self) {
-        let mut items = Vec::with_capacity(self.len);
-        if let Some(root) = &self.root {
-            root.for_each(&mut |item: &T| items.push(item.clone()));
+    fn repacked_if_sparse(self) -> Self {
+        if !self.should_repack() {
+            return self;
         }
-        *self = Trie::dense(items);
+        let mut items = Vec::with_capacity(self.len);
+        self.for_each(&mut |item: &T| items.push(item.clone()));
+        Trie::dense(items)
     }
 
-    /// A trie of `items` at slots `0..items.len()`.
+    /// A trie of `items` (at least one) at slots `0..items.len()`. Builds the levels
+    /// bottom-up, each node once: `O(len)`.
     fn dense(items: Vec<T>) -> Self {
         let len = items.len();
-        let mut level = nodes(items, Body::Leaf);
-        let mut height = 0;
+        let mut level = nodes(items, leaf);
         while level.len() > 1 {
-            level = nodes(level, Body::Branch);
-            height += 1;
+            level = nodes(level, |bitmap, children| Node::Branch {
+                bitmap,
+                children: children.into_boxed_slice(),
+            });
         }
+        let root = match level.pop().map(Arc::try_unwrap) {
+            Some(Ok(root)) => root,
+            Some(Err(root)) => (*root).clone(),
+            None => unreachable!("a trie is never empty"),
+        };
         Trie {
-            root: level.pop(),
-            height,
+            root,
             next: len as u64,
             len,
         }
     }
 }
 
+/// A leaf of `items` (at least one): inline when there is one.
+fn leaf<T>(bitmap: u32, mut items: Vec<T>) -> Node<T> {
+    match (items.len(), items.pop()) {
+        (1, Some(item)) => Node::One { bitmap, item },
+        (_, last) => {
+            items.extend(last);
+            Node::Leaf {
+                bitmap,
+                items: items.into_boxed_slice(),
+            }
+        }
+    }
+}
+
 /// Full nodes of up to 32 of `items` each, in order.
-fn nodes<T, U>(items: Vec<U>, body: impl Fn(Box<[U]>) -> Body<T>) -> Vec<Arc<Node<T>>> {
+fn nodes<T, U>(items: Vec<U>, node: impl Fn(u32, Vec<U>) -> Node<T>) -> Vec<Arc<Node<T>>> {
     let mut items = items.into_iter();
     let mut nodes = Vec::with_capacity(items.len().div_ceil(WIDTH as usize));
     loop {
-        let chunk: Box<[U]> = items.by_ref().take(WIDTH as usize).collect();
+        let chunk: Vec<U> = items.by_ref().take(WIDTH as usize).collect();
         if chunk.is_empty() {
             return nodes;
         }
-        nodes.push(Arc::new(Node {
-            bitmap: u32::MAX >> (WIDTH as usize - chunk.len()),
-            body: body(chunk),
-        }));
+        let bitmap = u32::MAX >> (WIDTH as usize - chunk.len());
+        nodes.push(Arc::new(node(bitmap, chunk)));
     }
 }
 
@@ -220,54 +267,66 @@ fn position(slot: u64, height: u32) -> u32 {
 // mostly the allocator's and the reference counts').
 
 /// A copy of `items` with `item` inserted at `at`.
-fn inserted<T: Clone>(items: &[T], at: usize, item: T) -> Box<[T]> {
+fn inserted<T: Clone>(items: &[T], at: usize, item: T) -> Vec<T> {
     let mut copy = Vec::with_capacity(items.len() + 1);
     copy.extend_from_slice(&items[..at]);
     copy.push(item);
     copy.extend_from_slice(&items[at..]);
-    copy.into_boxed_slice()
+    copy
 }
 
 /// A copy of `items` with the one at `at` replaced by `item`.
-fn replaced<T: Clone>(items: &[T], at: usize, item: T) -> Box<[T]> {
+fn replaced<T: Clone>(items: &[T], at: usize, item: T) -> Vec<T> {
     let mut copy = Vec::with_capacity(items.len());
     copy.extend_from_slice(&items[..at]);
     copy.push(item);
     copy.extend_from_slice(&items[at + 1..]);
-    copy.into_boxed_slice()
+    copy
 }
 
 /// A copy of `items` without the one at `at`.
-fn removed<T: Clone>(items: &[T], at: usize) -> Box<[T]> {
+fn removed<T: Clone>(items: &[T], at: usize) -> Vec<T> {
     let mut copy = Vec::with_capacity(items.len() - 1);
     copy.extend_from_slice(&items[..at]);
     copy.extend_from_slice(&items[at + 1..]);
-    copy.into_boxed_slice()
+    copy
 }
 
 /// Returns a copy of `node` (or a fresh node) with `item` at `slot`.
 fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
     let bit = position(slot, height);
-    let bitmap = node.map_or(0, |n| n.bitmap);
+    let Some(node) = node else {
+        return match height {
+            0 => Node::One { bitmap: bit, item },
+            _ => Node::Branch {
+                bitmap: bit,
+                children: Box::new([Arc::new(insert(None, height - 1, slot, item))]),
+            },
+        };
+    };
+    let bitmap = node.bitmap();
     let at = rank(bitmap, bit);
     debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
-    let body = match (node.map(|n| &n.body), height) {
-        (None, 0) => Body::Leaf(Box::new([item])),
-        (Some(Body::Leaf(items)), _) => Body::Leaf(inserted(items, at, item)),
-        (None, _) => Body::Branch(Box::new([Arc::new(insert(None, height - 1, slot, item))])),
-        (Some(Body::Branch(children)), _) => {
-            if bitmap & bit != 0 {
-                let child = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
-                Body::Branch(replaced(children, at, child))
-            } else {
-                let child = Arc::new(insert(None, height - 1, slot, item));
-                Body::Branch(inserted(children, at, child))
-            }
+    let children = match node {
+        Node::One { item: present, .. } => {
+            return leaf(
+                bitmap | bit,
+                inserted(std::slice::from_ref(present), at, item),
+            );
+        }
+        Node::Leaf { items, .. } => return leaf(bitmap | bit, inserted(items, at, item)),
+        Node::Branch { children, .. } if bitmap & bit != 0 => {
+            let child = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+            replaced(children, at, child)
+        }
+        Node::Branch { children, .. } => {
+            let child = Arc::new(insert(None, height - 1, slot, item));
+            inserted(children, at, child)
         }
     };
-    Node {
+    Node::Branch {
         bitmap: bitmap | bit,
-        body,
+        children: children.into_boxed_slice(),
     }
 }
 
@@ -282,9 +341,10 @@ fn nth_bit(bitmap: u32, n: usize) -> u32 {
 
 /// The first item under `node`: the smallest key.
 fn first<T>(node: &Node<T>) -> &T {
-    match &node.body {
-        Body::Leaf(items) => &items[0],
-        Body::Branch(children) => first(&children[0]),
+    match node {
+        Node::One { item, .. } => item,
+        Node::Leaf { items, .. } => &items[0],
+        Node::Branch { children, .. } => first(&children[0]),
     }
 }
 
@@ -307,32 +367,32 @@ fn remove_by<T: Clone, K: Ord>(
     key_of: &impl Fn(&T) -> K,
     accept: &impl Fn(&T) -> bool,
 ) -> Option<(Option<Node<T>>, T)> {
-    match &node.body {
-        Body::Leaf(items) => {
+    match node {
+        Node::One { item, .. } => {
+            (key_of(item) == *key && accept(item)).then(|| (None, item.clone()))
+        }
+        Node::Leaf { bitmap, items } => {
             let at = items.binary_search_by(|item| key_of(item).cmp(key)).ok()?;
             if !accept(&items[at]) {
                 return None;
             }
-            let bitmap = node.bitmap & !nth_bit(node.bitmap, at);
-            let rest = (bitmap != 0).then(|| Node {
-                bitmap,
-                body: Body::Leaf(removed(items, at)),
-            });
-            Some((rest, items[at].clone()))
+            // A leaf has at least two items: one is left.
+            let rest = leaf(bitmap & !nth_bit(*bitmap, at), removed(items, at));
+            Some((Some(rest), items[at].clone()))
         }
-        Body::Branch(children) => {
+        Node::Branch { bitmap, children } => {
             let at = child_of(children, key, key_of)?;
             let (child, item) = remove_by(&children[at], key, key_of, accept)?;
             let rest = match child {
-                Some(child) => Some(Node {
-                    bitmap: node.bitmap,
-                    body: Body::Branch(replaced(children, at, Arc::new(child))),
+                Some(child) => Some(Node::Branch {
+                    bitmap: *bitmap,
+                    children: replaced(children, at, Arc::new(child)).into_boxed_slice(),
                 }),
                 None => {
-                    let bitmap = node.bitmap & !nth_bit(node.bitmap, at);
-                    (bitmap != 0).then(|| Node {
+                    let bitmap = bitmap & !nth_bit(*bitmap, at);
+                    (bitmap != 0).then(|| Node::Branch {
                         bitmap,
-                        body: Body::Branch(removed(children, at)),
+                        children: removed(children, at).into_boxed_slice(),
                     })
                 }
             };
@@ -345,75 +405,98 @@ fn remove_by<T: Clone, K: Ord>(
 mod tests {
     use super::*;
 
-    fn items(trie: &Trie<u64>) -> Vec<u64> {
+    fn items(trie: Option<&Trie<u64>>) -> Vec<u64> {
         let mut out = Vec::new();
-        if let Some(root) = trie.root() {
-            root.for_each(&mut |x: &u64| out.push(*x));
+        if let Some(trie) = trie {
+            trie.for_each(&mut |x: &u64| out.push(*x));
         }
         out
     }
 
+    /// A trie of `0..n` (n >= 1), pushed one by one.
+    fn pushed(n: u64) -> Trie<u64> {
+        (1..n).fold(Trie::new(0), |trie, i| trie.pushed(i))
+    }
+
+    /// Removes `key`; the trie left, and whether it was there.
+    fn remove(trie: Option<Trie<u64>>, key: u64) -> (Option<Trie<u64>>, bool) {
+        match trie
+            .as_ref()
+            .and_then(|t| t.removed_by(key, |x| *x, |_| true))
+        {
+            Some((rest, item)) => {
+                assert_eq!(item, key);
+                (rest, true)
+            }
+            None => (trie, false),
+        }
+    }
+
     #[test]
     fn push_keeps_order_across_levels() {
-        let mut trie = Trie::default();
-        for i in 0..5000u64 {
-            assert_eq!(trie.push(i), i);
-        }
-        assert_eq!(items(&trie), (0..5000).collect::<Vec<_>>());
-        assert_eq!(trie.height, 2);
+        let trie = pushed(5000);
+        assert_eq!(items(Some(&trie)), (0..5000).collect::<Vec<_>>());
+        assert_eq!(height_for(trie.next), 2);
+        assert!(matches!(pushed(1).root, Node::One { .. }));
+        assert!(matches!(pushed(32).root, Node::Leaf { .. }));
+        assert!(matches!(pushed(33).root, Node::Branch { .. }));
     }
 
     #[test]
     fn remove_any_slot_and_prune() {
-        let mut trie = Trie::default();
-        for i in 0..2000u64 {
-            trie.push(i);
-        }
+        let mut trie = Some(pushed(2000));
         for i in (0..2000u64).filter(|i| i % 3 != 0) {
-            assert_eq!(trie.remove_by(i, |x| *x, |_| true), Some(i));
-            assert_eq!(trie.remove_by(i, |x| *x, |_| true), None);
-            assert_eq!(trie.get_by(i, |x| *x), None);
+            let removed;
+            (trie, removed) = remove(trie, i);
+            assert!(removed);
+            let again;
+            (trie, again) = remove(trie, i);
+            assert!(!again);
+            assert_eq!(trie.as_ref().unwrap().get_by(i, |x| *x), None);
         }
         assert_eq!(
-            items(&trie),
+            items(trie.as_ref()),
             (0..2000).filter(|i| i % 3 == 0).collect::<Vec<_>>()
         );
         for i in (0..2000u64).filter(|i| i % 3 == 0) {
-            assert_eq!(trie.get_by(i, |x| *x), Some(&i));
-            trie.remove_by(i, |x| *x, |_| true);
+            assert_eq!(trie.as_ref().unwrap().get_by(i, |x| *x), Some(&i));
+            (trie, _) = remove(trie, i);
         }
-        assert!(trie.root().is_none());
-        assert_eq!(trie.len(), 0);
+        assert!(trie.is_none());
     }
 
     #[test]
     fn old_versions_are_unchanged() {
-        let mut trie = Trie::default();
-        for i in 0..100u64 {
-            trie.push(i);
-        }
-        let before = trie.root().unwrap();
-        assert_eq!(trie.remove_by(50, |x| *x, |_| false), None);
-        trie.remove_by(50, |x| *x, |_| true);
-        trie.push(100);
-        let mut seen = Vec::new();
-        before.for_each(&mut |x: &u64| seen.push(*x));
-        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        let before = pushed(100);
+        assert!(before.removed_by(50, |x| *x, |_| false).is_none());
+        let (after, _) = before.removed_by(50, |x| *x, |_| true).unwrap();
+        let after = after.unwrap().pushed(100);
+        assert_eq!(after.len(), 100);
+        assert_eq!(items(Some(&before)), (0..100).collect::<Vec<_>>());
     }
 
     #[test]
     fn repack_is_dense_and_ordered() {
-        let mut trie = Trie::default();
-        for i in 0..100u64 {
-            trie.push(i);
-        }
+        let mut trie = Some(pushed(100));
         for i in 0..90u64 {
-            trie.remove_by(i, |x| *x, |_| true);
+            (trie, _) = remove(trie, i);
         }
-        assert!(trie.should_repack());
-        trie.repack();
-        assert_eq!(trie.next, 10);
-        assert_eq!(trie.height, 0);
-        assert_eq!(items(&trie), (90..100).collect::<Vec<_>>());
+        // Repacked at 49 items (100 slots), then at 24 (49 slots): one leaf since.
+        let trie = trie.unwrap();
+        assert_eq!(trie.next, 24);
+        assert_eq!(height_for(trie.next), 0);
+        assert!(matches!(trie.root, Node::Leaf { .. }));
+        assert_eq!(items(Some(&trie)), (90..100).collect::<Vec<_>>());
+    }
+
+    /// A leaf down to one item holds it inline, and the trie is still keyed right.
+    #[test]
+    fn one_item_leaves_are_inline() {
+        let (trie, _) = pushed(2).removed_by(0, |x| *x, |_| true).unwrap();
+        let trie = trie.unwrap();
+        assert!(matches!(trie.root, Node::One { bitmap: 2, .. }));
+        assert_eq!(trie.get_by(1, |x| *x), Some(&1));
+        let trie = trie.pushed(2);
+        assert_eq!(items(Some(&trie)), [1, 2]);
     }
 }

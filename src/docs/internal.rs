@@ -37,14 +37,15 @@
 //! # A channel
 //!
 //! ```text
-//! registry: papaya::HashMap<Arc<str>, Arc<Topic>>         lock-free reads
-//!                                   │
+//! registry: papaya::HashMap<Interned, ()>          lock-free reads; the key is the topic,
+//!                                   │               found by its name (Borrow<str>)
 //! Topic ── subscribers: ArcSwapOption<Snapshot>  ◄── the post path reads only this
-//!       │        Snapshot = per message type: { root of a persistent trie, len, streams }
-//!       │                   (the first type inline)
+//!       │        Snapshot = per message type a Group { Arc<Receivers<M>>, &'static GroupOps }
+//!       │                   (the first type inline, the others a list)
+//!       │        Receivers<M> = { persistent trie (root inline), streams }
 //!       └─ writer: Mutex<Writer>                 ◄── registration side only
-//!             groups: per message type, the writer's trie (same roots as published)
-//!             handles, forgotten
+//!             handles (or FORGOTTEN); each change derives the next snapshot from the
+//!             published one, so the receivers are held once
 //! ```
 //!
 //! A trie entry is `{ id, Receiver<M> }`, where a receiver is a listener's

@@ -55,6 +55,10 @@
 //!   block's end waits for the pop that is moving it on (the consumer's, or another
 //!   eviction's).
 //!
+//! A stream's queue itself is allocated by its first push and installed with one
+//! compare-and-swap (`once_cell::race::OnceBox`); a push that loses that race frees its own
+//! and uses the winner's, so no push waits for another there.
+//!
 //! The rest of a push is wait-free (`fetch_add`s, a load, at most one `swap`, an `AtomicWaker`
 //! wake that never waits). The consumer's pops wait for producers in the same way; the consumer
 //! never waits for an evicting producer to finish. `stream.rs` has the algorithm.

@@ -1,12 +1,13 @@
 //! The post path: from a loaded snapshot to every receiver. This is the whole hot path.
 //!
-//! A channel's snapshot ([`Snapshot`]) holds one group per message type, and each group is a
-//! persistent trie ([`crate::trie`]) of that type's receivers in the order they were
-//! added. A local post of an `M` is:
+//! A channel's snapshot ([`Snapshot`]) holds one group per message type, and each group holds
+//! a persistent trie ([`crate::trie`]) of that type's receivers in the order they were
+//! added ([`Receivers`]). A local post of an `M` is:
 //!
 //! 1. one `ArcSwapOption::load` of the snapshot (by the caller, `Topic::post`);
 //! 2. per group, one `downcast_ref` (the type check): the group of type `M` is walked, the
-//!    others only count their receivers as type mismatches (L05);
+//!    others only count their receivers as type mismatches (L05), through their type's
+//!    [`GroupOps`];
 //! 3. per receiver, one indirect call: a listener's closure gets `&M`; a stream gets a clone
 //!    of one `Arc<M>`, made only when the group has streams (L04);
 //! 4. one [`Counters::record_post`](crate::stats).
@@ -20,7 +21,8 @@
 //! listeners only, a post is wait-free. A stream push is lock-free except in two short windows
 //! inside crossbeam's `SegQueue` where it spins until another producer, if preempted there,
 //! runs again: once per 31 messages of a stream, and in the eviction of a full buffer (exactly:
-//! [`crate::local::stream`], § Progress).
+//! [`crate::local::stream`], § Progress). A stream's first push also allocates its queue,
+//! without waiting for another push.
 //!
 //! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
 //! panic happens, so one listener's panic is counted and the walk goes on.
@@ -31,7 +33,7 @@ use std::sync::Arc;
 
 use super::stream::StreamSink;
 use crate::stats::Tally;
-use crate::trie::Node;
+use crate::trie::Trie;
 use crate::wire::codec::{Codec, Payload};
 
 /// A listener's callback.
@@ -41,6 +43,23 @@ pub(crate) type Callback<M> = Arc<dyn Fn(&M) + Send + Sync>;
 pub(crate) enum Receiver<M> {
     Listener(Callback<M>),
     Stream(Arc<StreamSink<M>>),
+}
+
+impl<M> Receiver<M> {
+    /// What this receiver is.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Receiver::Listener(_) => Kind::Listener,
+            Receiver::Stream(_) => Kind::Stream,
+        }
+    }
+}
+
+/// What a registration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Listener,
+    Stream,
 }
 
 impl<M> Clone for Receiver<M> {
@@ -70,39 +89,78 @@ impl<M> Clone for Entry<M> {
 /// What a post of one channel sees: per message type, the receivers of that type.
 ///
 /// The first group is inline: most channels carry one message type, and their snapshot is
-/// then a single allocation (a registration change publishes one per change).
+/// then one allocation, plus one for the group's receivers (a registration change publishes
+/// one snapshot per change). Further groups are a list: a channel with several message types
+/// is rare, and the link costs a single-type channel one pointer.
+///
+/// The snapshot is also the writer's state: the registry derives each new version from the
+/// published one, under the channel's lock, so a channel keeps no second copy of its
+/// receivers.
 pub(crate) struct Snapshot {
     first: Group,
-    rest: Box<[Group]>,
+    rest: Option<Box<Snapshot>>,
 }
 
 impl Snapshot {
     /// A snapshot of `groups`; `None` when there are none.
-    pub(crate) fn new(groups: impl Iterator<Item = Group>) -> Option<Snapshot> {
-        let mut groups = groups;
+    pub(crate) fn new<I: Iterator<Item = Group>>(mut groups: I) -> Option<Snapshot> {
         let first = groups.next()?;
         Some(Snapshot {
             first,
-            rest: groups.collect(),
+            rest: Snapshot::new(groups).map(Box::new),
         })
     }
 
     /// Every group, in registration order of their types.
     #[inline]
-    fn groups(&self) -> impl Iterator<Item = &Group> {
-        std::iter::once(&self.first).chain(self.rest.iter())
+    pub(crate) fn groups(&self) -> impl Iterator<Item = &Group> {
+        std::iter::successors(Some(self), |snapshot| snapshot.rest.as_deref())
+            .map(|snapshot| &snapshot.first)
     }
 }
 
-/// The receivers of one message type, as published.
-pub(crate) struct Group {
-    /// An `Arc<Node<Entry<M>>>` for the group's `M`.
-    pub(crate) root: Arc<dyn Any + Send + Sync>,
-    pub(crate) len: usize,
+/// The receivers of one message type `M`, as published: what a [`Group`] points to.
+pub(crate) struct Receivers<M> {
+    /// In the order they were added; never empty.
+    pub(crate) trie: Trie<Entry<M>>,
+    /// How many of them are streams.
     pub(crate) streams: usize,
+}
+
+/// The receivers of one message type, type-erased.
+#[derive(Clone)]
+pub(crate) struct Group {
+    /// An `Arc<Receivers<M>>` for the group's `M`.
+    pub(crate) receivers: Arc<dyn Any + Send + Sync>,
+    /// What is done with `receivers` without knowing `M`; one static table per type.
+    pub(crate) ops: &'static GroupOps,
+}
+
+/// The operations of one message type's [`Group`] that do not know the type: one table per
+/// type, made by the registry (`registry::Ops`).
+pub(crate) struct GroupOps {
     /// Delivers a message received through the transport: decodes it as `M` once, then walks
     /// the group ([`deliver_wire`]).
     pub(crate) wire: Wire,
+    /// The group's receivers, and how many of them are streams.
+    pub(crate) counts: fn(&Group) -> (usize, usize),
+    /// The group without receiver `id` (only if it is of kind `only`, when given; `None` when
+    /// that leaves it empty) and the removed receiver's kind; `None` when it has no such
+    /// receiver.
+    pub(crate) remove: fn(&Group, u64, Option<Kind>) -> Option<Removed>,
+    /// Whether the group has receiver `id`.
+    pub(crate) contains: fn(&Group, u64) -> bool,
+}
+
+/// What [`GroupOps::remove`] leaves: the group without the receiver (`None` when it was the
+/// last), and the removed receiver's kind.
+pub(crate) type Removed = (Option<Group>, Kind);
+
+impl Group {
+    /// How many receivers the group has.
+    fn len(&self) -> usize {
+        (self.ops.counts)(self).0
+    }
 }
 
 /// See [`Group::wire`]: `None` when the group's type does not take the class.
@@ -113,35 +171,54 @@ pub(crate) type Wire =
 #[inline]
 pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M) -> Tally {
     let mut tally = Tally::default();
-    let mut matching = None;
-    snapshot
-        .groups()
-        .for_each(|group| match group.root.downcast_ref::<Node<Entry<M>>>() {
-            Some(root) => matching = Some((group, root)),
-            None => tally.mismatches += group.len as u64,
-        });
-    if let Some((group, root)) = matching {
-        deliver_to(group, root, message, &mut tally);
+    if snapshot.rest.is_some() {
+        deliver_to_several(snapshot, message, &mut tally);
+    } else {
+        // Most channels carry one message type: one type check, no loop.
+        let group = &snapshot.first;
+        match group.receivers.downcast_ref::<Receivers<M>>() {
+            Some(receivers) => deliver_to(receivers, message, &mut tally),
+            None => tally.mismatches += group.len() as u64,
+        }
     }
     tally
 }
 
-/// Delivers `message` to `group`, whose root is `root`.
+/// [`deliver`] to a snapshot of several groups (several message types on one channel).
+#[cold]
+fn deliver_to_several<M: Send + Sync + 'static>(
+    snapshot: &Snapshot,
+    message: M,
+    tally: &mut Tally,
+) {
+    let mut matching = None;
+    for group in snapshot.groups() {
+        match group.receivers.downcast_ref::<Receivers<M>>() {
+            Some(receivers) => matching = Some(receivers),
+            None => tally.mismatches += group.len() as u64,
+        }
+    }
+    if let Some(receivers) = matching {
+        deliver_to(receivers, message, tally);
+    }
+}
+
+/// Delivers `message` to `receivers`.
 #[inline]
-fn deliver_to<M>(group: &Group, root: &Node<Entry<M>>, message: M, tally: &mut Tally) {
-    tally.delivered += group.len as u64;
-    if group.streams == 0 {
-        walk(root, &message, None, tally);
+fn deliver_to<M>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
+    tally.delivered += receivers.trie.len() as u64;
+    if receivers.streams == 0 {
+        walk(&receivers.trie, &message, None, tally);
     } else {
         let shared = Arc::new(message);
-        walk(root, &shared, Some(&shared), tally);
+        walk(&receivers.trie, &shared, Some(&shared), tally);
     }
 }
 
 /// Calls every receiver of one group. `shared` is `Some` when the group has streams.
 #[inline]
-fn walk<M>(root: &Node<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
-    root.for_each_leaf(&mut |entries: &[Entry<M>]| {
+fn walk<M>(trie: &Trie<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
+    trie.for_each_leaf(&mut |entries: &[Entry<M>]| {
         for entry in entries {
             match &entry.receiver {
                 Receiver::Listener(callback) => {
@@ -189,8 +266,8 @@ pub(crate) fn receive(
     let mut refused = None;
     let mut mismatches = 0;
     for group in snapshot.into_iter().flat_map(Snapshot::groups) {
-        match (group.wire)(group, codec, class, payload, tally) {
-            None => mismatches += group.len as u64,
+        match (group.ops.wire)(group, codec, class, payload, tally) {
+            None => mismatches += group.len() as u64,
             Some(Ok(())) => taken = true,
             Some(Err(reason)) => {
                 refused.get_or_insert(reason);
@@ -214,12 +291,12 @@ pub(crate) fn deliver_wire<M: crate::Message>(
     payload: Payload<'_>,
     tally: &mut Tally,
 ) -> Option<Result<(), String>> {
-    let root = group.root.downcast_ref::<Node<Entry<M>>>()?;
+    let receivers = group.receivers.downcast_ref::<Receivers<M>>()?;
     let message = match codec.decode::<M>(class, payload)? {
         Ok(message) => message,
         Err(reason) => return Some(Err(reason)),
     };
-    deliver_to(group, root, message, tally);
+    deliver_to(receivers, message, tally);
     Some(Ok(()))
 }
 

@@ -2,20 +2,29 @@
 //!
 //! # Algorithm
 //!
-//! The registry maps a channel name to its [`Topic`] in a lock-free hash map (`papaya`), so a
-//! post by name is one lock-free lookup followed by the topic's snapshot load: no lock on the
-//! post path (L10). A [`Channel`](crate::Channel) handle holds its topic directly and skips the
-//! lookup.
+//! The registry interns channel names in a lock-free hash map (`papaya`) keyed by the
+//! [`Topic`]s themselves, each found by its name, so a post by name is one lock-free lookup
+//! followed by the topic's snapshot load: no lock on the post path (L10). A
+//! [`Channel`](crate::Channel) handle holds its topic directly and skips the lookup.
 //!
-//! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`) and, behind a
-//! `parking_lot` mutex, the writer's state: per message type a persistent trie of receivers
-//! ([`crate::trie`]) and the number of live handles. Every registration change takes that one
-//! mutex, edits one trie (copying `O(log n)`), and publishes a new snapshot before returning:
-//! a post that starts afterwards sees the change (L09).
+//! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`): per message type a
+//! persistent trie of receivers ([`crate::trie`]). Behind a `parking_lot` mutex it holds the
+//! writer's own state, only the number of live handles: the receivers are not kept twice. Every
+//! registration change takes that one mutex, derives a new snapshot from the published one
+//! (copying `O(log n)` of one trie), and publishes it before returning: a post that starts
+//! afterwards sees the change (L09). Only the mutex's holder replaces the snapshot, so the one
+//! it reads is the latest.
 //!
 //! Registration ids are taken from the bus's counter under the topic's mutex, so within a
 //! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
 //! search: no index from id to slot, no memory per registration beyond its trie entry.
+//!
+//! # Memory
+//!
+//! A channel with one receiver is four allocations of its own besides the receiver: its
+//! topic, its name, its snapshot, and its one group's [`Receivers`] (whose trie holds a lone
+//! receiver inline), plus an 8-byte entry and a slot of the name table (see
+//! `examples/memory.rs`).
 //!
 //! # Forgetting (L13)
 //!
@@ -30,17 +39,21 @@
 //!
 //! Closures and streams are dropped when the last snapshot holding them is released, and a
 //! closure's `Drop` may do anything, including closing a session, which takes registration
-//! locks. So every operation hands the replaced root and the removed entries back to its caller,
-//! who drops them after the mutex is released (`Garbage`).
+//! locks. So every operation hands the replaced snapshot back to its caller, who drops it after
+//! the mutex is released (`Garbage`): it holds the last reference to a removed receiver.
 
-use std::any::{Any, TypeId};
+use std::borrow::Borrow;
+use std::cell::Cell;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
-use super::post::{self, Entry, Group, Receiver, Snapshot};
+pub(crate) use super::post::Kind;
+use super::post::{self, Entry, Group, GroupOps, Receiver, Receivers, Removed, Snapshot};
 use crate::message::Message;
 use crate::stats::{Counters, Tally};
 use crate::trie::Trie;
@@ -95,11 +108,8 @@ impl Records {
         if self.list.len() < self.prune_at {
             return;
         }
-        self.list.retain(|(id, topic)| {
-            topic
-                .upgrade()
-                .is_some_and(|topic| topic.writer.lock().contains(*id))
-        });
+        self.list
+            .retain(|(id, topic)| topic.upgrade().is_some_and(|topic| topic.contains(*id)));
         self.prune_at = (2 * self.list.len()).max(4);
     }
 }
@@ -120,148 +130,117 @@ impl Owner {
     }
 }
 
-/// What `receiver` is.
-fn kind_of<M>(receiver: &Receiver<M>) -> Kind {
-    match receiver {
-        Receiver::Listener(_) => Kind::Listener,
-        Receiver::Stream(_) => Kind::Stream,
-    }
-}
-
-/// What a registration is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Listener,
-    Stream,
-}
-
-/// Values to drop once the registration lock is released: a replaced snapshot and removed
-/// receivers (closures and stream sinks of the user's types).
+/// A replaced snapshot, to drop once the registration lock is released: the last reference to
+/// a removed receiver (a closure or stream sink of the user's types) may be in it.
 #[must_use = "drop garbage only after the registration lock is released"]
-#[derive(Default)]
-struct Garbage {
-    _snapshot: Option<Arc<Snapshot>>,
-    _removed: Vec<Box<dyn Any + Send>>,
-}
+struct Garbage(Option<Arc<Snapshot>>);
 
 /// One interned channel.
 pub(crate) struct Topic {
-    name: Arc<str>,
-    /// The published snapshot: all the post path reads.
+    name: Box<str>,
+    /// The published snapshot: all the post path reads, and, under `writer`, what the next
+    /// registration change starts from (the channel keeps no other copy of its receivers).
     subscribers: ArcSwapOption<Snapshot>,
     writer: Mutex<Writer>,
 }
 
+/// The writer's own state, under the topic's lock: the number of live handles, or
+/// [`Writer::FORGOTTEN`]. Whether the topic has receivers is whether it has a snapshot.
 #[derive(Default)]
 struct Writer {
-    /// One per message type with at least one receiver: empty when the topic has none.
-    groups: Vec<Box<dyn ErasedGroup>>,
     handles: usize,
-    forgotten: bool,
-}
-
-/// The writer's side of one message type's receivers.
-struct GroupWriter<M> {
-    trie: Trie<Entry<M>>,
-    streams: usize,
-}
-
-/// [`GroupWriter`] with its message type erased, so one channel can hold several.
-trait ErasedGroup: Send {
-    fn message(&self) -> TypeId;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn len(&self) -> usize;
-    fn streams(&self) -> usize;
-    fn contains(&self, id: u64) -> bool;
-    /// Removes receiver `id` (only if it is of kind `only`, when given); returns its kind and
-    /// the receiver, boxed, for [`Garbage`].
-    fn remove(&mut self, id: u64, only: Option<Kind>) -> Option<(Kind, Box<dyn Any + Send>)>;
-    /// Repacks a sparse trie.
-    fn repack_if_sparse(&mut self);
-    fn publish(&self) -> Option<Group>;
-}
-
-impl<M: Message> ErasedGroup for GroupWriter<M> {
-    fn message(&self) -> TypeId {
-        TypeId::of::<M>()
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn len(&self) -> usize {
-        self.trie.len()
-    }
-
-    fn streams(&self) -> usize {
-        self.streams
-    }
-
-    fn contains(&self, id: u64) -> bool {
-        self.trie.get_by(id, |entry| entry.id).is_some()
-    }
-
-    fn remove(&mut self, id: u64, only: Option<Kind>) -> Option<(Kind, Box<dyn Any + Send>)> {
-        let entry = self.trie.remove_by(
-            id,
-            |entry| entry.id,
-            |entry| only.is_none_or(|kind| kind == kind_of(&entry.receiver)),
-        )?;
-        let kind = kind_of(&entry.receiver);
-        if kind == Kind::Stream {
-            self.streams -= 1;
-        }
-        Some((kind, Box::new(entry)))
-    }
-
-    fn repack_if_sparse(&mut self) {
-        if self.trie.should_repack() {
-            self.trie.repack();
-        }
-    }
-
-    fn publish(&self) -> Option<Group> {
-        let root = self.trie.root()?;
-        Some(Group {
-            root,
-            len: self.trie.len(),
-            streams: self.streams,
-            wire: post::deliver_wire::<M>,
-        })
-    }
 }
 
 impl Writer {
-    fn group_mut<M: Message>(&mut self) -> &mut GroupWriter<M> {
-        let at = match self
-            .groups
-            .iter()
-            .position(|g| g.message() == TypeId::of::<M>())
-        {
-            Some(at) => at,
-            None => {
-                // Exact growth from empty: most topics hold one message type.
-                self.groups.reserve_exact(1);
-                self.groups.push(Box::new(GroupWriter::<M> {
-                    trie: Trie::default(),
-                    streams: 0,
-                }));
-                self.groups.len() - 1
-            }
-        };
-        match self.groups[at].as_any_mut().downcast_mut() {
-            Some(group) => group,
-            None => unreachable!("groups are found by their message type"),
+    /// The topic was forgotten (L13); no handle count reaches it (each handle is an `Arc`
+    /// clone, whose count stops at `isize::MAX`).
+    const FORGOTTEN: usize = usize::MAX;
+
+    fn is_forgotten(&self) -> bool {
+        self.handles == Writer::FORGOTTEN
+    }
+}
+
+/// The [`GroupOps`] of message type `M`: a table per type, in static memory.
+struct Ops<M>(PhantomData<M>);
+
+impl<M: Message> Ops<M> {
+    const OPS: &'static GroupOps = &GroupOps {
+        wire: post::deliver_wire::<M>,
+        counts: counts::<M>,
+        remove: remove::<M>,
+        contains: contains::<M>,
+    };
+}
+
+/// The group of `receivers`.
+fn group_of<M: Message>(receivers: Receivers<M>) -> Group {
+    Group {
+        receivers: Arc::new(receivers),
+        ops: Ops::<M>::OPS,
+    }
+}
+
+/// `group`'s receivers, whose type its operations know.
+fn receivers_of<M: Message>(group: &Group) -> &Receivers<M> {
+    match group.receivers.downcast_ref() {
+        Some(receivers) => receivers,
+        None => unreachable!("a group's operations are those of its type"),
+    }
+}
+
+fn counts<M: Message>(group: &Group) -> (usize, usize) {
+    let receivers = receivers_of::<M>(group);
+    (receivers.trie.len(), receivers.streams)
+}
+
+fn contains<M: Message>(group: &Group, id: u64) -> bool {
+    let receivers = receivers_of::<M>(group);
+    receivers.trie.get_by(id, |entry| entry.id).is_some()
+}
+
+fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Removed> {
+    let receivers = receivers_of::<M>(group);
+    let (rest, entry) = receivers.trie.removed_by(
+        id,
+        |entry| entry.id,
+        |entry| only.is_none_or(|kind| kind == entry.receiver.kind()),
+    )?;
+    // `entry` is a clone: the receiver itself is released with the replaced snapshot, which
+    // the caller drops after the lock.
+    let kind = entry.receiver.kind();
+    let streams = receivers.streams - usize::from(kind == Kind::Stream);
+    Some((rest.map(|trie| group_of(Receivers { trie, streams })), kind))
+}
+
+/// `snapshot` with `entry` added to the group of its type (a new group, last, if it has none).
+fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Entry<M>) -> Snapshot {
+    let stream = usize::from(entry.receiver.kind() == Kind::Stream);
+    let entry = Cell::new(Some(entry));
+    let groups = snapshot.into_iter().flat_map(Snapshot::groups);
+    let updated = groups.map(|old| match old.receivers.downcast_ref::<Receivers<M>>() {
+        Some(receivers) => {
+            let Some(entry) = entry.take() else {
+                unreachable!("a channel has one group per message type")
+            };
+            group_of(Receivers {
+                trie: receivers.trie.pushed(entry),
+                streams: receivers.streams + stream,
+            })
         }
-    }
-
-    fn contains(&self, id: u64) -> bool {
-        self.groups.iter().any(|group| group.contains(id))
-    }
-
-    fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        Snapshot::new(self.groups.iter().filter_map(|g| g.publish())).map(Arc::new)
+        None => old.clone(),
+    });
+    let added = std::iter::from_fn(|| {
+        entry.take().map(|entry| {
+            group_of(Receivers {
+                trie: Trie::new(entry),
+                streams: stream,
+            })
+        })
+    });
+    match Snapshot::new(updated.chain(added)) {
+        Some(snapshot) => snapshot,
+        None => unreachable!("a snapshot with an entry added has a group"),
     }
 }
 
@@ -291,15 +270,52 @@ impl Topic {
         self.subscribers.load_full()
     }
 
-    /// Publishes the writer's current state; returns the replaced snapshot (garbage).
-    fn publish(&self, writer: &Writer) -> Option<Arc<Snapshot>> {
-        self.subscribers.swap(writer.snapshot())
+    /// Under the topic's lock: publishes `snapshot`; returns the replaced one (garbage).
+    fn publish(&self, _writer: &Writer, snapshot: Option<Snapshot>) -> Garbage {
+        Garbage(self.subscribers.swap(snapshot.map(Arc::new)))
+    }
+
+    /// Whether registration `id` is in effect here. Reads the published snapshot, which only
+    /// the lock holder replaces; a change may follow at once, lock or no lock.
+    fn contains(&self, id: u64) -> bool {
+        let snapshot = self.subscribers.load();
+        (*snapshot).as_deref().is_some_and(|snapshot| {
+            snapshot
+                .groups()
+                .any(|group| (group.ops.contains)(group, id))
+        })
     }
 }
 
+/// A key of the interning table: the topic itself, looked up by its name. The table's entry is
+/// then one pointer, where a name and a topic were two, and the name is stored once, in the
+/// topic.
+struct Interned(Arc<Topic>);
+
+impl Borrow<str> for Interned {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// Hashes as the name does (`Borrow`'s contract: a lookup hashes a `&str`).
+impl Hash for Interned {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name.hash(state);
+    }
+}
+
+impl PartialEq for Interned {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Interned {}
+
 /// The interning table and the gauges that go with it.
 pub(crate) struct Registry {
-    map: papaya::HashMap<Arc<str>, Arc<Topic>, foldhash::fast::RandomState>,
+    map: papaya::HashMap<Interned, (), foldhash::fast::RandomState>,
     pub(crate) counters: Counters,
     /// Set by [`Registry::close`] (bus shutdown): registrations are inert afterwards.
     closed: AtomicBool,
@@ -337,8 +353,8 @@ impl Registry {
     #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
         let map = self.map.pin();
-        match map.get(name) {
-            Some(topic) => topic.post(message, &self.counters),
+        match map.get_key_value(name) {
+            Some((topic, _)) => topic.0.post(message, &self.counters),
             None => {
                 self.counters.record_post(&Tally::default());
                 0
@@ -348,7 +364,10 @@ impl Registry {
 
     /// The live topic of `name`, if any.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.map.pin().get(name).cloned()
+        self.map
+            .pin()
+            .get_key_value(name)
+            .map(|(topic, _)| topic.0.clone())
     }
 
     /// Runs `f` on the live topic of `name` (interning it if needed) with its writer locked.
@@ -358,22 +377,26 @@ impl Registry {
             let topic = match self.get(name) {
                 Some(topic) => topic,
                 None => {
-                    let name: Arc<str> = name.into();
                     let fresh = Arc::new(Topic {
-                        name: name.clone(),
+                        name: name.into(),
                         subscribers: ArcSwapOption::empty(),
                         writer: Mutex::default(),
                     });
-                    let map = self.map.pin();
-                    let topic = map.get_or_insert(name, fresh.clone()).clone();
-                    if Arc::ptr_eq(&topic, &fresh) {
-                        self.counters.channels.fetch_add(1, Relaxed);
+                    if self
+                        .map
+                        .pin()
+                        .try_insert(Interned(fresh.clone()), ())
+                        .is_err()
+                    {
+                        // Another registration interned the name first: use its topic.
+                        continue;
                     }
-                    topic
+                    self.counters.channels.fetch_add(1, Relaxed);
+                    fresh
                 }
             };
             let mut writer = topic.writer.lock();
-            if !writer.forgotten {
+            if !writer.is_forgotten() {
                 return f(&topic, &mut writer);
             }
         }
@@ -439,18 +462,14 @@ impl Registry {
             if self.is_closed() {
                 return (id, Err(receiver));
             }
-            let kind = kind_of(&receiver);
-            if writer.groups.is_empty() {
+            let kind = receiver.kind();
+            let current = topic.subscribers.load_full();
+            if current.is_none() {
                 self.receivers_changed(topic, true);
             }
-            let group = writer.group_mut::<M>();
-            group.streams += usize::from(kind == Kind::Stream);
-            group.trie.push(Entry { id, receiver });
+            let snapshot = with_entry(current.as_deref(), Entry { id, receiver });
             self.gauge(kind).fetch_add(1, Relaxed);
-            let garbage = Garbage {
-                _snapshot: topic.publish(writer),
-                _removed: Vec::new(),
-            };
+            let garbage = topic.publish(writer, Some(snapshot));
             (id, Ok((garbage, topic.clone())))
         });
         // The garbage is dropped here, after `with_topic` released the lock.
@@ -467,26 +486,27 @@ impl Registry {
     /// returns its kind, `None` when unknown.
     fn unsubscribe(&self, topic: &Topic, id: u64, only: Option<Kind>) -> Option<Kind> {
         let mut writer = topic.writer.lock();
-        let groups = &mut writer.groups;
-        let (at, (kind, removed)) = groups
-            .iter_mut()
+        let current = topic.subscribers.load_full()?;
+        let (at, (rest, kind)) = current
+            .groups()
             .enumerate()
-            .find_map(|(at, group)| Some((at, group.remove(id, only)?)))?;
-        groups[at].repack_if_sparse();
-        if groups[at].len() == 0 {
-            groups.swap_remove(at);
-        }
-        if groups.is_empty() {
+            .find_map(|(at, group)| Some((at, (group.ops.remove)(group, id, only)?)))?;
+        let mut rest = Some(rest);
+        let snapshot = Snapshot::new(current.groups().enumerate().filter_map(|(other, group)| {
+            match other == at {
+                true => rest.take().flatten(),
+                false => Some(group.clone()),
+            }
+        }));
+        if snapshot.is_none() {
             self.receivers_changed(topic, false);
         }
         self.gauge(kind).fetch_sub(1, Relaxed);
-        let garbage = Garbage {
-            _snapshot: topic.publish(&writer),
-            _removed: vec![removed],
-        };
+        let garbage = topic.publish(&writer, snapshot);
         self.forget_if_unused(topic, &mut writer);
         drop(writer);
         drop(garbage);
+        drop(current);
         Some(kind)
     }
 
@@ -518,26 +538,21 @@ impl Registry {
             .map
             .pin()
             .iter()
-            .map(|(_, topic)| topic.clone())
+            .map(|(topic, _)| topic.0.clone())
             .collect();
         for topic in topics {
             let mut writer = topic.writer.lock();
-            let groups = std::mem::take(&mut writer.groups);
-            if !groups.is_empty() {
+            let garbage = topic.publish(&writer, None);
+            if let Some(snapshot) = &garbage.0 {
                 self.receivers_changed(&topic, false);
+                for group in snapshot.groups() {
+                    let (len, streams) = (group.ops.counts)(group);
+                    self.counters.streams.fetch_sub(streams as u64, Relaxed);
+                    self.counters
+                        .listeners
+                        .fetch_sub((len - streams) as u64, Relaxed);
+                }
             }
-            for group in &groups {
-                let streams = group.streams() as u64;
-                self.counters.streams.fetch_sub(streams, Relaxed);
-                self.counters
-                    .listeners
-                    .fetch_sub(group.len() as u64 - streams, Relaxed);
-            }
-            let groups: Box<dyn Any + Send> = Box::new(groups);
-            let garbage = Garbage {
-                _snapshot: topic.publish(&writer),
-                _removed: vec![groups],
-            };
             self.forget_if_unused(&topic, &mut writer);
             drop(writer);
             drop(garbage);
@@ -546,10 +561,11 @@ impl Registry {
 
     /// Under `topic`'s lock: forgets the topic when nothing holds it any more (L13).
     fn forget_if_unused(&self, topic: &Topic, writer: &mut Writer) {
-        if writer.groups.is_empty() && writer.handles == 0 && !writer.forgotten {
-            writer.forgotten = true;
+        if writer.handles == 0 && topic.subscribers.load().is_none() {
+            writer.handles = Writer::FORGOTTEN;
             let map = self.map.pin();
-            if let Ok(Some(_)) = map.remove_if(&*topic.name, |_, live| std::ptr::eq(&**live, topic))
+            if let Ok(Some(_)) =
+                map.remove_if(&*topic.name, |live, _| std::ptr::eq(&*live.0, topic))
             {
                 self.counters.channels.fetch_sub(1, Relaxed);
             }
@@ -599,6 +615,45 @@ mod tests {
             let left = registered.len() - at - 1;
             assert_eq!(registry.counters.listeners.load(Relaxed), left as u64);
         }
+        assert!(registry.get("c").is_none());
+    }
+
+    /// A channel with receivers of three message types: each post reaches its type's
+    /// receivers and counts the others as mismatches (L05), whatever group a removal empties
+    /// (the first, one in the middle of the list, the last).
+    #[test]
+    fn several_message_types_share_a_channel() {
+        let registry = Registry::new(None);
+        let ids = AtomicU64::new(1);
+        let register = |receiver| {
+            let (id, topic) = registry.register::<u64>("c", &ids, receiver, None);
+            (id, topic.ok().unwrap())
+        };
+        let (a, topic) = register(listener());
+        let (b, _) = registry.register::<String>(
+            "c",
+            &ids,
+            Receiver::Listener(Arc::new(|_: &String| {})),
+            None,
+        );
+        let (c, _) =
+            registry.register::<u8>("c", &ids, Receiver::Listener(Arc::new(|_: &u8| {})), None);
+        let (d, _) = register(listener());
+        let post = |message: u64| post::deliver(&topic.snapshot().unwrap(), message);
+        let tally = post(7);
+        assert_eq!((tally.delivered, tally.mismatches), (2, 2));
+        let tally = post::deliver(&topic.snapshot().unwrap(), 7u8);
+        assert_eq!((tally.delivered, tally.mismatches), (1, 3));
+        assert!(registry.remove(&topic, b, Kind::Listener));
+        let tally = post(7);
+        assert_eq!((tally.delivered, tally.mismatches), (2, 1));
+        assert!(registry.remove(&topic, a, Kind::Listener));
+        assert!(registry.remove(&topic, d, Kind::Listener));
+        let tally = post(7);
+        assert_eq!((tally.delivered, tally.mismatches), (0, 1));
+        assert!(topic.contains(c) && !topic.contains(a));
+        assert!(registry.remove(&topic, c, Kind::Listener));
+        assert!(topic.snapshot().is_none());
         assert!(registry.get("c").is_none());
     }
 

@@ -5,10 +5,14 @@
 //! Producers are posting threads (any number), the consumer is the stream. The buffer is
 //! crossbeam's `SegQueue`, an MPMC queue (lock-free but for the waits under
 //! [Progress](#progress)) made of 31-slot blocks allocated on demand and freed as they are
-//! consumed, so an idle stream holds no buffer at all and a busy one holds
-//! what it buffers, not its capacity. A separate counter `len` bounds it:
+//! consumed, so a busy stream holds what it buffers, not its capacity. The queue itself, its
+//! head and tail (each padded to 128 bytes: 256 bytes), is allocated by the stream's first
+//! push and installed in a `once_cell::race::OnceBox`, so a stream that never received a
+//! message holds none of it; once installed, it stays until the stream is dropped. A separate
+//! counter `len` bounds the buffer:
 //!
-//! - push: `queue.push(m)`, then `len.fetch_add(1)`; if `len` already held the capacity, the
+//! - push: get the queue (install it, on the first push), `queue.push(m)`, then
+//!   `len.fetch_add(1)`; if `len` already held the capacity, the
 //!   producer pops the *oldest* message itself, counts it in `missed` (L11) and decrements
 //!   `len`. Every pushed message is popped exactly once, by the consumer (yielded) or by a
 //!   producer (missed): yielded + missed == pushed. While pushes race, the bound is
@@ -22,7 +26,8 @@
 //!   `fetch_add` and wakes only a parked consumer (one `swap`), so a stream that is being
 //!   drained costs producers no wake-up at all. Every update of `len` is an `AcqRel`
 //!   read-modify-write, so `len`'s modification order decides: a push counted before the
-//!   re-check happens-before it, and the pop finds the message (or a producer evicted it); a
+//!   re-check happens-before it (its installation of the queue too, if it was the first), and
+//!   the pop finds the message (or a producer evicted it); a
 //!   push counted after it acquires the consumer's `parked` store, finds the flag set and wakes
 //!   the consumer. The consumer never waits for an evicting producer to finish. (`parked`
 //!   itself needs no ordering. The argument uses no `SeqCst` total order, which loom does not
@@ -35,6 +40,12 @@
 //!   released), one after it wakes the consumer.
 //!
 //! # Progress
+//!
+//! Getting the queue is one `Acquire` load once it is installed. Before that, a push allocates
+//! a queue and installs it with one compare-and-swap from null; a push whose CAS fails, because
+//! another push installed one first, frees its own and uses that one: no push waits for another
+//! there, and the consumer, finding none, has nothing to pop. (A `OnceLock` would make racing
+//! first pushes wait for the one initializing it.)
 //!
 //! A push is lock-free except in two windows, both inside `SegQueue`, where it waits for
 //! another thread. A `SegQueue` push reserves a slot with a CAS on the tail (retried only when
@@ -55,8 +66,8 @@
 //!   another eviction's).
 //!
 //! The rest of a push is wait-free: `fetch_add`s, a load, and, for a parked consumer, one
-//! `swap` and an `AtomicWaker` wake that never waits. Besides, a push allocates a block once
-//! per 31 messages (the allocator's guarantee), and waking a parked consumer calls its
+//! `swap` and an `AtomicWaker` wake that never waits. Besides, a push allocates: the queue on a
+//! stream's first push, and a block once per 31 messages (the allocator's guarantee), and waking a parked consumer calls its
 //! executor's `Waker`, which is the executor's business: tokio's takes its scheduler's mutex
 //! when woken from outside the runtime's workers. The consumer's pops wait for producers as
 //! above; the consumer never waits for an evicting producer (see wake).
@@ -68,13 +79,16 @@ use std::task::{Context, Poll};
 
 use crossbeam_queue::SegQueue;
 use futures_core::Stream;
+use once_cell::race::OnceBox;
 
 use crate::error::BusError;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering::*};
 
 /// What the stream and its sink share.
 struct Buffer<M> {
-    queue: SegQueue<Arc<M>>,
+    /// Allocated by the first push (see the module docs): a `SegQueue` is 256 bytes of
+    /// cache-padded head and tail, which an idle stream does not need.
+    queue: OnceBox<SegQueue<Arc<M>>>,
     len: AtomicUsize,
     capacity: usize,
     missed: AtomicU64,
@@ -109,10 +123,11 @@ impl<M> StreamSink<M> {
     #[inline]
     pub(crate) fn push(&self, message: Arc<M>) -> bool {
         let shared = &*self.0;
-        shared.queue.push(message);
+        let queue = shared.queue.get_or_init(|| Box::new(SegQueue::new()));
+        queue.push(message);
         let mut dropped = false;
         if is_full(shared.len.fetch_add(1, AcqRel), shared.capacity) {
-            if let Some(oldest) = shared.queue.pop() {
+            if let Some(oldest) = queue.pop() {
                 shared.len.fetch_sub(1, AcqRel);
                 shared.missed.fetch_add(1, Relaxed);
                 dropped = true;
@@ -177,7 +192,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
     pub(crate) fn new(capacity: usize) -> (Arc<StreamSink<M>>, Self) {
         let shared = Arc::new(Buffer {
-            queue: SegQueue::new(),
+            queue: OnceBox::new(),
             len: AtomicUsize::new(0),
             capacity,
             missed: AtomicU64::new(0),
@@ -221,7 +236,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     }
 
     fn pop(&self) -> Option<Arc<M>> {
-        let message = self.shared.queue.pop()?;
+        let message = self.shared.queue.get()?.pop()?;
         self.shared.len.fetch_sub(1, AcqRel);
         Some(message)
     }
@@ -322,8 +337,9 @@ impl<M> std::fmt::Debug for MessageStream<M> {
 
 /// Models of the handshake, run by `RUSTFLAGS="--cfg evbus_loom" cargo test --lib loom_`.
 ///
-/// They run the real `push`, `poll_next` and sink drop. loom cannot see inside `SegQueue`: to
-/// it a queue push or pop is one step, in one global order. So these check the handshake's own
+/// They run the real `push`, `poll_next` and sink drop. loom cannot see inside `SegQueue`, nor
+/// the `OnceBox` that holds it: to it installing the queue, a queue push or a pop is one step,
+/// in one global order. So these check the handshake's own
 /// atomics (`len`, `parked`, `closed` and the waker), not the queue's orderings.
 #[cfg(all(test, evbus_loom))]
 mod loom_tests {
