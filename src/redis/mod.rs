@@ -201,7 +201,7 @@ impl Transport for RedisTransport {
     /// `Backpressure` when `outage_buffer` posts are already waiting (G07).
     fn broadcast(&self, channel: &str, message: Vec<u8>) -> Result<Ticket, PostError> {
         let state = &self.state;
-        let channel = state.redis_channel(channel);
+        let channel = state.redis_channel_shared(channel);
         // On a cluster, the budget of the channel's master: one that is unreachable fills
         // only its own.
         let budget = state.budget_of(&channel);
@@ -338,7 +338,12 @@ impl Closing {
         self.abort();
         state.progress.send_modify(|p| p.abandoned = true);
         let unsettled = state.waiting().0;
-        let unknown = state.sending.lock().len() as u64;
+        let unknown: u64 = state
+            .sending
+            .lock()
+            .values()
+            .map(|tickets| tickets.len() as u64)
+            .sum();
         let not_sent = unsettled.saturating_sub(unknown);
         if unsettled == 0 {
             tracing::info!(target: "evbus", "shutting down: every global post was acknowledged");

@@ -135,8 +135,8 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                 .drain(..)
                 .map(|post| Command {
                     charges: vec![(post.budget, 1, post.bytes.len() as u64)],
-                    outbound: Outbound::new(post.channel, post.bytes),
-                    tickets: vec![post.ticket],
+                    outbound: Outbound::new(post.channel.to_string(), post.bytes),
+                    tickets: Arc::new([post.ticket]),
                 })
                 .collect(),
             WireFormat::Native => native(&state, &mut batch, &mut quiet),
@@ -146,7 +146,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
         while let Some((channel, bytes)) = state.control.pop() {
             commands.push(Command {
                 outbound: Outbound::new(channel, bytes),
-                tickets: Vec::new(),
+                tickets: Arc::new([]),
                 charges: Vec::new(),
             });
         }
@@ -272,7 +272,7 @@ type Keep<'a> = dyn FnMut(&Origin, &str, u64, u64, &[u8]) + 'a;
 /// One PUBLISH and the tickets it carries.
 pub(super) struct Command {
     pub(super) outbound: Outbound,
-    pub(super) tickets: Vec<u64>,
+    pub(super) tickets: Arc<[u64]>,
     /// What its posts take of their outage budgets: (budget, posts, bytes), one entry per
     /// run of posts with the same budget (one, but across a move of the channel's slot).
     pub(super) charges: Vec<(u8, u64, u64)>,
@@ -289,17 +289,25 @@ fn frames(
     max: usize,
     keep: &mut Keep<'_>,
 ) -> Vec<Command> {
-    // Group by channel, keeping first-seen order of channels and post order within each.
-    let mut order: Vec<(String, Vec<Outgoing>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    // Group by channel, keeping first-seen order of channels and post order within each. A
+    // post to the channel of the post before it (the same shared name, mostly) is not hashed.
+    let mut order: Vec<(Arc<str>, Vec<Outgoing>)> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut last = usize::MAX;
     for post in batch.drain(..) {
-        match index.get(&post.channel) {
-            Some(&at) => order[at].1.push(post),
-            None => {
-                index.insert(post.channel.clone(), order.len());
-                order.push((post.channel.clone(), vec![post]));
-            }
-        }
+        let at = match order.get(last) {
+            Some((channel, _)) if Arc::ptr_eq(channel, &post.channel) => last,
+            _ => match index.get(&post.channel) {
+                Some(&at) => at,
+                None => {
+                    index.insert(post.channel.clone(), order.len());
+                    order.push((post.channel.clone(), Vec::new()));
+                    order.len() - 1
+                }
+            },
+        };
+        order[at].1.push(post);
+        last = at;
     }
     let mut commands = Vec::new();
     // One clock read per batch: its frames are written together and sent in one write.
@@ -333,7 +341,7 @@ fn frames(
             keys.seal(&mut bytes);
             keep(&sequencer.origin, &channel, first_seq, count as u64, &bytes);
             commands.push(Command {
-                outbound: Outbound::new(channel.clone(), bytes),
+                outbound: Outbound::new(channel.to_string(), bytes),
                 tickets: now.iter().map(|post| post.ticket).collect(),
                 charges: charges(now),
             });
@@ -382,10 +390,12 @@ pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// answers, their Deliveries say that they may or may not have reached it
 /// (`State::outcome`).
 fn sending(state: &State, commands: &[Command]) {
-    state
-        .sending
-        .lock()
-        .extend(commands.iter().flat_map(|c| c.tickets.iter().copied()));
+    let mut sending = state.sending.lock();
+    for command in commands {
+        if let Some(&first) = command.tickets.first() {
+            sending.insert(first, command.tickets.clone());
+        }
+    }
 }
 
 /// Settles what Redis answered for in one write of `commands` (acknowledged, or refused
@@ -403,6 +413,8 @@ pub(super) fn account(
         commands.iter().map(|c| c.tickets.len()).sum(),
     );
     let mut settled = Vec::new();
+    // The `sending` keys of the commands answered.
+    let mut answered = Vec::new();
     let mut charges = Vec::new();
     let mut refused = Vec::new();
     let mut retry = Vec::new();
@@ -412,8 +424,9 @@ pub(super) fn account(
             Err(Failure::Retry) => retry.push(command),
             Err(Failure::Moved(to)) => moved.push((to, command)),
             Ok(()) => {
+                answered.extend(command.tickets.first().copied());
                 charges.extend(command.charges);
-                settled.extend(command.tickets);
+                settled.extend_from_slice(&command.tickets);
             }
             Err(Failure::Refused(reason)) => {
                 tracing::warn!(
@@ -424,20 +437,23 @@ pub(super) fn account(
                     "Redis refused a PUBLISH; its posts' Deliveries fail with the reason"
                 );
                 refused.extend(command.tickets.iter().map(|&t| (t, reason.clone())));
+                answered.extend(command.tickets.first().copied());
                 charges.extend(command.charges);
-                settled.extend(command.tickets);
+                settled.extend_from_slice(&command.tickets);
             }
         }
     }
-    settle(state, settled, charges, refused);
+    settle(state, settled, &answered, charges, refused);
     (retry, moved)
 }
 
-/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason; gives
-/// back what their posts took of their outage budgets (`charges`).
+/// Settles tickets Redis answered for: acknowledged, or `refused` with its reason; takes
+/// their commands (by their `answered` keys) out of `sending`; gives back what their posts
+/// took of their outage budgets (`charges`).
 fn settle(
     state: &State,
     settled: Vec<u64>,
+    answered: &[u64],
     charges: Vec<(u8, u64, u64)>,
     refused: Vec<(u64, Reason)>,
 ) {
@@ -449,8 +465,8 @@ fn settle(
     }
     {
         let mut sending = state.sending.lock();
-        for ticket in &settled {
-            sending.remove(ticket);
+        for key in answered {
+            sending.remove(key);
         }
     }
     state.release(charges);
@@ -484,7 +500,7 @@ mod tests {
             HEADER_LEN + 200,
             &mut |_, _, _, _, _| {},
         );
-        let tickets: Vec<Vec<u64>> = commands.iter().map(|c| c.tickets.clone()).collect();
+        let tickets: Vec<Vec<u64>> = commands.iter().map(|c| c.tickets.to_vec()).collect();
         assert_eq!(tickets, vec![vec![1, 3], vec![4], vec![2]]);
         assert_eq!(sequencer.next("a", 1), 4);
         assert_eq!(sequencer.next("b", 1), 2);

@@ -24,8 +24,8 @@ use crate::wire::frame::Origin;
 
 /// A post waiting for the publisher.
 pub(crate) struct Outgoing {
-    /// The Redis channel: namespace and name.
-    pub(crate) channel: String,
+    /// The Redis channel: namespace and name ([`State::redis_channel_shared`]).
+    pub(crate) channel: Arc<str>,
     /// A Native record, or a whole Serverpod payload.
     pub(crate) bytes: Vec<u8>,
     pub(crate) ticket: u64,
@@ -100,6 +100,8 @@ pub(crate) enum Change {
 pub(crate) struct State {
     pub(super) codec: Arc<Codec>,
     pub(super) namespace: String,
+    /// Tells this state from every other one in the process (a per-thread cache's key).
+    id: u64,
     pub(super) outage_buffer: u64,
     pub(super) events: Arc<EventHub>,
 
@@ -121,7 +123,10 @@ pub(crate) struct State {
     /// Which tickets are settled (the watermark `progress` publishes, and those ahead of it).
     pub(super) settler: Mutex<Settler>,
     /// The tickets of the batch the publisher is writing, until Redis answered for all.
-    pub(super) sending: Mutex<foldhash::HashSet<u64>>,
+    ///
+    /// Per command: its first ticket, and all of them (shared with the command), so that
+    /// writing and settling a frame of many posts costs one entry, not one per post.
+    pub(super) sending: Mutex<foldhash::HashMap<u64, Arc<[u64]>>>,
     /// Tickets Redis refused, with its answer (rare: ACL errors and the like), until their
     /// `Delivery` has read it or is dropped: bounded by the Deliveries the user holds.
     pub(super) refused: Mutex<foldhash::HashMap<u64, Reason>>,
@@ -183,9 +188,11 @@ impl State {
     ) -> (State, mpsc::UnboundedReceiver<Change>) {
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let namespace_for_control = namespace.clone();
+        static STATES: AtomicU64 = AtomicU64::new(0);
         let state = State {
             codec,
             namespace,
+            id: STATES.fetch_add(1, Relaxed),
             outage_buffer: outage_buffer as u64,
             events,
             queue: SegQueue::new(),
@@ -270,6 +277,30 @@ impl State {
         channel.push_str(&self.namespace);
         channel.push_str(name);
         channel
+    }
+
+    /// [`State::redis_channel`], shared: a thread that posts to the channel it posted to
+    /// last gets the same `Arc` again (a count increment), not a new string. A string made
+    /// on the posting thread and freed on the publisher's costs an allocation on one core and
+    /// a free on another, which glibc's allocator answers slowly: per global post this was
+    /// one of the two largest costs on the posting side.
+    pub(super) fn redis_channel_shared(&self, name: &str) -> Arc<str> {
+        thread_local! {
+            /// The last (state, name, Redis channel) this thread posted to.
+            static LAST: std::cell::RefCell<Option<(u64, Box<str>, Arc<str>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((id, cached, channel)) = &*last {
+                if *id == self.id && **cached == *name {
+                    return channel.clone();
+                }
+            }
+            let channel: Arc<str> = self.redis_channel(name).into();
+            *last = Some((self.id, name.into(), channel.clone()));
+            channel
+        })
     }
 
     /// Called by the registry, under the channel's lock, when `name` gets its first receiver
@@ -442,11 +473,12 @@ impl State {
             .await
             .is_ok_and(|p| p.acked >= ticket);
         if !settled && !self.settler.lock().is_settled(ticket) {
-            let text = if self.sending.lock().contains(&ticket) {
-                UNKNOWN
-            } else {
-                NOT_SENT
-            };
+            let in_flight = self
+                .sending
+                .lock()
+                .values()
+                .any(|tickets| tickets.contains(&ticket));
+            let text = if in_flight { UNKNOWN } else { NOT_SENT };
             return Err(PostError::Redis(text.into()));
         }
         match self.take_refusal(ticket) {

@@ -213,6 +213,9 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
     }
 
     let mut records = Vec::with_capacity(record_capacity(count, bytes.len()));
+    // The class of the record before: a frame's records are mostly of one class, and a
+    // comparison of a few bytes is cheaper than checking them as UTF-8 again.
+    let mut previous: Option<&str> = None;
     for record in 0..count {
         let class_len = cursor
             .array::<2>()
@@ -221,9 +224,16 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
         let class = cursor
             .slice(class_len)
             .ok_or_else(|| cursor.truncated(record, "class name", class_len))?;
-        let class = match std::str::from_utf8(class) {
+        let class = match previous.filter(|previous| previous.as_bytes() == class) {
+            Some(same) => Ok(same),
+            None => std::str::from_utf8(class),
+        };
+        let class = match class {
             Ok("") => return Err(DecodeError::EmptyClass { record }),
-            Ok(class) => class,
+            Ok(class) => {
+                previous = Some(class);
+                class
+            }
             Err(error) => {
                 return Err(DecodeError::ClassNotUtf8 {
                     record,
