@@ -285,10 +285,11 @@ impl State {
     /// a free on another, which glibc's allocator answers slowly: per global post this was
     /// one of the two largest costs on the posting side.
     pub(super) fn redis_channel_shared(&self, name: &str) -> Arc<str> {
+        /// A state's id, a channel name, and its Redis channel.
+        type Named = (u64, Box<str>, Arc<str>);
         thread_local! {
-            /// The last (state, name, Redis channel) this thread posted to.
-            static LAST: std::cell::RefCell<Option<(u64, Box<str>, Arc<str>)>> =
-                const { std::cell::RefCell::new(None) };
+            /// The last channel this thread posted to.
+            static LAST: std::cell::RefCell<Option<Named>> = const { std::cell::RefCell::new(None) };
         }
         LAST.with(|last| {
             let mut last = last.borrow_mut();
