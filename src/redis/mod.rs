@@ -206,15 +206,19 @@ impl Transport for RedisTransport {
         // only its own.
         let budget = state.budget_of(&channel);
         let counted = &state.budgets[usize::from(budget)];
-        if counted.posts.fetch_add(1, SeqCst) >= state.outage_buffer {
-            counted.posts.fetch_sub(1, AcqRel);
+        // Taken first, then compared with what was given back: a refused post gives back
+        // what it took, so both counts only grow.
+        let bytes = message.len() as u64;
+        let taken = counted.taken.posts.fetch_add(1, SeqCst);
+        if taken.saturating_sub(counted.released.posts.load(Acquire)) >= state.outage_buffer {
+            state.release([(budget, 1, 0)]);
             state.backpressure(counted, &channel, true);
             return Err(PostError::Backpressure);
         }
         // The byte bound; one post is always taken, so that a bound below the largest
         // message does not refuse everything.
-        let bytes = message.len() as u64;
-        let before = counted.bytes.fetch_add(bytes, AcqRel);
+        let before = counted.taken.bytes.fetch_add(bytes, AcqRel);
+        let before = before.saturating_sub(counted.released.bytes.load(Acquire));
         if before > 0 && before + bytes > state.outage_buffer_bytes {
             state.release([(budget, 1, bytes)]);
             state.backpressure(counted, &channel, true);
@@ -234,7 +238,6 @@ impl Transport for RedisTransport {
             ticket: number,
             budget,
         });
-        state.posted.fetch_add(1, Relaxed);
         publisher::wake(state);
         Ok(Ticket {
             number,
@@ -292,7 +295,7 @@ impl Transport for RedisTransport {
 
     fn fill(&self, stats: &mut Stats) {
         let s = &self.state;
-        stats.global_posted = s.posted.load(Relaxed);
+        stats.global_posted = s.tickets.load(Relaxed) - 1;
         stats.global_batches = s.batches.load(Relaxed);
         stats.global_received = s.received.load(Relaxed);
         stats.global_decode_errors = s.decode_errors.load(Relaxed);

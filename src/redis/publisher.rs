@@ -81,7 +81,7 @@ pub(super) fn request_repair(state: &State, origin: &Origin, channel: &str, from
 /// Wakes the publisher if it sleeps. Called after every push.
 #[inline]
 pub(super) fn wake(state: &State) {
-    wake_parked(&state.publisher_parked, &state.publisher_waker);
+    wake_parked(&*state.publisher_parked, &state.publisher_waker);
 }
 
 /// Step 1, the poster's half: after its push, wakes the publisher if it finds its flag set.
@@ -247,7 +247,7 @@ impl Quiet {
 /// then moves up to [`MAX_BATCH`] posts into `batch`.
 async fn next_batch(state: &State, batch: &mut Vec<Outgoing>, until: Option<Instant>) {
     let queued = poll_fn(|cx| {
-        poll_parked(&state.publisher_parked, &state.publisher_waker, cx, || {
+        poll_parked(&*state.publisher_parked, &state.publisher_waker, cx, || {
             !state.queue.is_empty() || !state.control.is_empty()
         })
     });

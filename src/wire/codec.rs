@@ -161,7 +161,7 @@ impl Codec {
         };
         match named {
             Some(name) => name,
-            None => default_class_name(std::any::type_name::<M>()),
+            None => default_class_of::<M>(),
         }
     }
 
@@ -192,7 +192,7 @@ impl Codec {
             return Ok(());
         }
         let name = std::any::type_name::<M>();
-        if default_class_name(name) != class {
+        if default_class_of::<M>() != class {
             return Ok(());
         }
         let me = Claimant {
@@ -352,6 +352,23 @@ fn decode<'a, T: Deserialize<'a>>(payload: Payload<'a>) -> Result<T, String> {
         Payload::Native(bytes) => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
         Payload::Json(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
     }
+}
+
+/// [`default_class_name`] of `M`, remembered per thread for the type it was last asked for:
+/// a thread that posts or receives one type asks for it on every message.
+fn default_class_of<M: 'static>() -> &'static str {
+    thread_local! {
+        static LAST: Cell<Option<(TypeId, &'static str)>> = const { Cell::new(None) };
+    }
+    let id = TypeId::of::<M>();
+    LAST.with(|last| match last.get() {
+        Some((cached, class)) if cached == id => class,
+        _ => {
+            let class = default_class_name(std::any::type_name::<M>());
+            last.set(Some((id, class)));
+            class
+        }
+    })
 }
 
 /// `app::models::UserUpdate<T>` becomes `UserUpdate`.
