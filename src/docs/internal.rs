@@ -23,6 +23,7 @@
 //! | `redis/mod.rs` | the Redis transport: broadcast, tickets, flush, shutdown |
 //! | `redis/state.rs` | what the post path, the tasks and every `Delivery` share; link events |
 //! | `redis/publisher.rs` | the batching publisher: one task, one pipelined write per batch |
+//! | `redis/command.rs` | a PUBLISH and the posts it carries; settling what Redis answered (shared by the publisher and the lanes) |
 //! | `redis/lanes.rs` | on a cluster, one publishing lane per master: its own connection and outage budget, `MOVED` and failovers followed |
 //! | `redis/ledger.rs` | the origin's sent sequence numbers, and which tickets are settled |
 //! | `redis/subscriber.rs` | subscription changes in order, refused ones found; received frames checked and delivered |

@@ -39,8 +39,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::command::{account, Command, RETRY_PAUSE};
 use super::connection::{self, Failure, Master, Outbound, Redis};
-use super::publisher::{account, Command, RETRY_PAUSE};
 use super::state::{State, MAX_BUDGETS};
 use crate::transport::BoxFuture;
 

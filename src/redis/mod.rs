@@ -40,6 +40,7 @@
 //! under it is sent again; if it had reached Redis after all, receivers drop the copy by its
 //! sequence number (Native format).
 
+mod command;
 mod connection;
 mod dispatch;
 mod holds;
