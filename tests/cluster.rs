@@ -41,6 +41,15 @@ fn channel_per_master(cluster: &RedisCluster, prefix: &str) -> Vec<(usize, Strin
         .collect()
 }
 
+/// Adds the ACL user `limited` (password `pw`), allowed only the channels `pattern` (such as
+/// `&ok:*`), on every node of `cluster`; returns the cluster's URL with that user.
+fn limited_user(cluster: &RedisCluster, pattern: &str) -> String {
+    for node in cluster.running() {
+        node.acl_user("limited", &[pattern]);
+    }
+    cluster.url().replacen("://", "://limited:pw@", 1)
+}
+
 /// Whether `log` holds, for each origin range, its messages in post order and each once.
 fn in_order_once(log: &[u64], origins: &[std::ops::Range<u64>]) -> bool {
     origins.iter().all(|range| {
@@ -656,22 +665,7 @@ async fn c01_namespaces_and_the_serverpod_format_hold_on_a_cluster() {
 async fn c01_a_channel_the_acl_forbids_among_many_is_reported_and_holds_up_nothing() {
     const ALLOWED: usize = 200;
     let cluster = blocking(RedisCluster::start);
-    blocking(|| {
-        for node in cluster.running() {
-            node.cli(&[
-                "ACL",
-                "SETUSER",
-                "limited",
-                "on",
-                ">pw",
-                "~*",
-                "resetchannels",
-                "&ok:*",
-                "+@all",
-            ]);
-        }
-    });
-    let url = cluster.url().replacen("://", "://limited:pw@", 1);
+    let url = blocking(|| limited_user(&cluster, "&ok:*"));
     let bus = build(Bus::builder().redis_url(url)).await;
     let poster = cluster_bus(&cluster).await;
     let mut events = bus.events();
@@ -766,22 +760,7 @@ async fn resubscribe_ten_thousand(with_refused: bool) {
     const N: usize = 10_000;
     const LIMIT: Duration = Duration::from_secs(600);
     let cluster = blocking(RedisCluster::start);
-    blocking(|| {
-        for node in cluster.running() {
-            node.cli(&[
-                "ACL",
-                "SETUSER",
-                "limited",
-                "on",
-                ">pw",
-                "~*",
-                "resetchannels",
-                "&resub_*",
-                "+@all",
-            ]);
-        }
-    });
-    let url = cluster.url().replacen("://", "://limited:pw@", 1);
+    let url = blocking(|| limited_user(&cluster, "&resub_*"));
     let bus = build(Bus::builder().redis_url(url)).await;
     let masters = blocking(|| cluster.masters());
     let subscribed = || -> usize {

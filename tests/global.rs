@@ -1683,18 +1683,7 @@ async fn g04_subscriptions_ready_waits_for_a_reconnecting_subscriber() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g04_a_channel_the_acl_forbids_is_reported_and_holds_up_nothing() {
     let server = RedisServer::start();
-    server.cli(&[
-        "ACL",
-        "SETUSER",
-        "limited",
-        "on",
-        ">pw",
-        "~*",
-        "resetchannels",
-        "&ok:*",
-        "+@all",
-    ]);
-    let url = format!("redis://limited:pw@127.0.0.1:{}", server.port());
+    let url = server.acl_user("limited", &["&ok:*"]);
     let bus = build(Bus::builder().redis_url(url)).await;
     let poster = redis_bus(&server).await;
     let mut events = bus.events();

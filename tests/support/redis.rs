@@ -142,6 +142,16 @@ impl RedisServer {
         }
     }
 
+    /// Adds (or resets) the ACL user `user` with password `pw`, every key and command, and
+    /// only the channels `channels` (ACL patterns such as `&ok:*`); returns its URL here.
+    pub fn acl_user(&self, user: &str, channels: &[&str]) -> String {
+        let mut args = vec!["ACL", "SETUSER", user, "on", ">pw", "~*", "resetchannels"];
+        args.extend_from_slice(channels);
+        args.push("+@all");
+        self.cli(&args);
+        format!("redis://{user}:pw@127.0.0.1:{}", self.port)
+    }
+
     /// Runs `redis-cli -h 127.0.0.1 -p PORT <args>` and returns its stdout, trimmed.
     ///
     /// # Panics
