@@ -401,6 +401,144 @@ fn remove_by<T: Clone, K: Ord>(
     }
 }
 
+// In place: the same changes made to a version that no reader can see (the registry's spare,
+// see `local::registry`), so they copy nothing that is not shared. `Arc::make_mut` copies a
+// node only while another version still shares it; once the two versions have diverged, a
+// write touches no reference count but the item's own.
+
+impl<T: Clone> Trie<T> {
+    /// [`Trie::pushed`], in place.
+    pub(crate) fn push(&mut self, item: T) {
+        let slot = self.next;
+        let (before, height) = (height_for(slot), height_for(slot + 1));
+        for _ in before..height {
+            let old = std::mem::replace(&mut self.root, placeholder());
+            self.root = Node::Branch {
+                bitmap: 1,
+                children: Box::new([Arc::new(old)]),
+            };
+        }
+        insert_mut(&mut self.root, height, slot, item);
+        self.next = slot + 1;
+        self.len += 1;
+    }
+
+    /// [`Trie::removed_by`], in place: the removed item, and whether the trie is now empty
+    /// (then it holds nothing the caller may use but must drop). `None`, and no change, when
+    /// there is no such item or `accept` refuses it.
+    pub(crate) fn remove_by<K: Ord + Clone>(
+        &mut self,
+        key: K,
+        key_of: impl Fn(&T) -> K,
+        accept: impl Fn(&T) -> bool,
+    ) -> Option<(T, bool)> {
+        if !self.get_by(key.clone(), &key_of).is_some_and(&accept) {
+            return None;
+        }
+        let (item, empty) = remove_mut(&mut self.root, &key, &key_of);
+        self.len -= 1;
+        if !empty && self.should_repack() {
+            let mut items = Vec::with_capacity(self.len);
+            self.for_each(&mut |item: &T| items.push(item.clone()));
+            *self = Trie::dense(items);
+        }
+        Some((item, empty))
+    }
+}
+
+/// A node to leave behind while its owner is rebuilt: allocates nothing.
+fn placeholder<T>() -> Node<T> {
+    Node::Leaf {
+        bitmap: 0,
+        items: Box::new([]),
+    }
+}
+
+/// `items` with `item` inserted at `at`, reallocated to its exact size.
+fn insert_into<T>(items: &mut Box<[T]>, at: usize, item: T) {
+    let mut list = std::mem::take(items).into_vec();
+    list.reserve_exact(1);
+    list.insert(at, item);
+    *items = list.into_boxed_slice();
+}
+
+/// `items` without the one at `at`, which is returned.
+fn remove_from<T>(items: &mut Box<[T]>, at: usize) -> T {
+    let mut list = std::mem::take(items).into_vec();
+    let item = list.remove(at);
+    *items = list.into_boxed_slice();
+    item
+}
+
+/// [`insert`], in place.
+fn insert_mut<T: Clone>(node: &mut Node<T>, height: u32, slot: u64, item: T) {
+    let bit = position(slot, height);
+    let bitmap = node.bitmap();
+    let at = rank(bitmap, bit);
+    match node {
+        Node::One { .. } => {
+            let Node::One { item: present, .. } = std::mem::replace(node, placeholder()) else {
+                unreachable!("matched above")
+            };
+            *node = leaf(bitmap | bit, inserted(&[present], at, item));
+        }
+        Node::Leaf { bitmap: map, items } => {
+            debug_assert!(bitmap & bit == 0, "slot {slot} is taken");
+            insert_into(items, at, item);
+            *map |= bit;
+        }
+        Node::Branch { children, .. } if bitmap & bit != 0 => {
+            insert_mut(Arc::make_mut(&mut children[at]), height - 1, slot, item);
+        }
+        Node::Branch {
+            bitmap: map,
+            children,
+        } => {
+            insert_into(children, at, Arc::new(insert(None, height - 1, slot, item)));
+            *map |= bit;
+        }
+    }
+}
+
+/// [`remove_by`], in place, for a `key` known to be present: the item, and whether `node` is
+/// now empty (and to be dropped by its parent).
+fn remove_mut<T: Clone, K: Ord>(
+    node: &mut Node<T>,
+    key: &K,
+    key_of: &impl Fn(&T) -> K,
+) -> (T, bool) {
+    match node {
+        Node::One { .. } => match std::mem::replace(node, placeholder()) {
+            Node::One { item, .. } => (item, true),
+            _ => unreachable!("matched above"),
+        },
+        Node::Leaf { bitmap, items } => {
+            let Ok(at) = items.binary_search_by(|item| key_of(item).cmp(key)) else {
+                unreachable!("the key was found before")
+            };
+            let map = *bitmap & !nth_bit(*bitmap, at);
+            let item = remove_from(items, at);
+            if items.len() == 1 {
+                *node = leaf(map, std::mem::take(items).into_vec());
+            } else {
+                *bitmap = map;
+            }
+            (item, false)
+        }
+        Node::Branch { bitmap, children } => {
+            let Some(at) = child_of(children, key, key_of) else {
+                unreachable!("the key was found before")
+            };
+            let (item, empty) = remove_mut(Arc::make_mut(&mut children[at]), key, key_of);
+            if empty {
+                *bitmap &= !nth_bit(*bitmap, at);
+                drop(remove_from(children, at));
+            }
+            (item, children.is_empty())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,5 +636,43 @@ mod tests {
         assert_eq!(trie.get_by(1, |x| *x), Some(&1));
         let trie = trie.pushed(2);
         assert_eq!(items(Some(&trie)), [1, 2]);
+    }
+
+    /// The in-place writes agree with the copying ones, in every removal order, across
+    /// repacks and height changes, and leave the version they were copied from unchanged.
+    #[test]
+    fn in_place_writes_match_copies() {
+        let shared = pushed(40);
+        let mut trie = Trie::new(0u64);
+        for i in 1..3000 {
+            trie.push(i);
+        }
+        let mut copy = shared.pushed(40);
+        copy.push(41);
+        assert_eq!(items(Some(&shared)), (0..40).collect::<Vec<_>>());
+        assert_eq!(items(Some(&copy)), (0..42).collect::<Vec<_>>());
+        let mut order: Vec<u64> = (0..3000).collect();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let mut left: Vec<u64> = (0..3000).collect();
+        for (at, key) in order.iter().enumerate() {
+            let before = (at % 7 == 0).then(|| trie.removed_by(*key, |x| *x, |_| true));
+            assert!(trie.remove_by(*key, |x| *x, |_| false).is_none());
+            let (item, empty) = trie.remove_by(*key, |x| *x, |_| true).unwrap();
+            assert_eq!((item, empty), (*key, at == 2999));
+            left.retain(|x| x != key);
+            if let Some(Some((copied, _))) = before {
+                assert_eq!(items(copied.as_ref()), left);
+            }
+            if !empty {
+                assert_eq!(items(Some(&trie)), left);
+                assert_eq!(trie.len(), left.len());
+            }
+        }
     }
 }

@@ -111,6 +111,11 @@ impl Snapshot {
         })
     }
 
+    /// The group of a one-type channel; `None` when the channel carries several types.
+    pub(crate) fn single_mut(&mut self) -> Option<&mut Group> {
+        self.rest.is_none().then_some(&mut self.first)
+    }
+
     /// Every group, in registration order of their types.
     #[inline]
     pub(crate) fn groups(&self) -> impl Iterator<Item = &Group> {
@@ -150,6 +155,18 @@ pub(crate) struct GroupOps {
     pub(crate) remove: fn(&Group, u64, Option<Kind>) -> Option<Removed>,
     /// Whether the group has receiver `id`.
     pub(crate) contains: fn(&Group, u64) -> bool,
+    /// [`GroupOps::remove`] in place, on a group no reader can see (the registry's spare); the
+    /// group must keep a receiver.
+    pub(crate) remove_in_place: fn(&mut Group, u64, Option<Kind>) -> InPlace,
+}
+
+/// What [`GroupOps::remove_in_place`] did.
+pub(crate) enum InPlace {
+    /// Removed the receiver, of this kind; the entry is to be dropped after the lock.
+    Removed(Kind, Box<dyn Any + Send>),
+    /// Nothing: no such receiver (or not of the kind asked for), or the group's receivers are
+    /// shared, or the removal would leave it empty.
+    Unchanged,
 }
 
 /// What [`GroupOps::remove`] leaves: the group without the receiver (`None` when it was the
