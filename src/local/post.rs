@@ -77,6 +77,12 @@ pub(crate) struct Entry<M> {
     pub(crate) receiver: Receiver<M>,
 }
 
+impl<M> crate::trie::Keyed for Entry<M> {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
 impl<M> Clone for Entry<M> {
     fn clone(&self) -> Self {
         Entry {

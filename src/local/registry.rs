@@ -215,16 +215,14 @@ fn counts<M: Message>(group: &Group) -> (usize, usize) {
 
 fn contains<M: Message>(group: &Group, id: u64) -> bool {
     let receivers = receivers_of::<M>(group);
-    receivers.trie.get_by(id, |entry| entry.id).is_some()
+    receivers.trie.get(id).is_some()
 }
 
 fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Removed> {
     let receivers = receivers_of::<M>(group);
-    let (rest, entry) = receivers.trie.removed_by(
-        id,
-        |entry| entry.id,
-        |entry| only.is_none_or(|kind| kind == entry.receiver.kind()),
-    )?;
+    let (rest, entry) = receivers.trie.removed(id, |entry| {
+        only.is_none_or(|kind| kind == entry.receiver.kind())
+    })?;
     // `entry` is a clone: the receiver itself is released with the replaced snapshot, which
     // the caller drops after the lock.
     let kind = entry.receiver.kind();
@@ -242,7 +240,7 @@ fn remove_in_place<M: Message>(group: &mut Group, id: u64, only: Option<Kind>) -
         return InPlace::Unchanged;
     };
     let accept = |entry: &Entry<M>| only.is_none_or(|kind| kind == entry.receiver.kind());
-    match receivers.trie.remove_by(id, |entry| entry.id, accept) {
+    match receivers.trie.remove(id, accept) {
         Some((entry, _)) => {
             let kind = entry.receiver.kind();
             receivers.streams -= usize::from(kind == Kind::Stream);
