@@ -9,11 +9,23 @@
 //!
 //! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`): per message type a
 //! persistent trie of receivers ([`crate::trie`]). Behind a `parking_lot` mutex it holds the
-//! writer's own state, only the number of live handles: the receivers are not kept twice. Every
-//! registration change takes that one mutex, derives a new snapshot from the published one
-//! (copying `O(log n)` of one trie), and publishes it before returning: a post that starts
-//! afterwards sees the change (L09). Only the mutex's holder replaces the snapshot, so the one
-//! it reads is the latest.
+//! writer's own state: the number of live handles and, on a large channel, a spare snapshot.
+//! Every registration change takes that one mutex, makes the next snapshot, and publishes it
+//! before returning: a post that starts afterwards sees the change (L09). Only the mutex's
+//! holder replaces the snapshot, so the one it reads is the latest.
+//!
+//! A small channel (or one with several message types) derives the next snapshot from the
+//! published one, copying `O(log n)` of one trie, and keeps nothing else: its receivers are
+//! held once. A one-type channel of at least `SPARE_MIN` (64) receivers keeps a second
+//! version, the *spare* (`Writer::spare`): equal to the published one, but seen by no reader.
+//! A change is made to the spare in place and the spare is published; the version it replaces
+//! gets the same change in place and becomes the spare, if no reader still holds it (after
+//! `ArcSwap::swap` every reader of the old version holds a counted reference, so
+//! `Arc::get_mut` tells); if one does, it is dropped and the next change copies a path again.
+//! Path copying clones one reference per sibling along the path (up to 32 per level) and the
+//! replaced version drops them again, which was most of a change's cost under churn; two
+//! versions changed in place touch only the changed receiver's count. The price: the trie's
+//! nodes and entries (not the receivers) twice, on large channels only.
 //!
 //! Registration ids are taken from the bus's counter under the topic's mutex, so within a
 //! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
