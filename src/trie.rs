@@ -74,8 +74,11 @@ const MASK: u64 = WIDTH - 1;
 enum Node<T> {
     /// A leaf with one item, held inline: a channel with one receiver has no leaf allocation.
     One { bitmap: u32, item: T },
-    /// A leaf with two or more items.
-    Leaf { bitmap: u32, items: Box<[T]> },
+    /// A leaf with two or more items. A `Vec` (the node is no larger for it: `One` is the
+    /// largest variant): copies have their exact size, and a leaf changed in place (the
+    /// registry's spare) grows without a reallocation per item, keeping at most four times
+    /// its items' room.
+    Leaf { bitmap: u32, items: Vec<T> },
     Branch {
         bitmap: u32,
         children: Box<[Child<T>]>,
@@ -266,10 +269,7 @@ fn leaf<T>(bitmap: u32, mut items: Vec<T>) -> Node<T> {
         (1, Some(item)) => Node::One { bitmap, item },
         (_, last) => {
             items.extend(last);
-            Node::Leaf {
-                bitmap,
-                items: items.into_boxed_slice(),
-            }
+            Node::Leaf { bitmap, items }
         }
     }
 }
@@ -483,7 +483,7 @@ impl<T: Clone + Keyed> Trie<T> {
 fn placeholder<T>() -> Node<T> {
     Node::Leaf {
         bitmap: 0,
-        items: Box::new([]),
+        items: Vec::new(),
     }
 }
 
@@ -517,7 +517,7 @@ fn insert_mut<T: Clone + Keyed>(node: &mut Node<T>, height: u32, slot: u64, item
         }
         Node::Leaf { bitmap: map, items } => {
             debug_assert!(bitmap & bit == 0, "slot {slot} is taken");
-            insert_into(items, at, item);
+            items.insert(at, item);
             *map |= bit;
         }
         Node::Branch { children, .. } if bitmap & bit != 0 => {
@@ -555,10 +555,13 @@ fn remove_mut<T: Clone + Keyed>(node: &mut Node<T>, key: u64) -> (T, bool) {
                 unreachable!("the key was found before")
             };
             let map = *bitmap & !nth_bit(*bitmap, at);
-            let item = remove_from(items, at);
+            let item = items.remove(at);
             if items.len() == 1 {
-                *node = leaf(map, std::mem::take(items).into_vec());
+                *node = leaf(map, std::mem::take(items));
             } else {
+                if items.len() * 4 < items.capacity() {
+                    items.shrink_to_fit();
+                }
                 *bitmap = map;
             }
             (item, false)
