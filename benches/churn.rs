@@ -9,14 +9,21 @@
 //! - `add_then_remove/random`: remove in a shuffled order (xorshift, fixed seed).
 //! - `sessions/close_in_order`: 100,000 sessions each add one listener, then each is closed.
 //! - `sessions/one_at_a_time`: 100,000 times, a session adds one listener and is closed.
+//! - `post/quiet`, `post/while_churning`: a post through a handle to a channel with one
+//!   listener; in the second, another thread meanwhile adds a listener to the same channel and
+//!   removes it, over and over (issue 11). Besides criterion's mean, each prints the p50, p99
+//!   and maximum of 1,000,000 posts timed one by one (each time includes an `Instant::now`,
+//!   about 20 ns on this machine), so the two cases are side by side.
 //!
 //! Run with `cargo bench --bench churn`.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use evbus::{Bus, ListenerId, Session};
+use evbus::{Bus, Channel, ListenerId, MessageScope, Session};
 
 const N: usize = 100_000;
 const CHANNEL: &str = "churn";
@@ -113,6 +120,94 @@ fn session_add_close_each() -> Duration {
     elapsed
 }
 
+/// Posts timed one by one for the percentiles.
+const TIMED_POSTS: usize = 1_000_000;
+
+/// A thread that adds a listener to `CHANNEL` and removes it, over and over, until dropped.
+struct Churner {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Churner {
+    fn start(bus: &Bus) -> Churner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bus = bus.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let messages = bus.messages();
+            let mut changes = 0;
+            while !flag.load(Relaxed) {
+                let id = messages.add_listener(CHANNEL, |x: &u64| {
+                    black_box(*x);
+                });
+                messages.remove_listener(CHANNEL, id);
+                changes += 2;
+            }
+            changes
+        });
+        Churner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Churner {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the churning thread panicked");
+        }
+    }
+}
+
+/// A bus whose `CHANNEL` has one listener, and a handle to post through.
+fn one_listener() -> (Bus, Channel<u64>) {
+    let bus = Bus::local();
+    bus.messages().add_listener(CHANNEL, |x: &u64| {
+        black_box(*x);
+    });
+    let channel = bus.channel::<u64>(CHANNEL);
+    (bus, channel)
+}
+
+/// Prints p50, p99 and the maximum of `TIMED_POSTS` posts, each timed alone.
+fn post_percentiles(label: &str, churning: bool) {
+    let (bus, channel) = one_listener();
+    let churner = churning.then(|| Churner::start(&bus));
+    let mut times: Vec<u64> = Vec::with_capacity(TIMED_POSTS);
+    for i in 0..TIMED_POSTS as u64 {
+        let start = Instant::now();
+        black_box(channel.post(black_box(i), MessageScope::Local).unwrap());
+        times.push(start.elapsed().as_nanos() as u64);
+    }
+    drop(churner);
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    println!(
+        "churn/{label}: post latency over {TIMED_POSTS} posts: p50 {} ns, p99 {} ns, max {} ns",
+        at(0.5),
+        at(0.99),
+        times[times.len() - 1]
+    );
+}
+
+fn post_latency(c: &mut Criterion) {
+    post_percentiles("post/quiet", false);
+    post_percentiles("post/while_churning", true);
+    let mut group = c.benchmark_group("churn");
+    for (name, churning) in [("post/quiet", false), ("post/while_churning", true)] {
+        let (bus, channel) = one_listener();
+        let churner = churning.then(|| Churner::start(&bus));
+        group.bench_function(name, |b| {
+            b.iter(|| channel.post(black_box(1), MessageScope::Local).unwrap())
+        });
+        drop(churner);
+    }
+    group.finish();
+}
+
 fn churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("churn");
     group
@@ -140,5 +235,5 @@ fn churn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, churn);
+criterion_group!(benches, churn, post_latency);
 criterion_main!(benches);

@@ -21,6 +21,14 @@
 //! - `tokio_broadcast16`: `tokio::sync::broadcast` `send`, then `try_recv` on 16 receivers.
 //! - `tokio_stream`: `tokio::sync::broadcast` `send`, then `try_recv` on its one receiver.
 //!
+//! Registration churn on one channel (`benches/churn.rs`'s scenarios), one operation being one
+//! listener added and later removed, so `N = 100000` is the bench's iteration; run them by name
+//! (`scripts/instr.sh churn_forward churn_reverse churn_random churn_sessions`):
+//!
+//! - `churn_forward`, `churn_reverse`, `churn_random`: `N` listeners added, then removed in the
+//!   order added, newest first, or shuffled (the bench's xorshift seed).
+//! - `churn_sessions`: `N` sessions add one listener each, then each is closed.
+//!
 //! Two floors, not evbus code, for judging what a stream message could cost (issue 11); run
 //! them by name (`scripts/instr.sh arc ring_arcswap`):
 //!
@@ -45,7 +53,7 @@ use tokio::sync::broadcast;
 /// A scenario: runs its setup, then `N` operations.
 type Scenario = fn(u64);
 
-const SCENARIOS: [(&str, Scenario); 8] = [
+const SCENARIOS: [(&str, Scenario); 12] = [
     ("handle", handle),
     ("name", name),
     ("listeners16", listeners16),
@@ -54,6 +62,10 @@ const SCENARIOS: [(&str, Scenario); 8] = [
     ("tokio_stream", tokio_stream),
     ("arc", arc),
     ("ring_arcswap", ring_arcswap),
+    ("churn_forward", churn_forward),
+    ("churn_reverse", churn_reverse),
+    ("churn_random", churn_random),
+    ("churn_sessions", churn_sessions),
 ];
 
 fn main() -> ExitCode {
@@ -195,4 +207,67 @@ fn ring_arcswap(n: u64) {
             .is_ok());
         black_box(message);
     }
+}
+
+/// Fisher-Yates with xorshift64, as `benches/churn.rs` shuffles.
+fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let j = (seed % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// `n` listeners added to one channel, then removed in the order of `positions(n)`.
+fn churn(n: u64, positions: fn(usize) -> Vec<usize>) {
+    let bus = Bus::local();
+    let messages = bus.messages();
+    let n = n as usize;
+    let order = positions(n);
+    let ids: Vec<_> = (0..n)
+        .map(|_| {
+            messages.add_listener("c", |x: &u64| {
+                black_box(*x);
+            })
+        })
+        .collect();
+    for &at in &order {
+        assert!(messages.remove_listener("c", ids[at]));
+    }
+    assert_eq!(bus.stats().listeners, 0);
+}
+
+fn churn_forward(n: u64) {
+    churn(n, |n| (0..n).collect());
+}
+
+fn churn_reverse(n: u64) {
+    churn(n, |n| (0..n).rev().collect());
+}
+
+fn churn_random(n: u64) {
+    churn(n, |n| {
+        let mut order: Vec<usize> = (0..n).collect();
+        shuffle(&mut order, 0x9E37_79B9_7F4A_7C15);
+        order
+    });
+}
+
+fn churn_sessions(n: u64) {
+    let bus = Bus::local();
+    let sessions: Vec<_> = (0..n)
+        .map(|_| {
+            let session = bus.session();
+            session.messages().add_listener("c", |x: &u64| {
+                black_box(*x);
+            });
+            session
+        })
+        .collect();
+    for session in &sessions {
+        session.close();
+    }
+    assert_eq!(bus.stats().listeners, 0);
 }

@@ -16,22 +16,53 @@
 //! changes: a post loads the root once (one `ArcSwap` load, done by the caller) and walks an
 //! immutable tree.
 //!
-//! Finding an item needs no index: the caller's items carry a key (a registration id) that
-//! grows with the slot, because the caller assigns both under one lock. So a node's items, and
-//! its children's key ranges, are sorted, and [`Trie::removed_by`] descends by binary search
-//! (a child's range starts at its leftmost item): `O(log n)` comparisons, no memory per item.
+//! Finding an item needs no index: the caller's items carry a key ([`Keyed`], a registration
+//! id) that grows with the slot, because the caller assigns both under one lock. So a node's
+//! items, and its children's key ranges, are sorted, and [`Trie::removed`] descends by binary
+//! search over the keys a branch keeps of its children's first items (a lower bound that stays
+//! one, see `Child`): `O(log n)` comparisons, no memory per item, and no child visited but
+//! the one descended into.
 //!
 //! Removals leave slot numbers unused; when the counter runs well ahead of the number of
 //! subscribers (`Trie::should_repack`), a removal rebuilds the trie densely. Each repack
 //! costs `O(len)` and needs at least `len / 2` removals since the previous one, so writes stay
 //! `O(log n)` amortized, and a small channel with churn is always a single leaf.
 //!
-//! Memory: a subscriber costs its entry in one leaf; interior nodes add about one pointer per
-//! 32 subscribers. A [`Trie`] value holds its root node inline, and a leaf with one item holds
+//! Memory: a subscriber costs its entry in one leaf; interior nodes add about two words (a
+//! pointer and a first key) per 32 subscribers. A [`Trie`] value holds its root node inline, and a leaf with one item holds
 //! it inline too, so the trie of a channel with one subscriber allocates nothing of its own:
 //! it is part of its owner's allocation (the registry's published group).
 
 use std::sync::Arc;
+
+/// An item's key: it must grow with the order of [`Trie::pushed`] (see the module docs).
+pub(crate) trait Keyed {
+    fn key(&self) -> u64;
+}
+
+impl Keyed for u64 {
+    fn key(&self) -> u64 {
+        *self
+    }
+}
+
+/// A child of a branch, with the key of its first item when it was made: a lower bound of its
+/// keys that stays one (items leave a child; they join only the last), so a search compares
+/// keys in the branch and does not descend each child it probes.
+#[derive(Clone)]
+struct Child<T> {
+    first: u64,
+    node: Arc<Node<T>>,
+}
+
+impl<T: Keyed> Child<T> {
+    fn new(node: Node<T>) -> Self {
+        Child {
+            first: first(&node).key(),
+            node: Arc::new(node),
+        }
+    }
+}
 
 const BITS: u32 = 5;
 const WIDTH: u64 = 1 << BITS;
@@ -43,11 +74,14 @@ const MASK: u64 = WIDTH - 1;
 enum Node<T> {
     /// A leaf with one item, held inline: a channel with one receiver has no leaf allocation.
     One { bitmap: u32, item: T },
-    /// A leaf with two or more items.
-    Leaf { bitmap: u32, items: Box<[T]> },
+    /// A leaf with two or more items. A `Vec` (the node is no larger for it: `One` is the
+    /// largest variant): copies have their exact size, and a leaf changed in place (the
+    /// registry's spare) grows without a reallocation per item, keeping at most four times
+    /// its items' room.
+    Leaf { bitmap: u32, items: Vec<T> },
     Branch {
         bitmap: u32,
-        children: Box<[Arc<Node<T>>]>,
+        children: Box<[Child<T>]>,
     },
 }
 
@@ -68,9 +102,9 @@ impl<T> Node<T> {
         match self {
             Node::One { item, .. } => f(std::slice::from_ref(item)),
             Node::Leaf { items, .. } => f(items),
-            Node::Branch { children, .. } => {
-                children.iter().for_each(|child| child.for_each_leaf(f))
-            }
+            Node::Branch { children, .. } => children
+                .iter()
+                .for_each(|child| child.node.for_each_leaf(f)),
         }
     }
 }
@@ -116,7 +150,7 @@ impl<T> Trie<T> {
     }
 }
 
-impl<T: Clone> Trie<T> {
+impl<T: Clone + Keyed> Trie<T> {
     /// A trie of `item` alone, at slot 0.
     pub(crate) fn new(item: T) -> Self {
         Trie {
@@ -138,7 +172,7 @@ impl<T: Clone> Trie<T> {
             for _ in before..height {
                 grown = Node::Branch {
                     bitmap: 1,
-                    children: Box::new([Arc::new(grown)]),
+                    children: Box::new([Child::new(grown)]),
                 };
             }
             insert(Some(&grown), height, slot, item)
@@ -150,19 +184,18 @@ impl<T: Clone> Trie<T> {
         }
     }
 
-    /// The item whose key is `key`, if any. Keys (`key_of`) must grow with the slots, that
-    /// is, with the order of [`Trie::pushed`] (see the module docs).
-    pub(crate) fn get_by<K: Ord>(&self, key: K, key_of: impl Fn(&T) -> K) -> Option<&T> {
+    /// The item whose key ([`Keyed`]) is `key`, if any.
+    pub(crate) fn get(&self, key: u64) -> Option<&T> {
         let mut node = &self.root;
         loop {
             match node {
-                Node::One { item, .. } => return (key_of(item) == key).then_some(item),
+                Node::One { item, .. } => return (item.key() == key).then_some(item),
                 Node::Leaf { items, .. } => {
-                    let at = items.binary_search_by(|item| key_of(item).cmp(&key)).ok()?;
+                    let at = items.binary_search_by(|item| item.key().cmp(&key)).ok()?;
                     return Some(&items[at]);
                 }
                 Node::Branch { children, .. } => {
-                    node = &children[child_of(children, &key, &key_of)?];
+                    node = &children[child_of(children, key)?].node;
                 }
             }
         }
@@ -171,14 +204,12 @@ impl<T: Clone> Trie<T> {
     /// A new version without the item whose key is `key`, if `accept` takes it (`None` when
     /// that leaves it empty), and the item; rebuilt densely when it became sparse (see
     /// [`Trie::should_repack`]). `None` when there is no such item or `accept` refuses it.
-    /// Keys as for [`Trie::get_by`].
-    pub(crate) fn removed_by<K: Ord>(
+    pub(crate) fn removed(
         &self,
-        key: K,
-        key_of: impl Fn(&T) -> K,
+        key: u64,
         accept: impl Fn(&T) -> bool,
     ) -> Option<(Option<Self>, T)> {
-        let (root, item) = remove_by(&self.root, &key, &key_of, &accept)?;
+        let (root, item) = remove_by(&self.root, key, &accept)?;
         let rest = root.map(|root| Trie {
             root,
             next: self.next,
@@ -208,9 +239,15 @@ impl<T: Clone> Trie<T> {
         let len = items.len();
         let mut level = nodes(items, leaf);
         while level.len() > 1 {
-            level = nodes(level, |bitmap, children| Node::Branch {
+            level = nodes(level, |bitmap, children: Vec<Arc<Node<T>>>| Node::Branch {
                 bitmap,
-                children: children.into_boxed_slice(),
+                children: children
+                    .into_iter()
+                    .map(|node| Child {
+                        first: first(&node).key(),
+                        node,
+                    })
+                    .collect(),
             });
         }
         let root = match level.pop().map(Arc::try_unwrap) {
@@ -232,10 +269,7 @@ fn leaf<T>(bitmap: u32, mut items: Vec<T>) -> Node<T> {
         (1, Some(item)) => Node::One { bitmap, item },
         (_, last) => {
             items.extend(last);
-            Node::Leaf {
-                bitmap,
-                items: items.into_boxed_slice(),
-            }
+            Node::Leaf { bitmap, items }
         }
     }
 }
@@ -293,14 +327,14 @@ fn removed<T: Clone>(items: &[T], at: usize) -> Vec<T> {
 }
 
 /// Returns a copy of `node` (or a fresh node) with `item` at `slot`.
-fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
+fn insert<T: Clone + Keyed>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
     let bit = position(slot, height);
     let Some(node) = node else {
         return match height {
             0 => Node::One { bitmap: bit, item },
             _ => Node::Branch {
                 bitmap: bit,
-                children: Box::new([Arc::new(insert(None, height - 1, slot, item))]),
+                children: Box::new([Child::new(insert(None, height - 1, slot, item))]),
             },
         };
     };
@@ -316,11 +350,14 @@ fn insert<T: Clone>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> 
         }
         Node::Leaf { items, .. } => return leaf(bitmap | bit, inserted(items, at, item)),
         Node::Branch { children, .. } if bitmap & bit != 0 => {
-            let child = Arc::new(insert(Some(&children[at]), height - 1, slot, item));
+            let child = Child {
+                first: children[at].first,
+                node: Arc::new(insert(Some(&children[at].node), height - 1, slot, item)),
+            };
             replaced(children, at, child)
         }
         Node::Branch { children, .. } => {
-            let child = Arc::new(insert(None, height - 1, slot, item));
+            let child = Child::new(insert(None, height - 1, slot, item));
             inserted(children, at, child)
         }
     };
@@ -344,35 +381,28 @@ fn first<T>(node: &Node<T>) -> &T {
     match node {
         Node::One { item, .. } => item,
         Node::Leaf { items, .. } => &items[0],
-        Node::Branch { children, .. } => first(&children[0]),
+        Node::Branch { children, .. } => first(&children[0].node),
     }
 }
 
 /// Which of `children` holds `key`, if any may: the last whose first key is not above it.
-fn child_of<T, K: Ord>(
-    children: &[Arc<Node<T>>],
-    key: &K,
-    key_of: impl Fn(&T) -> K,
-) -> Option<usize> {
+fn child_of<T>(children: &[Child<T>], key: u64) -> Option<usize> {
     children
-        .partition_point(|child| key_of(first(child)) <= *key)
+        .partition_point(|child| child.first <= key)
         .checked_sub(1)
 }
 
 /// Returns a copy of `node` without the item keyed `key` (`None` when that leaves it empty)
 /// and the removed item; `None` when there is no such item or `accept` refuses it.
-fn remove_by<T: Clone, K: Ord>(
+fn remove_by<T: Clone + Keyed>(
     node: &Node<T>,
-    key: &K,
-    key_of: &impl Fn(&T) -> K,
+    key: u64,
     accept: &impl Fn(&T) -> bool,
 ) -> Option<(Option<Node<T>>, T)> {
     match node {
-        Node::One { item, .. } => {
-            (key_of(item) == *key && accept(item)).then(|| (None, item.clone()))
-        }
+        Node::One { item, .. } => (item.key() == key && accept(item)).then(|| (None, item.clone())),
         Node::Leaf { bitmap, items } => {
-            let at = items.binary_search_by(|item| key_of(item).cmp(key)).ok()?;
+            let at = items.binary_search_by(|item| item.key().cmp(&key)).ok()?;
             if !accept(&items[at]) {
                 return None;
             }
@@ -381,12 +411,20 @@ fn remove_by<T: Clone, K: Ord>(
             Some((Some(rest), items[at].clone()))
         }
         Node::Branch { bitmap, children } => {
-            let at = child_of(children, key, key_of)?;
-            let (child, item) = remove_by(&children[at], key, key_of, accept)?;
+            let at = child_of(children, key)?;
+            let (child, item) = remove_by(&children[at].node, key, accept)?;
             let rest = match child {
                 Some(child) => Some(Node::Branch {
                     bitmap: *bitmap,
-                    children: replaced(children, at, Arc::new(child)).into_boxed_slice(),
+                    children: replaced(
+                        children,
+                        at,
+                        Child {
+                            first: children[at].first,
+                            node: Arc::new(child),
+                        },
+                    )
+                    .into_boxed_slice(),
                 }),
                 None => {
                     let bitmap = bitmap & !nth_bit(*bitmap, at);
@@ -397,6 +435,147 @@ fn remove_by<T: Clone, K: Ord>(
                 }
             };
             Some((rest, item))
+        }
+    }
+}
+
+// In place: the same changes made to a version that no reader can see (the registry's spare,
+// see `local::registry`), so they copy nothing that is not shared. `Arc::make_mut` copies a
+// node only while another version still shares it; once the two versions have diverged, a
+// write touches no reference count but the item's own.
+
+impl<T: Clone + Keyed> Trie<T> {
+    /// [`Trie::pushed`], in place.
+    pub(crate) fn push(&mut self, item: T) {
+        let slot = self.next;
+        let (before, height) = (height_for(slot), height_for(slot + 1));
+        for _ in before..height {
+            let old = std::mem::replace(&mut self.root, placeholder());
+            self.root = Node::Branch {
+                bitmap: 1,
+                children: Box::new([Child::new(old)]),
+            };
+        }
+        insert_mut(&mut self.root, height, slot, item);
+        self.next = slot + 1;
+        self.len += 1;
+    }
+
+    /// [`Trie::removed`], in place: the removed item, and whether the trie is now empty
+    /// (then it holds nothing the caller may use but must drop). `None`, and no change, when
+    /// there is no such item or `accept` refuses it.
+    pub(crate) fn remove(&mut self, key: u64, accept: impl Fn(&T) -> bool) -> Option<(T, bool)> {
+        if !self.get(key).is_some_and(&accept) {
+            return None;
+        }
+        let (item, empty) = remove_mut(&mut self.root, key);
+        self.len -= 1;
+        if !empty && self.should_repack() {
+            let mut items = Vec::with_capacity(self.len);
+            self.for_each(&mut |item: &T| items.push(item.clone()));
+            *self = Trie::dense(items);
+        }
+        Some((item, empty))
+    }
+}
+
+/// A node to leave behind while its owner is rebuilt: allocates nothing.
+fn placeholder<T>() -> Node<T> {
+    Node::Leaf {
+        bitmap: 0,
+        items: Vec::new(),
+    }
+}
+
+/// `items` with `item` inserted at `at`, reallocated to its exact size.
+fn insert_into<T>(items: &mut Box<[T]>, at: usize, item: T) {
+    let mut list = std::mem::take(items).into_vec();
+    list.reserve_exact(1);
+    list.insert(at, item);
+    *items = list.into_boxed_slice();
+}
+
+/// `items` without the one at `at`, which is returned.
+fn remove_from<T>(items: &mut Box<[T]>, at: usize) -> T {
+    let mut list = std::mem::take(items).into_vec();
+    let item = list.remove(at);
+    *items = list.into_boxed_slice();
+    item
+}
+
+/// [`insert`], in place.
+fn insert_mut<T: Clone + Keyed>(node: &mut Node<T>, height: u32, slot: u64, item: T) {
+    let bit = position(slot, height);
+    let bitmap = node.bitmap();
+    let at = rank(bitmap, bit);
+    match node {
+        Node::One { .. } => {
+            let Node::One { item: present, .. } = std::mem::replace(node, placeholder()) else {
+                unreachable!("matched above")
+            };
+            *node = leaf(bitmap | bit, inserted(&[present], at, item));
+        }
+        Node::Leaf { bitmap: map, items } => {
+            debug_assert!(bitmap & bit == 0, "slot {slot} is taken");
+            items.insert(at, item);
+            *map |= bit;
+        }
+        Node::Branch { children, .. } if bitmap & bit != 0 => {
+            insert_mut(
+                Arc::make_mut(&mut children[at].node),
+                height - 1,
+                slot,
+                item,
+            );
+        }
+        Node::Branch {
+            bitmap: map,
+            children,
+        } => {
+            insert_into(
+                children,
+                at,
+                Child::new(insert(None, height - 1, slot, item)),
+            );
+            *map |= bit;
+        }
+    }
+}
+
+/// [`remove_by`], in place, for a `key` known to be present: the item, and whether `node` is
+/// now empty (and to be dropped by its parent).
+fn remove_mut<T: Clone + Keyed>(node: &mut Node<T>, key: u64) -> (T, bool) {
+    match node {
+        Node::One { .. } => match std::mem::replace(node, placeholder()) {
+            Node::One { item, .. } => (item, true),
+            _ => unreachable!("matched above"),
+        },
+        Node::Leaf { bitmap, items } => {
+            let Ok(at) = items.binary_search_by(|item| item.key().cmp(&key)) else {
+                unreachable!("the key was found before")
+            };
+            let map = *bitmap & !nth_bit(*bitmap, at);
+            let item = items.remove(at);
+            if items.len() == 1 {
+                *node = leaf(map, std::mem::take(items));
+            } else {
+                if items.len() * 4 < items.capacity() {
+                    items.shrink_to_fit();
+                }
+                *bitmap = map;
+            }
+            (item, false)
+        }
+        Node::Branch { bitmap, children } => {
+            let Some(at) = child_of(children, key) else {
+                unreachable!("the key was found before")
+            };
+            let (item, empty) = remove_mut(Arc::make_mut(&mut children[at].node), key);
+            if empty {
+                *bitmap &= !nth_bit(*bitmap, at);
+                drop(remove_from(children, at));
+            }
+            (item, children.is_empty())
         }
     }
 }
@@ -420,10 +599,7 @@ mod tests {
 
     /// Removes `key`; the trie left, and whether it was there.
     fn remove(trie: Option<Trie<u64>>, key: u64) -> (Option<Trie<u64>>, bool) {
-        match trie
-            .as_ref()
-            .and_then(|t| t.removed_by(key, |x| *x, |_| true))
-        {
+        match trie.as_ref().and_then(|t| t.removed(key, |_| true)) {
             Some((rest, item)) => {
                 assert_eq!(item, key);
                 (rest, true)
@@ -452,14 +628,14 @@ mod tests {
             let again;
             (trie, again) = remove(trie, i);
             assert!(!again);
-            assert_eq!(trie.as_ref().unwrap().get_by(i, |x| *x), None);
+            assert_eq!(trie.as_ref().unwrap().get(i), None);
         }
         assert_eq!(
             items(trie.as_ref()),
             (0..2000).filter(|i| i % 3 == 0).collect::<Vec<_>>()
         );
         for i in (0..2000u64).filter(|i| i % 3 == 0) {
-            assert_eq!(trie.as_ref().unwrap().get_by(i, |x| *x), Some(&i));
+            assert_eq!(trie.as_ref().unwrap().get(i), Some(&i));
             (trie, _) = remove(trie, i);
         }
         assert!(trie.is_none());
@@ -468,8 +644,8 @@ mod tests {
     #[test]
     fn old_versions_are_unchanged() {
         let before = pushed(100);
-        assert!(before.removed_by(50, |x| *x, |_| false).is_none());
-        let (after, _) = before.removed_by(50, |x| *x, |_| true).unwrap();
+        assert!(before.removed(50, |_| false).is_none());
+        let (after, _) = before.removed(50, |_| true).unwrap();
         let after = after.unwrap().pushed(100);
         assert_eq!(after.len(), 100);
         assert_eq!(items(Some(&before)), (0..100).collect::<Vec<_>>());
@@ -492,11 +668,49 @@ mod tests {
     /// A leaf down to one item holds it inline, and the trie is still keyed right.
     #[test]
     fn one_item_leaves_are_inline() {
-        let (trie, _) = pushed(2).removed_by(0, |x| *x, |_| true).unwrap();
+        let (trie, _) = pushed(2).removed(0, |_| true).unwrap();
         let trie = trie.unwrap();
         assert!(matches!(trie.root, Node::One { bitmap: 2, .. }));
-        assert_eq!(trie.get_by(1, |x| *x), Some(&1));
+        assert_eq!(trie.get(1), Some(&1));
         let trie = trie.pushed(2);
         assert_eq!(items(Some(&trie)), [1, 2]);
+    }
+
+    /// The in-place writes agree with the copying ones, in every removal order, across
+    /// repacks and height changes, and leave the version they were copied from unchanged.
+    #[test]
+    fn in_place_writes_match_copies() {
+        let shared = pushed(40);
+        let mut trie = Trie::new(0u64);
+        for i in 1..3000 {
+            trie.push(i);
+        }
+        let mut copy = shared.pushed(40);
+        copy.push(41);
+        assert_eq!(items(Some(&shared)), (0..40).collect::<Vec<_>>());
+        assert_eq!(items(Some(&copy)), (0..42).collect::<Vec<_>>());
+        let mut order: Vec<u64> = (0..3000).collect();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let mut left: Vec<u64> = (0..3000).collect();
+        for (at, key) in order.iter().enumerate() {
+            let before = (at % 7 == 0).then(|| trie.removed(*key, |_| true));
+            assert!(trie.remove(*key, |_| false).is_none());
+            let (item, empty) = trie.remove(*key, |_| true).unwrap();
+            assert_eq!((item, empty), (*key, at == 2999));
+            left.retain(|x| x != key);
+            if let Some(Some((copied, _))) = before {
+                assert_eq!(items(copied.as_ref()), left);
+            }
+            if !empty {
+                assert_eq!(items(Some(&trie)), left);
+                assert_eq!(trie.len(), left.len());
+            }
+        }
     }
 }

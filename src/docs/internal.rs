@@ -46,7 +46,9 @@
 //!       │        Receivers<M> = { persistent trie (root inline), streams }
 //!       └─ writer: Mutex<Writer>                 ◄── registration side only
 //!             handles (or FORGOTTEN); each change derives the next snapshot from the
-//!             published one, so the receivers are held once
+//!             published one, so the receivers are held once; spare: on a one-type
+//!             channel of 64+ receivers, a second snapshot no reader sees, changed in
+//!             place and then published
 //! ```
 //!
 //! A trie entry is `{ id, Receiver<M> }`, where a receiver is a listener's

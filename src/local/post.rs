@@ -77,6 +77,12 @@ pub(crate) struct Entry<M> {
     pub(crate) receiver: Receiver<M>,
 }
 
+impl<M> crate::trie::Keyed for Entry<M> {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
 impl<M> Clone for Entry<M> {
     fn clone(&self) -> Self {
         Entry {
@@ -109,6 +115,11 @@ impl Snapshot {
             first,
             rest: Snapshot::new(groups).map(Box::new),
         })
+    }
+
+    /// The group of a one-type channel; `None` when the channel carries several types.
+    pub(crate) fn single_mut(&mut self) -> Option<&mut Group> {
+        self.rest.is_none().then_some(&mut self.first)
     }
 
     /// Every group, in registration order of their types.
@@ -150,6 +161,18 @@ pub(crate) struct GroupOps {
     pub(crate) remove: fn(&Group, u64, Option<Kind>) -> Option<Removed>,
     /// Whether the group has receiver `id`.
     pub(crate) contains: fn(&Group, u64) -> bool,
+    /// [`GroupOps::remove`] in place, on a group no reader can see (the registry's spare); the
+    /// group must keep a receiver.
+    pub(crate) remove_in_place: fn(&mut Group, u64, Option<Kind>) -> InPlace,
+}
+
+/// What [`GroupOps::remove_in_place`] did.
+pub(crate) enum InPlace {
+    /// Removed the receiver, of this kind; the entry is to be dropped after the lock.
+    Removed(Kind, Box<dyn Any + Send>),
+    /// Nothing: no such receiver (or not of the kind asked for), or the group's receivers are
+    /// shared, or the removal would leave it empty.
+    Unchanged,
 }
 
 /// What [`GroupOps::remove`] leaves: the group without the receiver (`None` when it was the

@@ -9,11 +9,23 @@
 //!
 //! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`): per message type a
 //! persistent trie of receivers ([`crate::trie`]). Behind a `parking_lot` mutex it holds the
-//! writer's own state, only the number of live handles: the receivers are not kept twice. Every
-//! registration change takes that one mutex, derives a new snapshot from the published one
-//! (copying `O(log n)` of one trie), and publishes it before returning: a post that starts
-//! afterwards sees the change (L09). Only the mutex's holder replaces the snapshot, so the one
-//! it reads is the latest.
+//! writer's own state: the number of live handles and, on a large channel, a spare snapshot.
+//! Every registration change takes that one mutex, makes the next snapshot, and publishes it
+//! before returning: a post that starts afterwards sees the change (L09). Only the mutex's
+//! holder replaces the snapshot, so the one it reads is the latest.
+//!
+//! A small channel (or one with several message types) derives the next snapshot from the
+//! published one, copying `O(log n)` of one trie, and keeps nothing else: its receivers are
+//! held once. A one-type channel of at least `SPARE_MIN` (64) receivers keeps a second
+//! version, the *spare* (`Writer::spare`): equal to the published one, but seen by no reader.
+//! A change is made to the spare in place and the spare is published; the version it replaces
+//! gets the same change in place and becomes the spare, if no reader still holds it (after
+//! `ArcSwap::swap` every reader of the old version holds a counted reference, so
+//! `Arc::get_mut` tells); if one does, it is dropped and the next change copies a path again.
+//! Path copying clones one reference per sibling along the path (up to 32 per level) and the
+//! replaced version drops them again, which was most of a change's cost under churn; two
+//! versions changed in place touch only the changed receiver's count. The price: the trie's
+//! nodes and entries (not the receivers) twice, on large channels only.
 //!
 //! Registration ids are taken from the bus's counter under the topic's mutex, so within a
 //! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
@@ -42,6 +54,7 @@
 //! locks. So every operation hands the replaced snapshot back to its caller, who drops it after
 //! the mutex is released (`Garbage`): it holds the last reference to a removed receiver.
 
+use std::any::Any;
 use std::borrow::Borrow;
 use std::cell::Cell;
 use std::hash::{Hash, Hasher};
@@ -53,7 +66,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 pub(crate) use super::post::Kind;
-use super::post::{self, Entry, Group, GroupOps, Receiver, Receivers, Removed, Snapshot};
+use super::post::{self, Entry, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
 use crate::message::Message;
 use crate::stats::{Counters, Tally};
 use crate::trie::Trie;
@@ -130,10 +143,19 @@ impl Owner {
     }
 }
 
-/// A replaced snapshot, to drop once the registration lock is released: the last reference to
-/// a removed receiver (a closure or stream sink of the user's types) may be in it.
+/// Replaced snapshots and a removed entry, to drop once the registration lock is released: the
+/// last reference to a removed receiver (a closure or stream sink of the user's types) may be
+/// in them.
 #[must_use = "drop garbage only after the registration lock is released"]
-struct Garbage(Option<Arc<Snapshot>>);
+#[derive(Default)]
+struct Garbage {
+    snapshots: [Option<Arc<Snapshot>>; 2],
+    entry: Option<Box<dyn Any + Send>>,
+}
+
+/// A one-type channel with at least this many receivers keeps a spare snapshot (see
+/// `Writer::spare`); a smaller one copies its path, which is then at most one leaf.
+const SPARE_MIN: usize = 64;
 
 /// One interned channel.
 pub(crate) struct Topic {
@@ -149,6 +171,14 @@ pub(crate) struct Topic {
 #[derive(Default)]
 struct Writer {
     handles: usize,
+    /// On a one-type channel of at least [`SPARE_MIN`] receivers: the snapshot the last change
+    /// replaced, brought up to date in place and held by nothing else, so no reader sees it.
+    /// The next change is made to it in place and it is published; the snapshot it replaces
+    /// becomes the spare once the change is made to it too, if no reader still holds it (else
+    /// it is dropped, and the change after copies its path). Two versions that no longer share
+    /// nodes are changed with no reference count but the receiver's own: a path copy clones a
+    /// reference per sibling, up to 32 per level.
+    spare: Option<Arc<Snapshot>>,
 }
 
 impl Writer {
@@ -170,6 +200,7 @@ impl<M: Message> Ops<M> {
         counts: counts::<M>,
         remove: remove::<M>,
         contains: contains::<M>,
+        remove_in_place: remove_in_place::<M>,
     };
 }
 
@@ -196,21 +227,83 @@ fn counts<M: Message>(group: &Group) -> (usize, usize) {
 
 fn contains<M: Message>(group: &Group, id: u64) -> bool {
     let receivers = receivers_of::<M>(group);
-    receivers.trie.get_by(id, |entry| entry.id).is_some()
+    receivers.trie.get(id).is_some()
 }
 
 fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Removed> {
     let receivers = receivers_of::<M>(group);
-    let (rest, entry) = receivers.trie.removed_by(
-        id,
-        |entry| entry.id,
-        |entry| only.is_none_or(|kind| kind == entry.receiver.kind()),
-    )?;
+    let (rest, entry) = receivers.trie.removed(id, |entry| {
+        only.is_none_or(|kind| kind == entry.receiver.kind())
+    })?;
     // `entry` is a clone: the receiver itself is released with the replaced snapshot, which
     // the caller drops after the lock.
     let kind = entry.receiver.kind();
     let streams = receivers.streams - usize::from(kind == Kind::Stream);
     Some((rest.map(|trie| group_of(Receivers { trie, streams })), kind))
+}
+
+/// `group`'s receivers, if no other snapshot shares them.
+fn receivers_mut<M: Message>(group: &mut Group) -> Option<&mut Receivers<M>> {
+    Arc::get_mut(&mut group.receivers)?.downcast_mut()
+}
+
+fn remove_in_place<M: Message>(group: &mut Group, id: u64, only: Option<Kind>) -> InPlace {
+    let Some(receivers) = receivers_mut::<M>(group).filter(|r| r.trie.len() > 1) else {
+        return InPlace::Unchanged;
+    };
+    let accept = |entry: &Entry<M>| only.is_none_or(|kind| kind == entry.receiver.kind());
+    match receivers.trie.remove(id, accept) {
+        Some((entry, _)) => {
+            let kind = entry.receiver.kind();
+            receivers.streams -= usize::from(kind == Kind::Stream);
+            InPlace::Removed(kind, Box::new(entry))
+        }
+        None => InPlace::Unchanged,
+    }
+}
+
+/// Adds `entry` in place to `snapshot`, if nothing else holds it and it is a one-type snapshot
+/// of `M`; gives the entry back otherwise.
+fn push_in_place<M: Message>(
+    snapshot: &mut Arc<Snapshot>,
+    entry: Entry<M>,
+) -> Result<(), Entry<M>> {
+    let receivers = Arc::get_mut(snapshot)
+        .and_then(Snapshot::single_mut)
+        .and_then(receivers_mut::<M>);
+    match receivers {
+        Some(receivers) => {
+            receivers.streams += usize::from(entry.receiver.kind() == Kind::Stream);
+            receivers.trie.push(entry);
+            Ok(())
+        }
+        None => Err(entry),
+    }
+}
+
+/// Removes registration `id` in place from `snapshot`, if nothing else holds it and it is a
+/// one-type snapshot; the removed entry's kind, and the entry.
+fn remove_from_spare(
+    snapshot: &mut Arc<Snapshot>,
+    id: u64,
+    only: Option<Kind>,
+) -> Option<(Kind, Box<dyn Any + Send>)> {
+    let group = Arc::get_mut(snapshot)?.single_mut()?;
+    match (group.ops.remove_in_place)(group, id, only) {
+        InPlace::Removed(kind, entry) => Some((kind, entry)),
+        InPlace::Unchanged => None,
+    }
+}
+
+/// Whether a channel whose snapshot is `snapshot` keeps a spare.
+fn spare_pays(snapshot: Option<&Snapshot>) -> bool {
+    snapshot.is_some_and(|snapshot| {
+        let mut groups = snapshot.groups();
+        match (groups.next(), groups.next()) {
+            (Some(group), None) => (group.ops.counts)(group).0 >= SPARE_MIN,
+            _ => false,
+        }
+    })
 }
 
 /// `snapshot` with `entry` added to the group of its type (a new group, last, if it has none).
@@ -270,9 +363,10 @@ impl Topic {
         self.subscribers.load_full()
     }
 
-    /// Under the topic's lock: publishes `snapshot`; returns the replaced one (garbage).
-    fn publish(&self, _writer: &Writer, snapshot: Option<Snapshot>) -> Garbage {
-        Garbage(self.subscribers.swap(snapshot.map(Arc::new)))
+    /// Under the topic's lock: publishes `snapshot`; returns the replaced one (garbage, unless
+    /// it becomes the spare).
+    fn publish(&self, _writer: &Writer, snapshot: Option<Arc<Snapshot>>) -> Option<Arc<Snapshot>> {
+        self.subscribers.swap(snapshot)
     }
 
     /// Whether registration `id` is in effect here. Reads the published snapshot, which only
@@ -463,13 +557,38 @@ impl Registry {
                 return (id, Err(receiver));
             }
             let kind = receiver.kind();
-            let current = topic.subscribers.load_full();
-            if current.is_none() {
-                self.receivers_changed(topic, true);
-            }
-            let snapshot = with_entry(current.as_deref(), Entry { id, receiver });
+            let entry = Entry { id, receiver };
+            let mut garbage = Garbage::default();
+            let spare = match writer.spare.take() {
+                Some(mut spare) => match push_in_place(&mut spare, entry.clone()) {
+                    Ok(()) => Some(spare),
+                    Err(_) => {
+                        garbage.snapshots[1] = Some(spare);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let next = match spare {
+                Some(spare) => spare,
+                None => {
+                    let current = topic.subscribers.load_full();
+                    if current.is_none() {
+                        self.receivers_changed(topic, true);
+                    }
+                    Arc::new(with_entry(current.as_deref(), entry.clone()))
+                }
+            };
             self.gauge(kind).fetch_add(1, Relaxed);
-            let garbage = topic.publish(writer, Some(snapshot));
+            let keep = spare_pays(Some(&next));
+            let old = topic.publish(writer, Some(next));
+            match old {
+                Some(mut old) if keep => match push_in_place(&mut old, entry) {
+                    Ok(()) => writer.spare = Some(old),
+                    Err(_) => garbage.snapshots[0] = Some(old),
+                },
+                old => garbage.snapshots[0] = old,
+            }
             (id, Ok((garbage, topic.clone())))
         });
         // The garbage is dropped here, after `with_topic` released the lock.
@@ -486,27 +605,66 @@ impl Registry {
     /// returns its kind, `None` when unknown.
     fn unsubscribe(&self, topic: &Topic, id: u64, only: Option<Kind>) -> Option<Kind> {
         let mut writer = topic.writer.lock();
-        let current = topic.subscribers.load_full()?;
-        let (at, (rest, kind)) = current
-            .groups()
-            .enumerate()
-            .find_map(|(at, group)| Some((at, (group.ops.remove)(group, id, only)?)))?;
-        let mut rest = Some(rest);
-        let snapshot = Snapshot::new(current.groups().enumerate().filter_map(|(other, group)| {
-            match other == at {
-                true => rest.take().flatten(),
-                false => Some(group.clone()),
-            }
-        }));
-        if snapshot.is_none() {
+        let mut garbage = Garbage::default();
+        let kind = self.unsubscribe_locked(topic, &mut writer, id, only, &mut garbage);
+        drop(writer);
+        drop(garbage);
+        kind
+    }
+
+    /// [`Registry::unsubscribe`] under the topic's lock; what it replaces goes to `garbage`.
+    fn unsubscribe_locked(
+        &self,
+        topic: &Topic,
+        writer: &mut Writer,
+        id: u64,
+        only: Option<Kind>,
+        garbage: &mut Garbage,
+    ) -> Option<Kind> {
+        let mut spare = writer.spare.take();
+        let (next, kind, current) =
+            match spare.as_mut().and_then(|s| remove_from_spare(s, id, only)) {
+                // The published snapshot still holds the entry, so this is not its last reference.
+                Some((kind, _entry)) => (spare, kind, None),
+                None => {
+                    let current = topic.subscribers.load_full()?;
+                    let Some((at, (rest, kind))) = current
+                        .groups()
+                        .enumerate()
+                        .find_map(|(at, group)| Some((at, (group.ops.remove)(group, id, only)?)))
+                    else {
+                        writer.spare = spare;
+                        return None;
+                    };
+                    garbage.snapshots[1] = spare;
+                    let mut rest = Some(rest);
+                    let groups = current.groups().enumerate();
+                    let snapshot =
+                        Snapshot::new(groups.filter_map(|(other, group)| match other == at {
+                            true => rest.take().flatten(),
+                            false => Some(group.clone()),
+                        }));
+                    (snapshot.map(Arc::new), kind, Some(current))
+                }
+            };
+        if next.is_none() {
             self.receivers_changed(topic, false);
         }
         self.gauge(kind).fetch_sub(1, Relaxed);
-        let garbage = topic.publish(&writer, snapshot);
-        self.forget_if_unused(topic, &mut writer);
-        drop(writer);
-        drop(garbage);
+        let keep = spare_pays(next.as_deref());
+        let old = topic.publish(writer, next);
         drop(current);
+        match old {
+            Some(mut old) if keep => match remove_from_spare(&mut old, id, only) {
+                Some((_, entry)) => {
+                    garbage.entry = Some(entry);
+                    writer.spare = Some(old);
+                }
+                None => garbage.snapshots[0] = Some(old),
+            },
+            old => garbage.snapshots[0] = old,
+        }
+        self.forget_if_unused(topic, writer);
         Some(kind)
     }
 
@@ -542,8 +700,9 @@ impl Registry {
             .collect();
         for topic in topics {
             let mut writer = topic.writer.lock();
+            let spare = writer.spare.take();
             let garbage = topic.publish(&writer, None);
-            if let Some(snapshot) = &garbage.0 {
+            if let Some(snapshot) = &garbage {
                 self.receivers_changed(&topic, false);
                 for group in snapshot.groups() {
                     let (len, streams) = (group.ops.counts)(group);
@@ -556,6 +715,7 @@ impl Registry {
             self.forget_if_unused(&topic, &mut writer);
             drop(writer);
             drop(garbage);
+            drop(spare);
         }
     }
 
@@ -614,6 +774,73 @@ mod tests {
             assert!(!registry.remove(topic, *id, Kind::Listener));
             let left = registered.len() - at - 1;
             assert_eq!(registry.counters.listeners.load(Relaxed), left as u64);
+        }
+        assert!(registry.get("c").is_none());
+    }
+
+    /// A large channel changes its spare in place: a snapshot a reader holds never changes,
+    /// a removed closure is released when its removal returns, and closing the registry
+    /// releases the spare's references too.
+    #[test]
+    fn spare_snapshots_are_never_seen_and_hold_nothing_removed() {
+        let registry = Registry::new(None);
+        let ids = AtomicU64::new(1);
+        let registered: Vec<(u64, Arc<Topic>, Arc<()>)> = (0..4 * SPARE_MIN)
+            .map(|_| {
+                let token = Arc::new(());
+                let held = token.clone();
+                let receiver = Receiver::Listener(Arc::new(move |_: &u64| {
+                    let _ = &held;
+                }));
+                let (id, topic) = registry.register("c", &ids, receiver, None);
+                (id, topic.ok().unwrap(), token)
+            })
+            .collect();
+        let topic = registered[0].1.clone();
+        assert!(topic.writer.lock().spare.is_some());
+        let total = registered.len();
+        // Removals while a reader holds a snapshot.
+        let held = topic.snapshot().unwrap();
+        for (at, (id, topic, token)) in registered.iter().enumerate().skip(SPARE_MIN) {
+            assert!(registry.remove(topic, *id, Kind::Listener));
+            assert!(!registry.remove(topic, *id, Kind::Listener));
+            let left = total - at + SPARE_MIN - 1;
+            assert_eq!(post::deliver(&held, 1u64).delivered as usize, total);
+            let now = topic.snapshot().unwrap();
+            assert_eq!(post::deliver(&now, 1u64).delivered as usize, left);
+            assert!(Arc::strong_count(token) > 1, "the held snapshot has it");
+        }
+        drop(held);
+        for (_, _, token) in &registered[SPARE_MIN..] {
+            assert_eq!(Arc::strong_count(token), 1);
+        }
+        registry.close();
+        for (_, _, token) in &registered {
+            assert_eq!(Arc::strong_count(token), 1);
+        }
+        assert!(registry.get("c").is_none());
+    }
+
+    /// Without a reader, a removed closure is released before its removal returns.
+    #[test]
+    fn spare_releases_a_removed_closure_at_once() {
+        let registry = Registry::new(None);
+        let ids = AtomicU64::new(1);
+        let registered: Vec<(u64, Arc<Topic>, Arc<()>)> = (0..3 * SPARE_MIN)
+            .map(|_| {
+                let token = Arc::new(());
+                let held = token.clone();
+                let receiver = Receiver::Listener(Arc::new(move |_: &u64| {
+                    let _ = &held;
+                }));
+                let (id, topic) = registry.register("c", &ids, receiver, None);
+                (id, topic.ok().unwrap(), token)
+            })
+            .collect();
+        for (id, topic, token) in registered.iter().rev() {
+            assert!(Arc::strong_count(token) > 1);
+            assert!(registry.remove(topic, *id, Kind::Listener));
+            assert_eq!(Arc::strong_count(token), 1);
         }
         assert!(registry.get("c").is_none());
     }
