@@ -216,11 +216,6 @@ impl Sequences {
         })
     }
 
-    /// Forgets everything seen: frames were lost whose origins are unknown.
-    pub fn forget_all(&mut self) {
-        self.channels.clear();
-    }
-
     /// Forgets what was seen on `channel`: it is subscribed afresh, or no more.
     pub fn forget(&mut self, channel: &str) {
         self.channels.remove(channel);
