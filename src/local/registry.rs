@@ -778,14 +778,11 @@ mod tests {
         assert!(registry.get("c").is_none());
     }
 
-    /// A large channel changes its spare in place: a snapshot a reader holds never changes,
-    /// a removed closure is released when its removal returns, and closing the registry
-    /// releases the spare's references too.
-    #[test]
-    fn spare_snapshots_are_never_seen_and_hold_nothing_removed() {
-        let registry = Registry::new(None);
+    /// `count` listeners on channel "c" of `registry`, each holding a token: the token's count
+    /// says whether anything still holds the listener.
+    fn tokened_listeners(registry: &Registry, count: usize) -> Vec<(u64, Arc<Topic>, Arc<()>)> {
         let ids = AtomicU64::new(1);
-        let registered: Vec<(u64, Arc<Topic>, Arc<()>)> = (0..4 * SPARE_MIN)
+        (0..count)
             .map(|_| {
                 let token = Arc::new(());
                 let held = token.clone();
@@ -795,7 +792,16 @@ mod tests {
                 let (id, topic) = registry.register("c", &ids, receiver, None);
                 (id, topic.ok().unwrap(), token)
             })
-            .collect();
+            .collect()
+    }
+
+    /// A large channel changes its spare in place: a snapshot a reader holds never changes,
+    /// a removed closure is released when its removal returns, and closing the registry
+    /// releases the spare's references too.
+    #[test]
+    fn spare_snapshots_are_never_seen_and_hold_nothing_removed() {
+        let registry = Registry::new(None);
+        let registered = tokened_listeners(&registry, 4 * SPARE_MIN);
         let topic = registered[0].1.clone();
         assert!(topic.writer.lock().spare.is_some());
         let total = registered.len();
@@ -825,18 +831,7 @@ mod tests {
     #[test]
     fn spare_releases_a_removed_closure_at_once() {
         let registry = Registry::new(None);
-        let ids = AtomicU64::new(1);
-        let registered: Vec<(u64, Arc<Topic>, Arc<()>)> = (0..3 * SPARE_MIN)
-            .map(|_| {
-                let token = Arc::new(());
-                let held = token.clone();
-                let receiver = Receiver::Listener(Arc::new(move |_: &u64| {
-                    let _ = &held;
-                }));
-                let (id, topic) = registry.register("c", &ids, receiver, None);
-                (id, topic.ok().unwrap(), token)
-            })
-            .collect();
+        let registered = tokened_listeners(&registry, 3 * SPARE_MIN);
         for (id, topic, token) in registered.iter().rev() {
             assert!(Arc::strong_count(token) > 1);
             assert!(registry.remove(topic, *id, Kind::Listener));
