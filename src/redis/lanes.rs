@@ -16,9 +16,10 @@
 //!   order), then [`Lanes::route`] hands each command to the lane of its channel's master by
 //!   fred's slot table, and records that lane's budget as the slot's.
 //! - Batching (G05) per master: `route` then waits until every lane it handed commands to has
-//!   taken them, so that the next batch gathers what is posted while the lanes write, as the
-//!   publisher does on one Redis while its write is in flight. A lane that has not taken them
-//!   within [`STALL`] (its master is slow or down) is not waited for again until it has.
+//!   written them and had them answered, so that the next batch gathers what is posted
+//!   meanwhile, as the publisher does on one Redis while its write is in flight. A lane that
+//!   has not done so within [`STALL`] (its master is slow or down) is not waited for again
+//!   until it has caught up.
 //! - A command a master answers with `MOVED` goes to the lane of the master named. A lane
 //!   whose write gets no answer reads the slot table every [`CHECK`]: once the slot of one
 //!   of its commands belongs to another master (a failover, C04, or a reshard, C03), the write
@@ -71,9 +72,9 @@ struct Lane {
     /// Its outage budget: an index into `State::budgets`.
     budget: u8,
     queue: mpsc::UnboundedSender<Vec<Command>>,
-    /// Hand-overs to it so far, and how many of them it has taken.
+    /// Hand-overs to it so far, and how many of them it has written and had answered.
     handed: u64,
-    taken: watch::Receiver<u64>,
+    done: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
 
@@ -100,15 +101,15 @@ impl Lanes {
     }
 
     /// Hands each command to the lane of its channel's master, then waits (up to [`STALL`])
-    /// until those lanes have taken them.
+    /// until those lanes have written them and had them answered.
     pub(super) async fn route(&self, commands: Vec<Command>) {
         let waits = self.0.hand_over(by_master(&self.0.redis, commands));
-        let taken = async {
-            for (mut taken, handed) in waits {
-                let _ = taken.wait_for(|taken| *taken >= handed).await;
+        let done = async {
+            for (mut done, handed) in waits {
+                let _ = done.wait_for(|done| *done >= handed).await;
             }
         };
-        let _ = tokio::time::timeout(STALL, taken).await;
+        let _ = tokio::time::timeout(STALL, done).await;
     }
 }
 
@@ -135,7 +136,7 @@ fn by_master(redis: &Redis, commands: Vec<Command>) -> HashMap<String, Vec<Comma
 impl Shared {
     /// Queues each group on its master's lane (starting lanes as needed) and records the
     /// lane's budget as the budget of the groups' slots. Returns, for each lane that had
-    /// taken everything handed to it before, what to wait on until it has taken this too.
+    /// written everything handed to it before, what to wait on until it has written this too.
     fn hand_over(
         self: &Arc<Self>,
         groups: HashMap<String, Vec<Command>>,
@@ -150,12 +151,12 @@ impl Shared {
                     entry.store(lane.budget, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            let caught_up = *lane.taken.borrow() >= lane.handed;
+            let caught_up = *lane.done.borrow() >= lane.handed;
             lane.handed += 1;
             // Fails only once the lane's task ended, and that is only when the bus closes.
             let _ = lane.queue.send(commands);
             if caught_up {
-                waits.push((lane.taken.clone(), lane.handed));
+                waits.push((lane.done.clone(), lane.handed));
             }
         }
         waits
@@ -172,7 +173,7 @@ impl Shared {
             let budget = (*started % MAX_BUDGETS) as u8;
             *started += 1;
             let (queue, receiver) = mpsc::unbounded_channel();
-            let (taken_tx, taken) = watch::channel(0);
+            let (done_tx, done) = watch::channel(0);
             let worker = Worker {
                 shared: Arc::downgrade(self),
                 state: self.state.clone(),
@@ -184,8 +185,8 @@ impl Shared {
                 budget,
                 queue,
                 handed: 0,
-                taken,
-                task: tokio::spawn(worker.run(receiver, taken_tx)),
+                done,
+                task: tokio::spawn(worker.run(receiver, done_tx)),
             }
         })
     }
@@ -213,9 +214,11 @@ impl Worker {
     async fn run(
         self,
         mut queue: mpsc::UnboundedReceiver<Vec<Command>>,
-        taken: watch::Sender<u64>,
+        done: watch::Sender<u64>,
     ) {
         let mut pending: Vec<Command> = Vec::new();
+        // Hand-overs taken and not yet answered.
+        let mut taking = 0;
         loop {
             let mut batches = Vec::new();
             if pending.is_empty() {
@@ -235,9 +238,7 @@ impl Worker {
                     batches.push(batch);
                 }
             }
-            if !batches.is_empty() {
-                taken.send_modify(|count| *count += batches.len() as u64);
-            }
+            taking += batches.len() as u64;
             let retry = !pending.is_empty();
             pending.extend(batches.into_iter().flatten());
             if retry {
@@ -245,6 +246,10 @@ impl Worker {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             pending = self.write(pending).await;
+            if pending.is_empty() {
+                // Written and answered: the publisher's next batch may go.
+                done.send_modify(|count| *count += std::mem::take(&mut taking));
+            }
         }
     }
 
