@@ -211,11 +211,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(
-        self,
-        mut queue: mpsc::UnboundedReceiver<Vec<Command>>,
-        done: watch::Sender<u64>,
-    ) {
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Vec<Command>>, done: watch::Sender<u64>) {
         let mut pending: Vec<Command> = Vec::new();
         // Hand-overs taken and not yet answered.
         let mut taking = 0;
