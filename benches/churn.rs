@@ -35,16 +35,9 @@ enum Order {
     Random,
 }
 
-/// Fisher-Yates with xorshift64: a fixed, dependency-free shuffle.
-fn shuffle<T>(items: &mut [T], mut seed: u64) {
-    for i in (1..items.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let j = (seed % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
-}
+#[path = "support/shuffle.rs"]
+mod shuffle;
+use shuffle::shuffle;
 
 /// Adds `N` listeners to one channel, then removes them in `order`; returns the time taken
 /// by the 2N operations only.

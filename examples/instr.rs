@@ -209,16 +209,9 @@ fn ring_arcswap(n: u64) {
     }
 }
 
-/// Fisher-Yates with xorshift64, as `benches/churn.rs` shuffles.
-fn shuffle<T>(items: &mut [T], mut seed: u64) {
-    for i in (1..items.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let j = (seed % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
-}
+#[path = "../benches/support/shuffle.rs"]
+mod shuffle;
+use shuffle::shuffle;
 
 /// `n` listeners added to one channel, then removed in the order of `positions(n)`.
 fn churn(n: u64, positions: fn(usize) -> Vec<usize>) {
