@@ -50,6 +50,25 @@ fn limited_user(cluster: &RedisCluster, pattern: &str) -> String {
     cluster.url().replacen("://", "://limited:pw@", 1)
 }
 
+/// The number after `prefix` in `INFO section` (up to a `,`), summed over `nodes`.
+fn info_sum(nodes: &mut [Raw], section: &str, prefix: &str) -> u64 {
+    let mut sum = 0;
+    for node in nodes {
+        let support::cluster::Reply::Bulk(Some(info)) =
+            node.request(&[b"INFO", section.as_bytes()])
+        else {
+            panic!("INFO {section}: no answer");
+        };
+        for line in String::from_utf8_lossy(&info).lines() {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let number = rest.split(',').next().unwrap_or_default().trim();
+                sum += number.parse::<u64>().expect("a count");
+            }
+        }
+    }
+    sum
+}
+
 /// Whether `log` holds, for each origin range, its messages in post order and each once.
 fn in_order_once(log: &[u64], origins: &[std::ops::Range<u64>]) -> bool {
     origins.iter().all(|range| {
@@ -218,6 +237,28 @@ async fn c02_channels_are_ssubscribed_on_their_owner_only_and_posts_use_spublish
             assert!(!ran(port, "publish"), "PUBLISH on {port}");
         }
         assert!(ran(port, "spublish"), "SPUBLISH on the owner");
+    });
+
+    // Idle, the bus reads the slot table (C03) on connections it has open: it makes no new
+    // connection however long it runs (fred's own way of reading it made one each time, four
+    // a second). Watched through one connection per node, for eight readings.
+    blocking(|| {
+        let mut nodes: Vec<Raw> = cluster.running().map(|n| Raw::connect(n.port())).collect();
+        let connections = info_sum(&mut nodes, "stats", "total_connections_received:");
+        let readings = info_sum(&mut nodes, "commandstats", "cmdstat_cluster|slots:calls=");
+        let deadline = Instant::now() + DEADLINE;
+        while info_sum(&mut nodes, "commandstats", "cmdstat_cluster|slots:calls=") < readings + 8 {
+            assert!(
+                Instant::now() < deadline,
+                "the bus stopped reading the slot table"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            info_sum(&mut nodes, "stats", "total_connections_received:"),
+            connections,
+            "connections made while the bus was idle"
+        );
     });
 
     // The last receiver going sends SUNSUBSCRIBE.

@@ -53,6 +53,9 @@ pub(crate) const SUBSCRIBER_BUFFER: usize = 1 << 11;
 /// write, and flushes at the latest after `max_feed_count` commands), few enough that a
 /// restore of 100,000 channels holds a bounded number of tasks and pending replies.
 const SSUBSCRIBE_WINDOW: usize = 512;
+/// How long [`Redis::moved`]'s `CLUSTER SLOTS` on an open connection may take before fred's
+/// slow way of reading the table is taken instead.
+const QUICK_SLOTS_LIMIT: Duration = Duration::from_millis(200);
 
 /// Reconnect forever, 50 ms after a drop, backing off to at most one second between tries.
 fn policy() -> ReconnectPolicy {
@@ -597,11 +600,20 @@ impl Redis {
     /// failover, C04), each with its new owner. Redis has unsubscribed them (an unsolicited
     /// `SUNSUBSCRIBE`, which fred drops): they are to be subscribed again at once. Always
     /// empty on one Redis.
+    ///
+    /// Reading is one `CLUSTER SLOTS` on a connection already open. Only when its answer
+    /// differs from the table fred keeps (or does not come within [`QUICK_SLOTS_LIMIT`]) is
+    /// fred's table read again with `sync_cluster`, which also changes fred's connections;
+    /// fred 10.1 opens a new connection for each `sync_cluster` while every connection is
+    /// healthy (its `force_disconnect` test is inverted), so calling it on every check
+    /// connected to the cluster anew four times a second, for as long as the bus ran.
     pub(crate) async fn moved(&self) -> Result<Vec<(String, String)>, Failure> {
         let Some(shards) = &self.cluster else {
             return Ok(Vec::new());
         };
-        self.subscriber.sync_cluster().await.map_err(failure)?;
+        if !self.slot_table_unchanged().await {
+            self.subscriber.sync_cluster().await.map_err(failure)?;
+        }
         let Some(routing) = self.subscriber.cached_cluster_state() else {
             return Ok(Vec::new());
         };
@@ -615,6 +627,34 @@ impl Redis {
             })
             .collect();
         Ok(moved)
+    }
+
+    /// Whether the cluster's slot table, read now with one `CLUSTER SLOTS` on the
+    /// publisher's connections, is the one fred keeps. `false` when the answer does not come
+    /// within [`QUICK_SLOTS_LIMIT`] (a master is unreachable, say) or cannot be read.
+    async fn slot_table_unchanged(&self) -> bool {
+        let read = tokio::time::timeout(QUICK_SLOTS_LIMIT, self.publisher.cluster_slots::<Value>());
+        let Ok(Ok(answer)) = read.await else {
+            return false;
+        };
+        let host = match self.builder.get_config().map(|config| &config.server) {
+            Some(fred::types::config::ServerConfig::Clustered { hosts, .. }) => {
+                hosts.first().map(|server| server.host.clone())
+            }
+            _ => None,
+        };
+        let Ok(now) = ClusterRouting::from_cluster_slots(answer, host.unwrap_or_default()) else {
+            return false;
+        };
+        let mut now: Vec<(u16, u16, String)> = now
+            .slots()
+            .iter()
+            .map(|range| (range.start, range.end, range.primary.to_string()))
+            .collect();
+        let mut known = self.slot_table();
+        now.sort_unstable();
+        known.sort_unstable();
+        now == known
     }
 
     /// The messages the subscriber connection receives from now on.
