@@ -5,7 +5,8 @@
 //! - `single`: one `redis-server` (`tests/support/redis.rs`), buses on a `redis://` URL;
 //! - a cluster of 3 masters and no replicas (`tests/support/cluster.rs`,
 //!   `--cluster-replicas 0`: replicas would only add the copy each master sends its
-//!   replica, the same for both cluster setups below), used twice:
+//!   replica, the same for both cluster setups below; Redis's default node timeout, not the
+//!   tests' 1 s, which only adds cluster-bus pings), used twice:
 //!   - `cluster_sharded`: buses on its `redis-cluster://` URL, so evbus publishes with
 //!     `SPUBLISH` and subscribes with `SSUBSCRIBE`, each channel on the master that owns its
 //!     slot;
@@ -27,15 +28,17 @@
 //! Criterion measures each setup (`cluster_throughput/<setup>`), one after another. Then the
 //! table: on a shared machine the load changes between criterion's runs, so the setups take
 //! turns, one batch each per round, 15 rounds, and every ratio is the median of the per-round
-//! ratios to `single`'s batch in the same round. Around every batch the bench reads
-//! `INFO cpu stats commandstats` from each node of the setup and sums `used_cpu_sys +
-//! used_cpu_user` (Redis's own CPU time, all its threads), the calls of `PUBLISH` and
-//! `SPUBLISH`, and the socket reads and writes (`total_reads_processed`,
-//! `total_writes_processed`). The table
-//! gives the median messages/s, Redis CPU µs per delivered message (summed over the nodes, and
-//! per node), messages per PUBLISH command, posts per pipelined write of bus A, Redis's socket
-//! reads and writes per 1,000 messages, the cluster ÷ single ratios that issue 9 asks for
-//! (throughput at least 0.8, CPU per message no higher), and what the nodes spend idle.
+//! ratios to `single`'s batch in the same round. Around every batch the bench reads `INFO cpu
+//! stats commandstats` from each node of the setup (on one connection per node, open for the
+//! whole run) and sums `used_cpu_sys + used_cpu_user` (Redis's own CPU time, all its threads),
+//! the calls of `PUBLISH` and `SPUBLISH`, the socket reads and writes
+//! (`total_reads_processed`, `total_writes_processed`) and the bytes read
+//! (`total_net_input_bytes`). The table gives the median messages/s, Redis CPU µs per
+//! delivered message (summed over the nodes, and per node), messages per PUBLISH command,
+//! posts per pipelined write of bus A, Redis's socket reads and writes per 1,000 messages, the
+//! cluster ÷ single ratios that issue 9 asks for (throughput at least 0.8, CPU per message no
+//! higher), and what the nodes spend idle; a line per setup below it splits the reads from the
+//! writes and gives the bytes per read.
 //!
 //! Run with `cargo bench --bench cluster` (about a minute and a half). Needs `redis-server` and
 //! `redis-cli` (the cluster is created with `redis-cli --cluster create`).
@@ -68,10 +71,14 @@ const ROUNDS: usize = 15;
 const IDLE: Duration = Duration::from_secs(2);
 /// Masters of the cluster.
 const MASTERS: usize = 3;
+/// The cluster's node timeout: Redis's default.
+const NODE_TIMEOUT: &[&str] = &["--cluster-node-timeout", "15000"];
 
 fn main() {
     let single = redis::RedisServer::start();
-    let cluster = RedisCluster::start_with(MASTERS, 0, &[]);
+    // Redis's default node timeout (the tests use 1 s, for fast failovers): a shorter one
+    // only adds cluster-bus pings, which are not what this measures (both are in the README).
+    let cluster = RedisCluster::start_with(MASTERS, 0, NODE_TIMEOUT);
     let one = one_master_cluster();
     let one_url = format!("redis-cluster://127.0.0.1:{}", one.port());
     let runtime = counter::runtime();
@@ -165,6 +172,8 @@ fn main() {
                     cpu: after.cpu - before.cpu,
                     publishes: after.publishes - before.publishes,
                     io: after.io - before.io,
+                    reads: after.reads - before.reads,
+                    read_bytes: after.read_bytes - before.read_bytes,
                 }
             })
             .collect();
@@ -235,6 +244,9 @@ struct Sample {
     publishes: u64,
     /// Socket reads and writes, summed over the setup's nodes.
     io: u64,
+    /// What was read, summed over the setup's nodes: reads and bytes.
+    reads: u64,
+    read_bytes: u64,
 }
 
 /// What the nodes of a setup have counted so far.
@@ -244,6 +256,9 @@ struct RedisCounters {
     /// `total_reads_processed + total_writes_processed`: socket reads and writes, each one
     /// turn of work for a node's event loop.
     io: u64,
+    /// `total_reads_processed` and `total_net_input_bytes`.
+    reads: u64,
+    read_bytes: u64,
 }
 
 /// Two buses on one Redis deployment, and the nodes to read `INFO` from.
@@ -255,6 +270,9 @@ struct Setup {
     b: Bus,
     received: Arc<Counter>,
     ports: Vec<u16>,
+    /// One connection per node for `INFO`, open for the whole run: a connection per reading
+    /// would charge each node a connect and a close per batch.
+    info: std::sync::Mutex<Vec<Raw>>,
 }
 
 impl Setup {
@@ -292,6 +310,7 @@ impl Setup {
             a,
             b,
             received,
+            info: std::sync::Mutex::new(ports.iter().map(|&port| Raw::connect(port)).collect()),
             ports,
         }
     }
@@ -318,13 +337,15 @@ impl Setup {
             cpu: 0.0,
             publishes: 0,
             io: 0,
+            reads: 0,
+            read_bytes: 0,
         };
-        for &port in &self.ports {
-            let info =
-                match Raw::connect(port).request(&[b"INFO", b"cpu", b"stats", b"commandstats"]) {
-                    Reply::Bulk(Some(info)) => String::from_utf8_lossy(&info).into_owned(),
-                    other => panic!("INFO on {port}: {other:?}"),
-                };
+        let mut connections = self.info.lock().expect("INFO connections");
+        for (connection, port) in connections.iter_mut().zip(&self.ports) {
+            let info = match connection.request(&[b"INFO", b"cpu", b"stats", b"commandstats"]) {
+                Reply::Bulk(Some(info)) => String::from_utf8_lossy(&info).into_owned(),
+                other => panic!("INFO on {port}: {other:?}"),
+            };
             for line in info.lines() {
                 if let Some(seconds) = line
                     .strip_prefix("used_cpu_sys:")
@@ -337,6 +358,12 @@ impl Setup {
                     .or_else(|| line.strip_prefix("total_writes_processed:"))
                 {
                     total.io += count.trim().parse::<u64>().expect("a count");
+                }
+                if let Some(count) = line.strip_prefix("total_reads_processed:") {
+                    total.reads += count.trim().parse::<u64>().expect("a count");
+                }
+                if let Some(count) = line.strip_prefix("total_net_input_bytes:") {
+                    total.read_bytes += count.trim().parse::<u64>().expect("a count");
                 }
                 let command = line
                     .strip_prefix("cmdstat_publish:")
@@ -405,6 +432,16 @@ fn print_table(setups: &[Setup], rounds: &[Vec<Sample>], idle: &[f64]) {
             median(ours().map(|s| BATCH as f64 / s.writes.max(1) as f64)),
             median(ours().map(|s| s.io as f64 * 1e3 / BATCH as f64)),
             idle[i] * 1e3,
+        );
+    }
+    for (i, setup) in setups.iter().enumerate() {
+        let ours = || rounds.iter().map(move |round| &round[i]);
+        println!(
+            "{}: reads per 1k msgs {:.1}, bytes per read {:.0}, writes per 1k msgs {:.1}",
+            setup.name,
+            median(ours().map(|s| s.reads as f64 * 1e3 / BATCH as f64)),
+            median(ours().map(|s| s.read_bytes as f64 / s.reads.max(1) as f64)),
+            median(ours().map(|s| (s.io - s.reads) as f64 * 1e3 / BATCH as f64)),
         );
     }
     println!(

@@ -45,7 +45,7 @@ use super::connection::{self, Failure, Master, Outbound, Redis};
 use super::state::{State, MAX_BUDGETS};
 use crate::transport::BoxFuture;
 
-/// How long [`Lanes::route`] waits for a lane to take what it was handed.
+/// How long [`Lanes::route`] waits for a lane to write what it was handed and have it answered.
 const STALL: Duration = Duration::from_millis(100);
 /// How often a lane whose write is not answered reads the slot table.
 const CHECK: Duration = Duration::from_millis(250);

@@ -21,7 +21,7 @@
 //!    Redis is dropped by receivers); one that Redis refused fails its posts' Deliveries.
 //!    On a Redis Cluster each master's commands go to that master's lane instead
 //!    ([`super::lanes`]), which writes them on a connection of its own; the publisher waits
-//!    until the lanes have taken them, not until the masters answered.
+//!    (up to 100 ms) until the lanes have written them and had them answered.
 //! 5. Settle the batch's tickets: the watermark that `flush` waits on moves past every
 //!    ticket settled so far (tickets are settled out of order when posts from several
 //!    threads race into the queue, or when masters answer at different times, so the ones
@@ -154,7 +154,8 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
         }
         sending(&state, &commands);
         match &lanes {
-            // Each master's lane sends its own; this waits only until they have taken them.
+            // Each master's lane sends its own; this waits until they have been answered, or
+            // no longer than `lanes::STALL` for a master that is slow or down.
             Some(lanes) => lanes.route(commands).await,
             None => send(&state, &redis, commands).await,
         }
