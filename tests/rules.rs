@@ -513,6 +513,76 @@ fn l13_a_million_short_lived_channels_leave_nothing_behind() {
     );
 }
 
+/// A post by name skips the lookup for the name a thread posted to last (a per-thread cache):
+/// once the channel is forgotten and registered afresh, the next post reaches the new listener,
+/// and a channel of the same name on another bus is another channel.
+#[test]
+fn l13_a_name_posted_to_again_after_it_was_forgotten_reaches_its_new_listeners() {
+    let bus = Bus::local();
+    let other = Bus::local();
+    let first = Arc::new(AtomicUsize::new(0));
+    let counter = first.clone();
+    let id = bus.messages().add_listener("user_1", move |_: &u64| {
+        counter.fetch_add(1, SeqCst);
+    });
+    for _ in 0..3 {
+        assert_eq!(local(&bus, "user_1", 1u64), 1);
+    }
+    assert!(bus.messages().remove_listener("user_1", id));
+    assert_eq!(local(&bus, "user_1", 1u64), 0, "forgotten: nobody listens");
+    let second = Arc::new(AtomicUsize::new(0));
+    let counter = second.clone();
+    bus.messages().add_listener("user_1", move |_: &u64| {
+        counter.fetch_add(1, SeqCst);
+    });
+    assert_eq!(local(&bus, "user_1", 2u64), 1);
+    assert_eq!(local(&bus, "user_1", 2u64), 1);
+    assert_eq!((first.load(SeqCst), second.load(SeqCst)), (3, 2));
+    // The same name on another bus.
+    assert_eq!(local(&other, "user_1", 3u64), 0);
+    let elsewhere = Arc::new(AtomicUsize::new(0));
+    let counter = elsewhere.clone();
+    other.messages().add_listener("user_1", move |_: &u64| {
+        counter.fetch_add(1, SeqCst);
+    });
+    for _ in 0..2 {
+        assert_eq!(local(&other, "user_1", 3u64), 1);
+        assert_eq!(local(&bus, "user_1", 3u64), 1);
+    }
+    assert_eq!(
+        (second.load(SeqCst), elsewhere.load(SeqCst)),
+        (4, 2),
+        "each bus's posts reached its own listener"
+    );
+    // A listener that posts by name itself, to its own channel's neighbour and back.
+    let nested = bus.clone();
+    bus.messages().add_listener("relay", move |n: &u64| {
+        assert_eq!(local(&nested, "user_1", *n), 1);
+    });
+    for _ in 0..3 {
+        assert_eq!(local(&bus, "relay", 5u64), 1);
+    }
+    assert_eq!(second.load(SeqCst), 7);
+}
+
+/// The by-name cache holds a channel, never its receivers: a dropped bus frees what its
+/// listeners captured although this thread's last posts by name went to them.
+#[test]
+fn l13_a_dropped_bus_frees_its_listeners_though_a_thread_posted_to_them_by_name() {
+    let captured = Arc::new(());
+    let bus = Bus::local();
+    let held = captured.clone();
+    bus.messages().add_listener("user_1", move |_: &u64| {
+        let _ = &held;
+    });
+    for _ in 0..3 {
+        assert_eq!(local(&bus, "user_1", 1u64), 1);
+    }
+    assert_eq!(Arc::strong_count(&captured), 2);
+    drop(bus);
+    assert_eq!(Arc::strong_count(&captured), 1, "the listener was freed");
+}
+
 // ---- S. Sessions ----------------------------------------------------------------------------
 
 #[test]

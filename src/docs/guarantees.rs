@@ -129,9 +129,14 @@
 //! Channel names are interned only while something holds the channel: a listener, a stream or
 //! a live [`Channel`] handle. When the last of them goes, the channel is forgotten at once, and
 //! posting to a name interns nothing. So any number of short-lived channels (one per user)
-//! leave no memory behind, and [`Stats::channels`] is back to where it was.
+//! leave no memory behind, and [`Stats::channels`] is back to where it was. (A thread that
+//! posted to one name twice in a row keeps that channel's empty shell, about a hundred bytes,
+//! until it looks up another name twice or exits: the by-name post's cache, never a
+//! receiver.)
 //!
-//! Tests: `tests/rules.rs`, `l13_a_million_short_lived_channels_leave_nothing_behind`;
+//! Tests: `tests/rules.rs`, `l13_a_million_short_lived_channels_leave_nothing_behind`,
+//! `l13_a_name_posted_to_again_after_it_was_forgotten_reaches_its_new_listeners`,
+//! `l13_a_dropped_bus_frees_its_listeners_though_a_thread_posted_to_them_by_name`;
 //! `tests/model.rs`, `l13_model_channels_forgotten_with_last_registration`.
 //!
 //! # Sessions

@@ -56,7 +56,7 @@
 
 use std::any::Any;
 use std::borrow::Borrow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -164,6 +164,10 @@ pub(crate) struct Topic {
     /// registration change starts from (the channel keeps no other copy of its receivers).
     subscribers: ArcSwapOption<Snapshot>,
     writer: Mutex<Writer>,
+    /// Set (under `writer`) before the topic leaves the interning table, and for every topic
+    /// when the registry is dropped: a by-name post that finds it in this thread's cache
+    /// ([`LAST_BY_NAME`]) looks the name up again.
+    forgotten: AtomicBool,
 }
 
 /// The writer's own state, under the topic's lock: the number of live handles, or
@@ -407,8 +411,39 @@ impl PartialEq for Interned {
 
 impl Eq for Interned {}
 
+thread_local! {
+    /// The topic this thread last looked up by name twice in a row, with its registry's
+    /// [`Registry::id`]: [`Registry::post`] then skips the interning table. Borrowed for the
+    /// post, so a listener that posts by name meanwhile may use it but not replace it. Holds
+    /// the topic, not its receivers: a topic is emptied when it is forgotten and when its
+    /// registry is dropped.
+    static LAST_BY_NAME: RefCell<Option<(u64, Arc<Topic>)>> = const { RefCell::new(None) };
+    /// The address of the topic this thread's last by-name lookup found; an address only,
+    /// compared and never followed.
+    static LAST_LOOKUP: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Drop for Registry {
+    /// Empties every topic and marks it forgotten, so that a topic a thread still caches for
+    /// by-name posts ([`LAST_BY_NAME`]) holds none of the receivers (and their captures).
+    fn drop(&mut self) {
+        for (topic, _) in self.map.pin().iter() {
+            let topic = &topic.0;
+            topic.forgotten.store(true, Release);
+            let spare = topic.writer.lock().spare.take();
+            drop(topic.subscribers.swap(None));
+            drop(spare);
+        }
+    }
+}
+
+/// Source of [`Registry::id`]s.
+static REGISTRIES: AtomicU64 = AtomicU64::new(0);
+
 /// The interning table and the gauges that go with it.
 pub(crate) struct Registry {
+    /// This registry among all of the process's, for [`LAST_BY_NAME`].
+    id: u64,
     map: papaya::HashMap<Interned, (), foldhash::fast::RandomState>,
     pub(crate) counters: Counters,
     /// Set by [`Registry::close`] (bus shutdown): registrations are inert afterwards.
@@ -422,6 +457,7 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(interest: Option<Arc<dyn Interest>>) -> Self {
         Registry {
+            id: REGISTRIES.fetch_add(1, Relaxed),
             map: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
@@ -445,15 +481,45 @@ impl Registry {
 
     /// Posts by name: one lock-free map lookup, then [`Topic::post`]. Interns nothing (L13).
     #[inline]
+    ///
+    /// A thread that posts to the same name again skips the table: [`LAST_BY_NAME`] holds the
+    /// topic it posted to by name last, which is used while it has this registry, this name
+    /// and has not been forgotten (L13; the flag is set before the topic leaves the table, so a
+    /// registration that interned the name afresh, and anything that follows it, sees it). A
+    /// topic gets there when it is looked up twice in a row, so a thread posting to a new name
+    /// each time pays no reference count for it.
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
-        let map = self.map.pin();
-        match map.get_key_value(name) {
-            Some((topic, _)) => topic.0.post(message, &self.counters),
-            None => {
-                self.counters.record_post(&Tally::default());
-                0
+        let mut message = Some(message);
+        let hit = LAST_BY_NAME.try_with(|last| {
+            // Shared: a listener's own post by name may use it too, but not replace it.
+            let last = last.try_borrow().ok()?;
+            let (registry, topic) = last.as_ref()?;
+            if *registry != self.id || *topic.name != *name || topic.forgotten.load(Acquire) {
+                return None;
             }
+            Some(topic.post(message.take()?, &self.counters))
+        });
+        if let Ok(Some(delivered)) = hit {
+            return delivered;
         }
+        let Some(message) = message else {
+            unreachable!("taken only by a post that returned")
+        };
+        let map = self.map.pin();
+        let Some((topic, _)) = map.get_key_value(name) else {
+            self.counters.record_post(&Tally::default());
+            return 0;
+        };
+        let topic = &topic.0;
+        let address = Arc::as_ptr(topic) as usize;
+        if LAST_LOOKUP.try_with(|last| last.replace(address)) == Ok(address) {
+            let _ = LAST_BY_NAME.try_with(|last| {
+                if let Ok(mut last) = last.try_borrow_mut() {
+                    *last = Some((self.id, topic.clone()));
+                }
+            });
+        }
+        topic.post(message, &self.counters)
     }
 
     /// The live topic of `name`, if any.
@@ -475,6 +541,7 @@ impl Registry {
                         name: name.into(),
                         subscribers: ArcSwapOption::empty(),
                         writer: Mutex::default(),
+                        forgotten: AtomicBool::new(false),
                     });
                     if self
                         .map
@@ -723,6 +790,8 @@ impl Registry {
     fn forget_if_unused(&self, topic: &Topic, writer: &mut Writer) {
         if writer.handles == 0 && topic.subscribers.load().is_none() {
             writer.handles = Writer::FORGOTTEN;
+            // Before the removal: whoever interns the name afresh has seen the flag.
+            topic.forgotten.store(true, Release);
             let map = self.map.pin();
             if let Ok(Some(_)) =
                 map.remove_if(&*topic.name, |live, _| std::ptr::eq(&*live.0, topic))
