@@ -499,12 +499,16 @@ impl Registry {
             }
             Some(topic.post(message.take()?, &self.counters))
         });
-        if let Ok(Some(delivered)) = hit {
-            return delivered;
+        match (hit, message) {
+            (Ok(Some(delivered)), _) => delivered,
+            (_, Some(message)) => self.post_looked_up(name, message),
+            (_, None) => unreachable!("taken only by a post that returned"),
         }
-        let Some(message) = message else {
-            unreachable!("taken only by a post that returned")
-        };
+    }
+
+    /// [`Registry::post`] through the interning table.
+    #[inline(never)]
+    fn post_looked_up<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
         let map = self.map.pin();
         let Some((topic, _)) = map.get_key_value(name) else {
             self.counters.record_post(&Tally::default());
