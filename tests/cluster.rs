@@ -241,7 +241,8 @@ async fn c02_channels_are_ssubscribed_on_their_owner_only_and_posts_use_spublish
 
     // Idle, the bus reads the slot table (C03) on connections it has open: it makes no new
     // connection however long it runs (fred's own way of reading it made one each time, four
-    // a second). Watched through one connection per node, for eight readings.
+    // a second). Watched through one connection per node, for eight readings; one reading
+    // that a loaded machine delays past half a second is taken fred's way, which connects.
     blocking(|| {
         let mut nodes: Vec<Raw> = cluster.running().map(|n| Raw::connect(n.port())).collect();
         let connections = info_sum(&mut nodes, "stats", "total_connections_received:");
@@ -254,11 +255,8 @@ async fn c02_channels_are_ssubscribed_on_their_owner_only_and_posts_use_spublish
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(
-            info_sum(&mut nodes, "stats", "total_connections_received:"),
-            connections,
-            "connections made while the bus was idle"
-        );
+        let made = info_sum(&mut nodes, "stats", "total_connections_received:") - connections;
+        assert!(made <= 1, "{made} connections made while the bus was idle");
     });
 
     // The last receiver going sends SUNSUBSCRIBE.

@@ -55,7 +55,7 @@ pub(crate) const SUBSCRIBER_BUFFER: usize = 1 << 11;
 const SSUBSCRIBE_WINDOW: usize = 512;
 /// How long [`Redis::moved`]'s `CLUSTER SLOTS` on an open connection may take before fred's
 /// slow way of reading the table is taken instead.
-const QUICK_SLOTS_LIMIT: Duration = Duration::from_millis(200);
+const QUICK_SLOTS_LIMIT: Duration = Duration::from_millis(500);
 
 /// Reconnect forever, 50 ms after a drop, backing off to at most one second between tries.
 fn policy() -> ReconnectPolicy {
