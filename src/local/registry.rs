@@ -36,7 +36,10 @@
 //! A channel with one receiver is four allocations of its own besides the receiver: its
 //! topic, its name, its snapshot, and its one group's [`Receivers`] (whose trie holds a lone
 //! receiver inline), plus an 8-byte entry and a slot of the name table (see
-//! `examples/memory.rs`).
+//! `examples/memory.rs`). A receiver is one allocation that holds its registration id too
+//! ([`post::Registered`]), so a trie entry is a pointer of two words; on a channel that keeps
+//! a spare, the entries and the nodes (about 17 bytes per receiver) are held twice, the
+//! receivers once.
 //!
 //! # Forgetting (L13)
 //!
@@ -66,7 +69,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 pub(crate) use super::post::Kind;
-use super::post::{self, Entry, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
+use super::post::{self, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
 use crate::message::Message;
 use crate::stats::{Counters, Tally};
 use crate::trie::Trie;
@@ -232,12 +235,12 @@ fn contains<M: Message>(group: &Group, id: u64) -> bool {
 
 fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Removed> {
     let receivers = receivers_of::<M>(group);
-    let (rest, entry) = receivers.trie.removed(id, |entry| {
-        only.is_none_or(|kind| kind == entry.receiver.kind())
-    })?;
+    let (rest, entry) = receivers
+        .trie
+        .removed(id, |entry| only.is_none_or(|kind| kind == entry.kind()))?;
     // `entry` is a clone: the receiver itself is released with the replaced snapshot, which
     // the caller drops after the lock.
-    let kind = entry.receiver.kind();
+    let kind = entry.kind();
     let streams = receivers.streams - usize::from(kind == Kind::Stream);
     Some((rest.map(|trie| group_of(Receivers { trie, streams })), kind))
 }
@@ -251,10 +254,10 @@ fn remove_in_place<M: Message>(group: &mut Group, id: u64, only: Option<Kind>) -
     let Some(receivers) = receivers_mut::<M>(group).filter(|r| r.trie.len() > 1) else {
         return InPlace::Unchanged;
     };
-    let accept = |entry: &Entry<M>| only.is_none_or(|kind| kind == entry.receiver.kind());
+    let accept = |entry: &Receiver<M>| only.is_none_or(|kind| kind == entry.kind());
     match receivers.trie.remove(id, accept) {
         Some((entry, _)) => {
-            let kind = entry.receiver.kind();
+            let kind = entry.kind();
             receivers.streams -= usize::from(kind == Kind::Stream);
             InPlace::Removed(kind, Box::new(entry))
         }
@@ -266,14 +269,14 @@ fn remove_in_place<M: Message>(group: &mut Group, id: u64, only: Option<Kind>) -
 /// of `M`; gives the entry back otherwise.
 fn push_in_place<M: Message>(
     snapshot: &mut Arc<Snapshot>,
-    entry: Entry<M>,
-) -> Result<(), Entry<M>> {
+    entry: Receiver<M>,
+) -> Result<(), Receiver<M>> {
     let receivers = Arc::get_mut(snapshot)
         .and_then(Snapshot::single_mut)
         .and_then(receivers_mut::<M>);
     match receivers {
         Some(receivers) => {
-            receivers.streams += usize::from(entry.receiver.kind() == Kind::Stream);
+            receivers.streams += usize::from(entry.kind() == Kind::Stream);
             receivers.trie.push(entry);
             Ok(())
         }
@@ -307,8 +310,8 @@ fn spare_pays(snapshot: Option<&Snapshot>) -> bool {
 }
 
 /// `snapshot` with `entry` added to the group of its type (a new group, last, if it has none).
-fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Entry<M>) -> Snapshot {
-    let stream = usize::from(entry.receiver.kind() == Kind::Stream);
+fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Receiver<M>) -> Snapshot {
+    let stream = usize::from(entry.kind() == Kind::Stream);
     let entry = Cell::new(Some(entry));
     let groups = snapshot.into_iter().flat_map(Snapshot::groups);
     let updated = groups.map(|old| match old.receivers.downcast_ref::<Receivers<M>>() {
@@ -557,7 +560,7 @@ impl Registry {
                 return (id, Err(receiver));
             }
             let kind = receiver.kind();
-            let entry = Entry { id, receiver };
+            let entry = receiver.register(id);
             let mut garbage = Garbage::default();
             let spare = match writer.spare.take() {
                 Some(mut spare) => match push_in_place(&mut spare, entry.clone()) {
@@ -745,7 +748,7 @@ mod tests {
     use super::*;
 
     fn listener() -> Receiver<u64> {
-        Receiver::Listener(Arc::new(|_: &u64| {}))
+        Receiver::listener(|_: &u64| {})
     }
 
     /// Removal finds ids by binary search in the trie: in any order, across repacks, and only
@@ -786,9 +789,9 @@ mod tests {
             .map(|_| {
                 let token = Arc::new(());
                 let held = token.clone();
-                let receiver = Receiver::Listener(Arc::new(move |_: &u64| {
+                let receiver = Receiver::listener(move |_: &u64| {
                     let _ = &held;
-                }));
+                });
                 let (id, topic) = registry.register("c", &ids, receiver, None);
                 (id, topic.ok().unwrap(), token)
             })
@@ -852,14 +855,9 @@ mod tests {
             (id, topic.ok().unwrap())
         };
         let (a, topic) = register(listener());
-        let (b, _) = registry.register::<String>(
-            "c",
-            &ids,
-            Receiver::Listener(Arc::new(|_: &String| {})),
-            None,
-        );
-        let (c, _) =
-            registry.register::<u8>("c", &ids, Receiver::Listener(Arc::new(|_: &u8| {})), None);
+        let (b, _) =
+            registry.register::<String>("c", &ids, Receiver::listener(|_: &String| {}), None);
+        let (c, _) = registry.register::<u8>("c", &ids, Receiver::listener(|_: &u8| {}), None);
         let (d, _) = register(listener());
         let post = |message: u64| post::deliver(&topic.snapshot().unwrap(), message);
         let tally = post(7);
