@@ -82,9 +82,10 @@ const MASK: u64 = WIDTH - 1;
 enum Node<T> {
     /// A leaf with one item, held inline: a channel with one receiver has no leaf allocation.
     One(T),
-    /// A leaf with two or more items. A `Vec`: copies have their exact size, and a leaf
-    /// changed in place (the registry's spare) grows without a reallocation per item, keeping
-    /// at most four times its items' room.
+    /// A leaf with two or more items. A `Vec`: copies have their exact size; a leaf made in
+    /// place (the registry's spare) gets room for 32 items with its second, so it fills
+    /// without reallocating; and a leaf changed in place keeps at most four times its items'
+    /// room.
     Leaf(Vec<T>),
     /// Present children, in slot order; never empty.
     Branch(Box<[Child<T>]>),
@@ -180,19 +181,7 @@ impl<T: Clone + Keyed> Trie<T> {
 
     /// The item whose key ([`Keyed`]) is `key`, if any.
     pub(crate) fn get(&self, key: u64) -> Option<&T> {
-        let mut node = &self.root;
-        loop {
-            match node {
-                Node::One(item) => return (item.key() == key).then_some(item),
-                Node::Leaf(items) => {
-                    let at = items.binary_search_by(|item| item.key().cmp(&key)).ok()?;
-                    return Some(&items[at]);
-                }
-                Node::Branch(children) => {
-                    node = &children[child_of(children, key)?].node;
-                }
-            }
-        }
+        Some(self.find(key)?.1)
     }
 
     /// A new version without the item whose key is `key`, if `accept` takes it (`None` when
@@ -427,11 +416,27 @@ impl<T: Clone + Keyed> Trie<T> {
     /// [`Trie::removed`], in place: the removed item, and whether the trie is now empty
     /// (then it holds nothing the caller may use but must drop). `None`, and no change, when
     /// there is no such item or `accept` refuses it.
-    pub(crate) fn remove(&mut self, key: u64, accept: impl Fn(&T) -> bool) -> Option<(T, bool)> {
-        if !self.get(key).is_some_and(&accept) {
+    ///
+    /// `path` is where the item is, if known: a guess, checked (one key comparison) before
+    /// it is used, such as the item's path in another version of the same shape (the
+    /// registry's spare and published versions are changed alike); on success it is set to
+    /// where the item was. One search finds the item, checks it and removes it.
+    pub(crate) fn remove(
+        &mut self,
+        key: u64,
+        accept: impl Fn(&T) -> bool,
+        path: &mut Option<Path>,
+    ) -> Option<(T, bool)> {
+        let guess = path.and_then(|path| Some((path, self.at(&path)?)));
+        let (found, item) = match guess.filter(|(_, item)| item.key() == key) {
+            Some(found) => found,
+            None => self.find(key)?,
+        };
+        if !accept(item) {
             return None;
         }
-        let (item, empty) = remove_mut(&mut self.root, key);
+        *path = Some(found);
+        let (item, empty) = remove_at(&mut self.root, found.steps());
         self.len -= 1;
         if !empty && self.should_repack() {
             let mut items = Vec::with_capacity(self.len);
@@ -439,6 +444,63 @@ impl<T: Clone + Keyed> Trie<T> {
             *self = Trie::dense(items);
         }
         Some((item, empty))
+    }
+
+    /// Where the item keyed `key` is, and the item, if there is one.
+    fn find(&self, key: u64) -> Option<(Path, &T)> {
+        let mut path = Path {
+            steps: [0; MAX_STEPS],
+            len: 0,
+        };
+        let mut node = &self.root;
+        loop {
+            let at = match node {
+                Node::One(item) => return (item.key() == key).then_some((path, item)),
+                Node::Leaf(items) => items.binary_search_by(|item| item.key().cmp(&key)).ok()?,
+                Node::Branch(children) => child_of(children, key)?,
+            };
+            path.steps[usize::from(path.len)] = at as u8;
+            path.len += 1;
+            match node {
+                Node::Branch(children) => node = &children[at].node,
+                Node::Leaf(items) => return Some((path, &items[at])),
+                Node::One(_) => unreachable!("returned above"),
+            }
+        }
+    }
+
+    /// The item at `path`, if the trie has one there.
+    fn at(&self, path: &Path) -> Option<&T> {
+        let mut node = &self.root;
+        for &step in path.steps() {
+            match node {
+                Node::Branch(children) => node = &children.get(usize::from(step))?.node,
+                Node::Leaf(items) => return items.get(usize::from(step)),
+                Node::One(_) => return None,
+            }
+        }
+        match node {
+            Node::One(item) => Some(item),
+            _ => None,
+        }
+    }
+}
+
+/// The most steps from a root to an item: 13 branches (for 64-bit slots) and a leaf.
+const MAX_STEPS: usize = 14;
+
+/// Where an item is in a trie: from the root, the index of the child taken at each branch,
+/// then the item's index in its leaf (none for a leaf of one item). Positions in a version
+/// of the trie; another version of the same shape has the item at the same path.
+#[derive(Clone, Copy)]
+pub(crate) struct Path {
+    steps: [u8; MAX_STEPS],
+    len: u8,
+}
+
+impl Path {
+    fn steps(&self) -> &[u8] {
+        &self.steps[..usize::from(self.len)]
     }
 }
 
@@ -471,7 +533,11 @@ fn insert_mut<T: Clone + Keyed>(node: &mut Node<T>, height: u32, slot: u64, item
             let Node::One(present) = std::mem::replace(node, placeholder()) else {
                 unreachable!("matched above")
             };
-            *node = Node::Leaf(vec![present, item]);
+            // Room for a full leaf at once: a leaf changed in place grows by pushes, and
+            // growing it by doubling would reallocate four times per 32 items.
+            let mut items = Vec::with_capacity(WIDTH as usize);
+            items.extend([present, item]);
+            *node = Node::Leaf(items);
         }
         Node::Leaf(items) => items.push(item),
         Node::Branch(children) => {
@@ -491,19 +557,16 @@ fn insert_mut<T: Clone + Keyed>(node: &mut Node<T>, height: u32, slot: u64, item
     }
 }
 
-/// [`remove_by`], in place, for a `key` known to be present: the item, and whether `node` is
-/// now empty (and to be dropped by its parent).
-fn remove_mut<T: Clone + Keyed>(node: &mut Node<T>, key: u64) -> (T, bool) {
+/// [`remove_by`], in place, for an item known to be at `steps` (see [`Path`]): the item, and
+/// whether `node` is now empty (and to be dropped by its parent).
+fn remove_at<T: Clone>(node: &mut Node<T>, steps: &[u8]) -> (T, bool) {
     match node {
         Node::One(_) => match std::mem::replace(node, placeholder()) {
             Node::One(item) => (item, true),
             _ => unreachable!("matched above"),
         },
         Node::Leaf(items) => {
-            let Ok(at) = items.binary_search_by(|item| item.key().cmp(&key)) else {
-                unreachable!("the key was found before")
-            };
-            let item = items.remove(at);
+            let item = items.remove(usize::from(steps[0]));
             if items.len() == 1 {
                 *node = leaf(std::mem::take(items));
             } else if items.len() * 4 < items.capacity() {
@@ -512,10 +575,8 @@ fn remove_mut<T: Clone + Keyed>(node: &mut Node<T>, key: u64) -> (T, bool) {
             (item, false)
         }
         Node::Branch(children) => {
-            let Some(at) = child_of(children, key) else {
-                unreachable!("the key was found before")
-            };
-            let (item, empty) = remove_mut(Arc::make_mut(&mut children[at].node), key);
+            let at = usize::from(steps[0]);
+            let (item, empty) = remove_at(Arc::make_mut(&mut children[at].node), &steps[1..]);
             if empty {
                 drop(remove_from(children, at));
             }
@@ -644,8 +705,12 @@ mod tests {
         let mut left: Vec<u64> = (0..3000).collect();
         for (at, key) in order.iter().enumerate() {
             let before = (at % 7 == 0).then(|| trie.removed(*key, |_| true));
-            assert!(trie.remove(*key, |_| false).is_none());
-            let (item, empty) = trie.remove(*key, |_| true).unwrap();
+            assert!(trie.remove(*key, |_| false, &mut None).is_none());
+            // A wrong guess of its path is checked, and not used.
+            let mut path = trie
+                .find(order[(at + 1) % order.len()])
+                .map(|(path, _)| path);
+            let (item, empty) = trie.remove(*key, |_| true, &mut path).unwrap();
             assert_eq!((item, empty), (*key, at == 2999));
             left.retain(|x| x != key);
             if let Some(Some((copied, _))) = before {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::stream::StreamSink;
 use crate::stats::Tally;
-use crate::trie::Trie;
+use crate::trie::{Path, Trie};
 use crate::wire::codec::{Codec, Payload};
 
 /// A receiver with its registration id, in one allocation: a trie entry is then the
@@ -55,9 +55,11 @@ pub(crate) trait Listen<M>: Send + Sync {
     fn id(&self) -> u64;
     fn set_id(&mut self, id: u64);
     fn call(&self, message: &M);
+    /// The same allocation, type-erased: a removed listener, to drop after the lock.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
-impl<M, F: Fn(&M) + Send + Sync> Listen<M> for Registered<F> {
+impl<M, F: Fn(&M) + Send + Sync + 'static> Listen<M> for Registered<F> {
     fn id(&self) -> u64 {
         self.id
     }
@@ -69,6 +71,10 @@ impl<M, F: Fn(&M) + Send + Sync> Listen<M> for Registered<F> {
     #[inline]
     fn call(&self, message: &M) {
         (self.receiver)(message)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
     }
 }
 
@@ -220,14 +226,17 @@ pub(crate) struct GroupOps {
     /// Whether the group has receiver `id`.
     pub(crate) contains: fn(&Group, u64) -> bool,
     /// [`GroupOps::remove`] in place, on a group no reader can see (the registry's spare); the
-    /// group must keep a receiver.
-    pub(crate) remove_in_place: fn(&mut Group, u64, Option<Kind>) -> InPlace,
+    /// group must keep a receiver. The path is where the receiver is, if known (a guess, see
+    /// [`Trie::remove`]), and is set to where it was: the spare and the published version
+    /// have the same shape, so the second removal does not search.
+    pub(crate) remove_in_place: fn(&mut Group, u64, Option<Kind>, &mut Option<Path>) -> InPlace,
 }
 
 /// What [`GroupOps::remove_in_place`] did.
 pub(crate) enum InPlace {
-    /// Removed the receiver, of this kind; the entry is to be dropped after the lock.
-    Removed(Kind, Box<dyn Any + Send>),
+    /// Removed the receiver, of this kind; the entry is to be dropped after the lock. An
+    /// `Arc` of the receiver's own allocation, type-erased: nothing is allocated to carry it.
+    Removed(Kind, Arc<dyn Any + Send + Sync>),
     /// Nothing: no such receiver (or not of the kind asked for), or the group's receivers are
     /// shared, or the removal would leave it empty.
     Unchanged,

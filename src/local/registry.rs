@@ -72,7 +72,7 @@ pub(crate) use super::post::Kind;
 use super::post::{self, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
 use crate::message::Message;
 use crate::stats::{Counters, Tally};
-use crate::trie::Trie;
+use crate::trie::{Path, Trie};
 
 /// What the local core tells a transport: which channels have local receivers. The
 /// transport boundary's `Transport` trait extends it; the core knows nothing
@@ -153,7 +153,7 @@ impl Owner {
 #[derive(Default)]
 struct Garbage {
     snapshots: [Option<Arc<Snapshot>>; 2],
-    entry: Option<Box<dyn Any + Send>>,
+    entry: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// A one-type channel with at least this many receivers keeps a spare snapshot (see
@@ -250,16 +250,25 @@ fn receivers_mut<M: Message>(group: &mut Group) -> Option<&mut Receivers<M>> {
     Arc::get_mut(&mut group.receivers)?.downcast_mut()
 }
 
-fn remove_in_place<M: Message>(group: &mut Group, id: u64, only: Option<Kind>) -> InPlace {
+fn remove_in_place<M: Message>(
+    group: &mut Group,
+    id: u64,
+    only: Option<Kind>,
+    path: &mut Option<Path>,
+) -> InPlace {
     let Some(receivers) = receivers_mut::<M>(group).filter(|r| r.trie.len() > 1) else {
         return InPlace::Unchanged;
     };
     let accept = |entry: &Receiver<M>| only.is_none_or(|kind| kind == entry.kind());
-    match receivers.trie.remove(id, accept) {
+    match receivers.trie.remove(id, accept, path) {
         Some((entry, _)) => {
             let kind = entry.kind();
             receivers.streams -= usize::from(kind == Kind::Stream);
-            InPlace::Removed(kind, Box::new(entry))
+            let entry: Arc<dyn Any + Send + Sync> = match entry {
+                Receiver::Listener(listener) => listener.into_any(),
+                Receiver::Stream(sink) => sink,
+            };
+            InPlace::Removed(kind, entry)
         }
         None => InPlace::Unchanged,
     }
@@ -285,14 +294,16 @@ fn push_in_place<M: Message>(
 }
 
 /// Removes registration `id` in place from `snapshot`, if nothing else holds it and it is a
-/// one-type snapshot; the removed entry's kind, and the entry.
+/// one-type snapshot; the removed entry's kind, and the entry. `path`: see
+/// [`GroupOps::remove_in_place`].
 fn remove_from_spare(
     snapshot: &mut Arc<Snapshot>,
     id: u64,
     only: Option<Kind>,
-) -> Option<(Kind, Box<dyn Any + Send>)> {
+    path: &mut Option<Path>,
+) -> Option<(Kind, Arc<dyn Any + Send + Sync>)> {
     let group = Arc::get_mut(snapshot)?.single_mut()?;
-    match (group.ops.remove_in_place)(group, id, only) {
+    match (group.ops.remove_in_place)(group, id, only, path) {
         InPlace::Removed(kind, entry) => Some((kind, entry)),
         InPlace::Unchanged => None,
     }
@@ -625,32 +636,37 @@ impl Registry {
         garbage: &mut Garbage,
     ) -> Option<Kind> {
         let mut spare = writer.spare.take();
-        let (next, kind, current) =
-            match spare.as_mut().and_then(|s| remove_from_spare(s, id, only)) {
-                // The published snapshot still holds the entry, so this is not its last reference.
-                Some((kind, _entry)) => (spare, kind, None),
-                None => {
-                    let current = topic.subscribers.load_full()?;
-                    let Some((at, (rest, kind))) = current
-                        .groups()
-                        .enumerate()
-                        .find_map(|(at, group)| Some((at, (group.ops.remove)(group, id, only)?)))
-                    else {
-                        writer.spare = spare;
-                        return None;
-                    };
-                    garbage.snapshots[1] = spare;
-                    let mut rest = Some(rest);
-                    let groups = current.groups().enumerate();
-                    let snapshot =
-                        Snapshot::new(groups.filter_map(|(other, group)| match other == at {
-                            true => rest.take().flatten(),
-                            false => Some(group.clone()),
-                        }));
-                    (snapshot.map(Arc::new), kind, Some(current))
-                }
-            };
-        if next.is_none() {
+        // Where the entry was in the spare: the old version has the same shape.
+        let mut path = None;
+        let (next, kind, current) = match spare
+            .as_mut()
+            .and_then(|s| remove_from_spare(s, id, only, &mut path))
+        {
+            // The published snapshot still holds the entry, so this is not its last reference.
+            Some((kind, _entry)) => (spare, kind, None),
+            None => {
+                let current = topic.subscribers.load_full()?;
+                let Some((at, (rest, kind))) = current
+                    .groups()
+                    .enumerate()
+                    .find_map(|(at, group)| Some((at, (group.ops.remove)(group, id, only)?)))
+                else {
+                    writer.spare = spare;
+                    return None;
+                };
+                garbage.snapshots[1] = spare;
+                let mut rest = Some(rest);
+                let groups = current.groups().enumerate();
+                let snapshot =
+                    Snapshot::new(groups.filter_map(|(other, group)| match other == at {
+                        true => rest.take().flatten(),
+                        false => Some(group.clone()),
+                    }));
+                (snapshot.map(Arc::new), kind, Some(current))
+            }
+        };
+        let emptied = next.is_none();
+        if emptied {
             self.receivers_changed(topic, false);
         }
         self.gauge(kind).fetch_sub(1, Relaxed);
@@ -658,7 +674,7 @@ impl Registry {
         let old = topic.publish(writer, next);
         drop(current);
         match old {
-            Some(mut old) if keep => match remove_from_spare(&mut old, id, only) {
+            Some(mut old) if keep => match remove_from_spare(&mut old, id, only, &mut path) {
                 Some((_, entry)) => {
                     garbage.entry = Some(entry);
                     writer.spare = Some(old);
@@ -667,7 +683,10 @@ impl Registry {
             },
             old => garbage.snapshots[0] = old,
         }
-        self.forget_if_unused(topic, writer);
+        // A topic that still has receivers is not forgotten: no need to load its snapshot.
+        if emptied {
+            self.forget_if_unused(topic, writer);
+        }
         Some(kind)
     }
 
