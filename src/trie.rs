@@ -123,12 +123,9 @@ pub(crate) struct Trie<T> {
 /// only ever grows, when a push needs a slot beyond it, and a repack rebuilds it for `len`
 /// slots, so this is the height in both cases.
 fn height_for(next: u64) -> u32 {
-    let last = next.saturating_sub(1);
-    let mut height = 0;
-    while last >> (BITS * (height + 1)) != 0 {
-        height += 1;
-    }
-    height
+    // The last slot's significant bits, five per level: no loop (this is on every push).
+    let bits = u64::BITS - next.saturating_sub(1).leading_zeros();
+    bits.saturating_sub(1) / BITS
 }
 
 impl<T> Trie<T> {
@@ -611,6 +608,14 @@ mod tests {
             }
             None => (trie, false),
         }
+    }
+
+    #[test]
+    fn heights_follow_the_last_slot() {
+        for (next, height) in [(0, 0), (1, 0), (32, 0), (33, 1), (1024, 1), (1025, 2)] {
+            assert_eq!(height_for(next), height, "next = {next}");
+        }
+        assert_eq!(height_for(u64::MAX), 12);
     }
 
     #[test]
