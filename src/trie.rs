@@ -32,7 +32,8 @@
 //! Memory: a subscriber costs its entry in one leaf; a leaf adds its node (40 bytes: two
 //! counts and three words) and interior nodes three words (a pointer, a first key and a
 //! position) per 32 subscribers. A node is three words (a leaf's `Vec`; the enum's tag sits in
-//! the `Vec`'s capacity, which never uses its top bit). A [`Trie`] value holds its root node
+//! the `Vec`'s capacity, which never uses its top bit; a test checks that the compiler does
+//! so for two-word items). A [`Trie`] value holds its root node
 //! inline, and a leaf with one item holds it inline too, so the trie of a channel with one
 //! subscriber allocates nothing of its own: it is part of its owner's allocation (the
 //! registry's published group).
@@ -608,6 +609,13 @@ mod tests {
             }
             None => (trie, false),
         }
+    }
+
+    /// The memory figures of the module docs: a node of two-word items is three words.
+    #[test]
+    fn nodes_are_three_words() {
+        assert_eq!(std::mem::size_of::<Node<(u64, u64)>>(), 24);
+        assert_eq!(std::mem::size_of::<Child<(u64, u64)>>(), 24);
     }
 
     #[test]
