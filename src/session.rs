@@ -130,7 +130,7 @@ impl Messages {
     where
         F: Fn(&M) + Send + Sync + 'static,
     {
-        let (id, _) = self.register::<M>(channel, Receiver::Listener(Arc::new(listener)));
+        let (id, _) = self.register::<M>(channel, Receiver::listener(listener));
         ListenerId(id)
     }
 
@@ -174,7 +174,7 @@ impl Messages {
     /// down), and what unregisters it.
     fn new_stream<M: Message>(&self, channel: &str) -> (MessageStream<M>, StreamRegistration) {
         let (sink, stream) = MessageStream::new(self.bus.config.stream_capacity);
-        let (id, topic) = self.register::<M>(channel, Receiver::Stream(sink));
+        let (id, topic) = self.register::<M>(channel, Receiver::stream(sink));
         let registration = StreamRegistration {
             bus: Arc::downgrade(&self.bus),
             topic: topic.as_ref().map(Arc::downgrade),

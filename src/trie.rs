@@ -5,10 +5,11 @@
 //! A channel's subscribers form an immutable, persistent radix trie (Bagwell's array-mapped
 //! trie, as in Clojure's `PersistentVector`, but sparse): every subscriber gets a *slot*
 //! number from a per-channel counter, and the trie is keyed by slot, five bits per level.
-//! Nodes are bitmap-compressed: a node stores only its present children (or, in a leaf, its
-//! present subscribers) in slot order, and a 32-bit map says which of the 32 positions they
-//! occupy. Slots only grow, so iterating the trie visits subscribers in the order they were
-//! added (L02).
+//! Nodes are compressed: a node stores only its present children (or, in a leaf, its present
+//! subscribers) in slot order; a branch's child records its position among the 32 (`Child`),
+//! a leaf's items need none. Slots only grow, so iterating the trie visits subscribers in the
+//! order they were added (L02), and a push goes to the end of the last leaf, or to a new last
+//! child: no node needs a map of its occupied positions.
 //!
 //! A write (add or remove) copies the one path from the root to the slot's leaf, sharing
 //! every other node with the previous version: at most `32 * height` entries are cloned,
@@ -28,10 +29,14 @@
 //! costs `O(len)` and needs at least `len / 2` removals since the previous one, so writes stay
 //! `O(log n)` amortized, and a small channel with churn is always a single leaf.
 //!
-//! Memory: a subscriber costs its entry in one leaf; interior nodes add about two words (a
-//! pointer and a first key) per 32 subscribers. A [`Trie`] value holds its root node inline, and a leaf with one item holds
-//! it inline too, so the trie of a channel with one subscriber allocates nothing of its own:
-//! it is part of its owner's allocation (the registry's published group).
+//! Memory: a subscriber costs its entry in one leaf; a leaf adds its node (40 bytes: two
+//! counts and three words) and interior nodes three words (a pointer, a first key and a
+//! position) per 32 subscribers. A node is three words (a leaf's `Vec`; the enum's tag sits in
+//! the `Vec`'s capacity, which never uses its top bit; a test checks that the compiler does
+//! so for two-word items). A [`Trie`] value holds its root node
+//! inline, and a leaf with one item holds it inline too, so the trie of a channel with one
+//! subscriber allocates nothing of its own: it is part of its owner's allocation (the
+//! registry's published group).
 
 use std::sync::Arc;
 
@@ -48,18 +53,21 @@ impl Keyed for u64 {
 
 /// A child of a branch, with the key of its first item when it was made: a lower bound of its
 /// keys that stays one (items leave a child; they join only the last), so a search compares
-/// keys in the branch and does not descend each child it probes.
+/// keys in the branch and does not descend each child it probes. And its position among the
+/// 32 under the branch: a push checks whether the last child covers its slot.
 #[derive(Clone)]
 struct Child<T> {
     first: u64,
     node: Arc<Node<T>>,
+    position: u8,
 }
 
 impl<T: Keyed> Child<T> {
-    fn new(node: Node<T>) -> Self {
+    fn new(position: u32, node: Node<T>) -> Self {
         Child {
             first: first(&node).key(),
             node: Arc::new(node),
+            position: position as u8,
         }
     }
 }
@@ -68,41 +76,32 @@ const BITS: u32 = 5;
 const WIDTH: u64 = 1 << BITS;
 const MASK: u64 = WIDTH - 1;
 
-/// One immutable node. The variants carry the bitmap (which of the 32 positions under the
-/// node are present) beside the enum's tag, in the word the tag needs anyway.
+/// One immutable node: three words for items of two words (the registry's entries), the
+/// enum's tag kept in the `Vec`'s capacity. Nodes hold no bitmap: a leaf's items and a
+/// branch's children are in slot order, and a push only ever appends (see `insert`).
 #[derive(Clone)]
 enum Node<T> {
     /// A leaf with one item, held inline: a channel with one receiver has no leaf allocation.
-    One { bitmap: u32, item: T },
-    /// A leaf with two or more items. A `Vec` (the node is no larger for it: `One` is the
-    /// largest variant): copies have their exact size, and a leaf changed in place (the
-    /// registry's spare) grows without a reallocation per item, keeping at most four times
-    /// its items' room.
-    Leaf { bitmap: u32, items: Vec<T> },
-    Branch {
-        bitmap: u32,
-        children: Box<[Child<T>]>,
-    },
+    One(T),
+    /// A leaf with two or more items. A `Vec`: copies have their exact size; a leaf made in
+    /// place (the registry's spare) gets room for 32 items with its second, so it fills
+    /// without reallocating; and a leaf changed in place keeps at most four times its items'
+    /// room.
+    Leaf(Vec<T>),
+    /// Present children, in slot order; never empty.
+    Branch(Box<[Child<T>]>),
 }
 
 impl<T> Node<T> {
-    fn bitmap(&self) -> u32 {
-        match self {
-            Node::One { bitmap, .. } | Node::Leaf { bitmap, .. } | Node::Branch { bitmap, .. } => {
-                *bitmap
-            }
-        }
-    }
-
     /// Calls `f` on every leaf's items, in slot order: the caller's per-item loop stays in
     /// the caller, where it is inlined (one call per 32 items, not one per item). Recursion
     /// depth is the trie's height (at most 13 for 64-bit slots).
     #[inline]
     fn for_each_leaf<F: FnMut(&[T])>(&self, f: &mut F) {
         match self {
-            Node::One { item, .. } => f(std::slice::from_ref(item)),
-            Node::Leaf { items, .. } => f(items),
-            Node::Branch { children, .. } => children
+            Node::One(item) => f(std::slice::from_ref(item)),
+            Node::Leaf(items) => f(items),
+            Node::Branch(children) => children
                 .iter()
                 .for_each(|child| child.node.for_each_leaf(f)),
         }
@@ -125,12 +124,9 @@ pub(crate) struct Trie<T> {
 /// only ever grows, when a push needs a slot beyond it, and a repack rebuilds it for `len`
 /// slots, so this is the height in both cases.
 fn height_for(next: u64) -> u32 {
-    let last = next.saturating_sub(1);
-    let mut height = 0;
-    while last >> (BITS * (height + 1)) != 0 {
-        height += 1;
-    }
-    height
+    // The last slot's significant bits, five per level: no loop (this is on every push).
+    let bits = u64::BITS - next.saturating_sub(1).leading_zeros();
+    bits.saturating_sub(1) / BITS
 }
 
 impl<T> Trie<T> {
@@ -154,7 +150,7 @@ impl<T: Clone + Keyed> Trie<T> {
     /// A trie of `item` alone, at slot 0.
     pub(crate) fn new(item: T) -> Self {
         Trie {
-            root: Node::One { bitmap: 1, item },
+            root: Node::One(item),
             next: 1,
             len: 1,
         }
@@ -170,10 +166,7 @@ impl<T: Clone + Keyed> Trie<T> {
             // The trie is full at this height: the old root becomes child 0 of a new one.
             let mut grown = self.root.clone();
             for _ in before..height {
-                grown = Node::Branch {
-                    bitmap: 1,
-                    children: Box::new([Child::new(grown)]),
-                };
+                grown = Node::Branch(Box::new([Child::new(0, grown)]));
             }
             insert(Some(&grown), height, slot, item)
         };
@@ -186,19 +179,7 @@ impl<T: Clone + Keyed> Trie<T> {
 
     /// The item whose key ([`Keyed`]) is `key`, if any.
     pub(crate) fn get(&self, key: u64) -> Option<&T> {
-        let mut node = &self.root;
-        loop {
-            match node {
-                Node::One { item, .. } => return (item.key() == key).then_some(item),
-                Node::Leaf { items, .. } => {
-                    let at = items.binary_search_by(|item| item.key().cmp(&key)).ok()?;
-                    return Some(&items[at]);
-                }
-                Node::Branch { children, .. } => {
-                    node = &children[child_of(children, key)?].node;
-                }
-            }
-        }
+        Some(self.find(key)?.1)
     }
 
     /// A new version without the item whose key is `key`, if `accept` takes it (`None` when
@@ -239,15 +220,17 @@ impl<T: Clone + Keyed> Trie<T> {
         let len = items.len();
         let mut level = nodes(items, leaf);
         while level.len() > 1 {
-            level = nodes(level, |bitmap, children: Vec<Arc<Node<T>>>| Node::Branch {
-                bitmap,
-                children: children
-                    .into_iter()
-                    .map(|node| Child {
-                        first: first(&node).key(),
-                        node,
-                    })
-                    .collect(),
+            level = nodes(level, |children: Vec<Arc<Node<T>>>| {
+                let children = children.into_iter().enumerate();
+                Node::Branch(
+                    children
+                        .map(|(position, node)| Child {
+                            first: first(&node).key(),
+                            node,
+                            position: position as u8,
+                        })
+                        .collect(),
+                )
             });
         }
         let root = match level.pop().map(Arc::try_unwrap) {
@@ -264,18 +247,18 @@ impl<T: Clone + Keyed> Trie<T> {
 }
 
 /// A leaf of `items` (at least one): inline when there is one.
-fn leaf<T>(bitmap: u32, mut items: Vec<T>) -> Node<T> {
+fn leaf<T>(mut items: Vec<T>) -> Node<T> {
     match (items.len(), items.pop()) {
-        (1, Some(item)) => Node::One { bitmap, item },
+        (1, Some(item)) => Node::One(item),
         (_, last) => {
             items.extend(last);
-            Node::Leaf { bitmap, items }
+            Node::Leaf(items)
         }
     }
 }
 
 /// Full nodes of up to 32 of `items` each, in order.
-fn nodes<T, U>(items: Vec<U>, node: impl Fn(u32, Vec<U>) -> Node<T>) -> Vec<Arc<Node<T>>> {
+fn nodes<T, U>(items: Vec<U>, node: impl Fn(Vec<U>) -> Node<T>) -> Vec<Arc<Node<T>>> {
     let mut items = items.into_iter();
     let mut nodes = Vec::with_capacity(items.len().div_ceil(WIDTH as usize));
     loop {
@@ -283,18 +266,13 @@ fn nodes<T, U>(items: Vec<U>, node: impl Fn(u32, Vec<U>) -> Node<T>) -> Vec<Arc<
         if chunk.is_empty() {
             return nodes;
         }
-        let bitmap = u32::MAX >> (WIDTH as usize - chunk.len());
-        nodes.push(Arc::new(node(bitmap, chunk)));
+        nodes.push(Arc::new(node(chunk)));
     }
 }
 
-/// Where the child (or item) at position `bit` sits among a node's present ones.
-fn rank(bitmap: u32, bit: u32) -> usize {
-    (bitmap & (bit - 1)).count_ones() as usize
-}
-
+/// The position (0 to 31) of `slot` among the 32 under a node at `height`.
 fn position(slot: u64, height: u32) -> u32 {
-    1 << ((slot >> (BITS * height)) & MASK)
+    ((slot >> (BITS * height)) & MASK) as u32
 }
 
 // The copies below allocate their exact size once: no growth, no shrink (a write's cost is
@@ -326,62 +304,46 @@ fn removed<T: Clone>(items: &[T], at: usize) -> Vec<T> {
     copy
 }
 
-/// Returns a copy of `node` (or a fresh node) with `item` at `slot`.
+/// Returns a copy of `node` (or a fresh node) with `item` at `slot`, which is above every
+/// slot in the trie: the item goes last in its leaf, and its leaf is the last child of each
+/// branch on the way, or a new last child.
 fn insert<T: Clone + Keyed>(node: Option<&Node<T>>, height: u32, slot: u64, item: T) -> Node<T> {
-    let bit = position(slot, height);
+    let position = position(slot, height);
     let Some(node) = node else {
         return match height {
-            0 => Node::One { bitmap: bit, item },
-            _ => Node::Branch {
-                bitmap: bit,
-                children: Box::new([Child::new(insert(None, height - 1, slot, item))]),
-            },
+            0 => Node::One(item),
+            _ => Node::Branch(Box::new([Child::new(
+                position,
+                insert(None, height - 1, slot, item),
+            )])),
         };
     };
-    let bitmap = node.bitmap();
-    let at = rank(bitmap, bit);
-    debug_assert!(bitmap & bit == 0 || height > 0, "slot {slot} is taken");
     let children = match node {
-        Node::One { item: present, .. } => {
-            return leaf(
-                bitmap | bit,
-                inserted(std::slice::from_ref(present), at, item),
-            );
-        }
-        Node::Leaf { items, .. } => return leaf(bitmap | bit, inserted(items, at, item)),
-        Node::Branch { children, .. } if bitmap & bit != 0 => {
-            let child = Child {
-                first: children[at].first,
-                node: Arc::new(insert(Some(&children[at].node), height - 1, slot, item)),
-            };
-            replaced(children, at, child)
-        }
-        Node::Branch { children, .. } => {
-            let child = Child::new(insert(None, height - 1, slot, item));
-            inserted(children, at, child)
-        }
+        Node::One(present) => return Node::Leaf(vec![present.clone(), item]),
+        Node::Leaf(items) => return Node::Leaf(inserted(items, items.len(), item)),
+        Node::Branch(children) => children,
     };
-    Node::Branch {
-        bitmap: bitmap | bit,
-        children: children.into_boxed_slice(),
-    }
-}
-
-/// The `n`th (from 0) set bit of `bitmap`, alone.
-fn nth_bit(bitmap: u32, n: usize) -> u32 {
-    let mut rest = bitmap;
-    for _ in 0..n {
-        rest &= rest - 1;
-    }
-    rest & rest.wrapping_neg()
+    let last = children.len() - 1;
+    let children = if u32::from(children[last].position) == position {
+        let child = Child {
+            node: Arc::new(insert(Some(&children[last].node), height - 1, slot, item)),
+            ..children[last]
+        };
+        replaced(children, last, child)
+    } else {
+        debug_assert!(u32::from(children[last].position) < position);
+        let child = Child::new(position, insert(None, height - 1, slot, item));
+        inserted(children, children.len(), child)
+    };
+    Node::Branch(children.into_boxed_slice())
 }
 
 /// The first item under `node`: the smallest key.
 fn first<T>(node: &Node<T>) -> &T {
     match node {
-        Node::One { item, .. } => item,
-        Node::Leaf { items, .. } => &items[0],
-        Node::Branch { children, .. } => first(&children[0].node),
+        Node::One(item) => item,
+        Node::Leaf(items) => &items[0],
+        Node::Branch(children) => first(&children[0].node),
     }
 }
 
@@ -400,39 +362,30 @@ fn remove_by<T: Clone + Keyed>(
     accept: &impl Fn(&T) -> bool,
 ) -> Option<(Option<Node<T>>, T)> {
     match node {
-        Node::One { item, .. } => (item.key() == key && accept(item)).then(|| (None, item.clone())),
-        Node::Leaf { bitmap, items } => {
+        Node::One(item) => (item.key() == key && accept(item)).then(|| (None, item.clone())),
+        Node::Leaf(items) => {
             let at = items.binary_search_by(|item| item.key().cmp(&key)).ok()?;
             if !accept(&items[at]) {
                 return None;
             }
             // A leaf has at least two items: one is left.
-            let rest = leaf(bitmap & !nth_bit(*bitmap, at), removed(items, at));
-            Some((Some(rest), items[at].clone()))
+            Some((Some(leaf(removed(items, at))), items[at].clone()))
         }
-        Node::Branch { bitmap, children } => {
+        Node::Branch(children) => {
             let at = child_of(children, key)?;
             let (child, item) = remove_by(&children[at].node, key, accept)?;
             let rest = match child {
-                Some(child) => Some(Node::Branch {
-                    bitmap: *bitmap,
-                    children: replaced(
-                        children,
-                        at,
-                        Child {
-                            first: children[at].first,
-                            node: Arc::new(child),
-                        },
-                    )
-                    .into_boxed_slice(),
-                }),
-                None => {
-                    let bitmap = bitmap & !nth_bit(*bitmap, at);
-                    (bitmap != 0).then(|| Node::Branch {
-                        bitmap,
-                        children: removed(children, at).into_boxed_slice(),
-                    })
+                Some(child) => {
+                    let child = Child {
+                        node: Arc::new(child),
+                        ..children[at]
+                    };
+                    Some(Node::Branch(
+                        replaced(children, at, child).into_boxed_slice(),
+                    ))
                 }
+                None => (children.len() > 1)
+                    .then(|| Node::Branch(removed(children, at).into_boxed_slice())),
             };
             Some((rest, item))
         }
@@ -451,10 +404,7 @@ impl<T: Clone + Keyed> Trie<T> {
         let (before, height) = (height_for(slot), height_for(slot + 1));
         for _ in before..height {
             let old = std::mem::replace(&mut self.root, placeholder());
-            self.root = Node::Branch {
-                bitmap: 1,
-                children: Box::new([Child::new(old)]),
-            };
+            self.root = Node::Branch(Box::new([Child::new(0, old)]));
         }
         insert_mut(&mut self.root, height, slot, item);
         self.next = slot + 1;
@@ -464,11 +414,27 @@ impl<T: Clone + Keyed> Trie<T> {
     /// [`Trie::removed`], in place: the removed item, and whether the trie is now empty
     /// (then it holds nothing the caller may use but must drop). `None`, and no change, when
     /// there is no such item or `accept` refuses it.
-    pub(crate) fn remove(&mut self, key: u64, accept: impl Fn(&T) -> bool) -> Option<(T, bool)> {
-        if !self.get(key).is_some_and(&accept) {
+    ///
+    /// `path` is where the item is, if known: a guess, checked (one key comparison) before
+    /// it is used, such as the item's path in another version of the same shape (the
+    /// registry's spare and published versions are changed alike); on success it is set to
+    /// where the item was. One search finds the item, checks it and removes it.
+    pub(crate) fn remove(
+        &mut self,
+        key: u64,
+        accept: impl Fn(&T) -> bool,
+        path: &mut Option<Path>,
+    ) -> Option<(T, bool)> {
+        let guess = path.and_then(|path| Some((path, self.at(&path)?)));
+        let (found, item) = match guess.filter(|(_, item)| item.key() == key) {
+            Some(found) => found,
+            None => self.find(key)?,
+        };
+        if !accept(item) {
             return None;
         }
-        let (item, empty) = remove_mut(&mut self.root, key);
+        *path = Some(found);
+        let (item, empty) = remove_at(&mut self.root, found.steps());
         self.len -= 1;
         if !empty && self.should_repack() {
             let mut items = Vec::with_capacity(self.len);
@@ -477,14 +443,68 @@ impl<T: Clone + Keyed> Trie<T> {
         }
         Some((item, empty))
     }
+
+    /// Where the item keyed `key` is, and the item, if there is one.
+    fn find(&self, key: u64) -> Option<(Path, &T)> {
+        let mut path = Path {
+            steps: [0; MAX_STEPS],
+            len: 0,
+        };
+        let mut node = &self.root;
+        loop {
+            let at = match node {
+                Node::One(item) => return (item.key() == key).then_some((path, item)),
+                Node::Leaf(items) => items.binary_search_by(|item| item.key().cmp(&key)).ok()?,
+                Node::Branch(children) => child_of(children, key)?,
+            };
+            path.steps[usize::from(path.len)] = at as u8;
+            path.len += 1;
+            match node {
+                Node::Branch(children) => node = &children[at].node,
+                Node::Leaf(items) => return Some((path, &items[at])),
+                Node::One(_) => unreachable!("returned above"),
+            }
+        }
+    }
+
+    /// The item at `path`, if the trie has one there.
+    fn at(&self, path: &Path) -> Option<&T> {
+        let mut node = &self.root;
+        for &step in path.steps() {
+            match node {
+                Node::Branch(children) => node = &children.get(usize::from(step))?.node,
+                Node::Leaf(items) => return items.get(usize::from(step)),
+                Node::One(_) => return None,
+            }
+        }
+        match node {
+            Node::One(item) => Some(item),
+            _ => None,
+        }
+    }
+}
+
+/// The most steps from a root to an item: 13 branches (for 64-bit slots) and a leaf.
+const MAX_STEPS: usize = 14;
+
+/// Where an item is in a trie: from the root, the index of the child taken at each branch,
+/// then the item's index in its leaf (none for a leaf of one item). Positions in a version
+/// of the trie; another version of the same shape has the item at the same path.
+#[derive(Clone, Copy)]
+pub(crate) struct Path {
+    steps: [u8; MAX_STEPS],
+    len: u8,
+}
+
+impl Path {
+    fn steps(&self) -> &[u8] {
+        &self.steps[..usize::from(self.len)]
+    }
 }
 
 /// A node to leave behind while its owner is rebuilt: allocates nothing.
 fn placeholder<T>() -> Node<T> {
-    Node::Leaf {
-        bitmap: 0,
-        items: Vec::new(),
-    }
+    Node::Leaf(Vec::new())
 }
 
 /// `items` with `item` inserted at `at`, reallocated to its exact size.
@@ -505,74 +525,57 @@ fn remove_from<T>(items: &mut Box<[T]>, at: usize) -> T {
 
 /// [`insert`], in place.
 fn insert_mut<T: Clone + Keyed>(node: &mut Node<T>, height: u32, slot: u64, item: T) {
-    let bit = position(slot, height);
-    let bitmap = node.bitmap();
-    let at = rank(bitmap, bit);
+    let position = position(slot, height);
     match node {
-        Node::One { .. } => {
-            let Node::One { item: present, .. } = std::mem::replace(node, placeholder()) else {
+        Node::One(_) => {
+            let Node::One(present) = std::mem::replace(node, placeholder()) else {
                 unreachable!("matched above")
             };
-            *node = leaf(bitmap | bit, inserted(&[present], at, item));
+            // Room for a full leaf at once: a leaf changed in place grows by pushes, and
+            // growing it by doubling would reallocate four times per 32 items.
+            let mut items = Vec::with_capacity(WIDTH as usize);
+            items.extend([present, item]);
+            *node = Node::Leaf(items);
         }
-        Node::Leaf { bitmap: map, items } => {
-            debug_assert!(bitmap & bit == 0, "slot {slot} is taken");
-            items.insert(at, item);
-            *map |= bit;
-        }
-        Node::Branch { children, .. } if bitmap & bit != 0 => {
-            insert_mut(
-                Arc::make_mut(&mut children[at].node),
-                height - 1,
-                slot,
-                item,
-            );
-        }
-        Node::Branch {
-            bitmap: map,
-            children,
-        } => {
-            insert_into(
-                children,
-                at,
-                Child::new(insert(None, height - 1, slot, item)),
-            );
-            *map |= bit;
+        Node::Leaf(items) => items.push(item),
+        Node::Branch(children) => {
+            let last = children.len() - 1;
+            if u32::from(children[last].position) == position {
+                insert_mut(
+                    Arc::make_mut(&mut children[last].node),
+                    height - 1,
+                    slot,
+                    item,
+                );
+            } else {
+                let child = Child::new(position, insert(None, height - 1, slot, item));
+                insert_into(children, children.len(), child);
+            }
         }
     }
 }
 
-/// [`remove_by`], in place, for a `key` known to be present: the item, and whether `node` is
-/// now empty (and to be dropped by its parent).
-fn remove_mut<T: Clone + Keyed>(node: &mut Node<T>, key: u64) -> (T, bool) {
+/// [`remove_by`], in place, for an item known to be at `steps` (see [`Path`]): the item, and
+/// whether `node` is now empty (and to be dropped by its parent).
+fn remove_at<T: Clone>(node: &mut Node<T>, steps: &[u8]) -> (T, bool) {
     match node {
-        Node::One { .. } => match std::mem::replace(node, placeholder()) {
-            Node::One { item, .. } => (item, true),
+        Node::One(_) => match std::mem::replace(node, placeholder()) {
+            Node::One(item) => (item, true),
             _ => unreachable!("matched above"),
         },
-        Node::Leaf { bitmap, items } => {
-            let Ok(at) = items.binary_search_by(|item| item.key().cmp(&key)) else {
-                unreachable!("the key was found before")
-            };
-            let map = *bitmap & !nth_bit(*bitmap, at);
-            let item = items.remove(at);
+        Node::Leaf(items) => {
+            let item = items.remove(usize::from(steps[0]));
             if items.len() == 1 {
-                *node = leaf(map, std::mem::take(items));
-            } else {
-                if items.len() * 4 < items.capacity() {
-                    items.shrink_to_fit();
-                }
-                *bitmap = map;
+                *node = leaf(std::mem::take(items));
+            } else if items.len() * 4 < items.capacity() {
+                items.shrink_to_fit();
             }
             (item, false)
         }
-        Node::Branch { bitmap, children } => {
-            let Some(at) = child_of(children, key) else {
-                unreachable!("the key was found before")
-            };
-            let (item, empty) = remove_mut(Arc::make_mut(&mut children[at].node), key);
+        Node::Branch(children) => {
+            let at = usize::from(steps[0]);
+            let (item, empty) = remove_at(Arc::make_mut(&mut children[at].node), &steps[1..]);
             if empty {
-                *bitmap &= !nth_bit(*bitmap, at);
                 drop(remove_from(children, at));
             }
             (item, children.is_empty())
@@ -608,14 +611,29 @@ mod tests {
         }
     }
 
+    /// The memory figures of the module docs: a node of two-word items is three words.
+    #[test]
+    fn nodes_are_three_words() {
+        assert_eq!(std::mem::size_of::<Node<(u64, u64)>>(), 24);
+        assert_eq!(std::mem::size_of::<Child<(u64, u64)>>(), 24);
+    }
+
+    #[test]
+    fn heights_follow_the_last_slot() {
+        for (next, height) in [(0, 0), (1, 0), (32, 0), (33, 1), (1024, 1), (1025, 2)] {
+            assert_eq!(height_for(next), height, "next = {next}");
+        }
+        assert_eq!(height_for(u64::MAX), 12);
+    }
+
     #[test]
     fn push_keeps_order_across_levels() {
         let trie = pushed(5000);
         assert_eq!(items(Some(&trie)), (0..5000).collect::<Vec<_>>());
         assert_eq!(height_for(trie.next), 2);
-        assert!(matches!(pushed(1).root, Node::One { .. }));
-        assert!(matches!(pushed(32).root, Node::Leaf { .. }));
-        assert!(matches!(pushed(33).root, Node::Branch { .. }));
+        assert!(matches!(pushed(1).root, Node::One(_)));
+        assert!(matches!(pushed(32).root, Node::Leaf(_)));
+        assert!(matches!(pushed(33).root, Node::Branch(_)));
     }
 
     #[test]
@@ -661,7 +679,7 @@ mod tests {
         let trie = trie.unwrap();
         assert_eq!(trie.next, 24);
         assert_eq!(height_for(trie.next), 0);
-        assert!(matches!(trie.root, Node::Leaf { .. }));
+        assert!(matches!(trie.root, Node::Leaf(_)));
         assert_eq!(items(Some(&trie)), (90..100).collect::<Vec<_>>());
     }
 
@@ -670,7 +688,7 @@ mod tests {
     fn one_item_leaves_are_inline() {
         let (trie, _) = pushed(2).removed(0, |_| true).unwrap();
         let trie = trie.unwrap();
-        assert!(matches!(trie.root, Node::One { bitmap: 2, .. }));
+        assert!(matches!(trie.root, Node::One(1)));
         assert_eq!(trie.get(1), Some(&1));
         let trie = trie.pushed(2);
         assert_eq!(items(Some(&trie)), [1, 2]);
@@ -700,8 +718,12 @@ mod tests {
         let mut left: Vec<u64> = (0..3000).collect();
         for (at, key) in order.iter().enumerate() {
             let before = (at % 7 == 0).then(|| trie.removed(*key, |_| true));
-            assert!(trie.remove(*key, |_| false).is_none());
-            let (item, empty) = trie.remove(*key, |_| true).unwrap();
+            assert!(trie.remove(*key, |_| false, &mut None).is_none());
+            // A wrong guess of its path is checked, and not used.
+            let mut path = trie
+                .find(order[(at + 1) % order.len()])
+                .map(|(path, _)| path);
+            let (item, empty) = trie.remove(*key, |_| true, &mut path).unwrap();
             assert_eq!((item, empty), (*key, at == 2999));
             left.retain(|x| x != key);
             if let Some(Some((copied, _))) = before {

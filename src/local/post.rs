@@ -8,7 +8,7 @@
 //! 2. per group, one `downcast_ref` (the type check): the group of type `M` is walked, the
 //!    others only count their receivers as type mismatches (L05), through their type's
 //!    [`GroupOps`];
-//! 3. per receiver, one indirect call: a listener's closure gets `&M`; a stream gets a clone
+//! 3. per receiver, one indirect call: a listener ([`Listen::call`]) gets `&M`; a stream gets a clone
 //!    of one `Arc<M>`, made only when the group has streams (L04);
 //! 4. one [`Counters::record_post`](crate::stats).
 //!
@@ -33,16 +33,74 @@ use std::sync::Arc;
 
 use super::stream::StreamSink;
 use crate::stats::Tally;
-use crate::trie::Trie;
+use crate::trie::{Path, Trie};
 use crate::wire::codec::{Codec, Payload};
 
-/// A listener's callback.
-pub(crate) type Callback<M> = Arc<dyn Fn(&M) + Send + Sync>;
+/// A receiver with its registration id, in one allocation: a trie entry is then the
+/// receiver's pointer alone (two words), not a pointer and an id (three). Each entry is held
+/// by up to two versions of a large channel (the registry's spare), and a lone receiver is
+/// held inline in its group, so this is what the memory goals are made of (issue 11).
+pub(crate) struct Registered<R> {
+    /// Set once, by the registry, before the receiver is shared (see [`Receiver::register`]).
+    id: u64,
+    receiver: R,
+}
 
-/// A receiver of messages of type `M`.
+/// A listener: a callback of `&M`, and its registration id.
+///
+/// A trait object rather than an `Arc<dyn Fn>` beside the id: the id lives in the callback's
+/// own allocation. A post calls [`Listen::call`] through the vtable, once per listener, as it
+/// called the closure before; removals read the id through [`Listen::id`].
+pub(crate) trait Listen<M>: Send + Sync {
+    fn id(&self) -> u64;
+    fn set_id(&mut self, id: u64);
+    fn call(&self, message: &M);
+    /// The same allocation, type-erased: a removed listener, to drop after the lock.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl<M, F: Fn(&M) + Send + Sync + 'static> Listen<M> for Registered<F> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn set_id(&mut self, id: u64) {
+        self.id = id;
+    }
+
+    #[inline]
+    fn call(&self, message: &M) {
+        (self.receiver)(message)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// A receiver of messages of type `M`, with its registration id: one entry of a group's trie,
+/// keyed ([`Keyed`](crate::trie::Keyed)) by the id.
 pub(crate) enum Receiver<M> {
-    Listener(Callback<M>),
-    Stream(Arc<StreamSink<M>>),
+    Listener(Arc<dyn Listen<M>>),
+    Stream(Arc<Registered<StreamSink<M>>>),
+}
+
+impl<M: 'static> Receiver<M> {
+    /// A listener calling `callback`, not yet registered.
+    pub(crate) fn listener<F: Fn(&M) + Send + Sync + 'static>(callback: F) -> Self {
+        Receiver::Listener(Arc::new(Registered {
+            id: 0,
+            receiver: callback,
+        }))
+    }
+
+    /// A stream's receiver feeding `sink`, not yet registered.
+    pub(crate) fn stream(sink: StreamSink<M>) -> Self {
+        Receiver::Stream(Arc::new(Registered {
+            id: 0,
+            receiver: sink,
+        }))
+    }
 }
 
 impl<M> Receiver<M> {
@@ -51,6 +109,27 @@ impl<M> Receiver<M> {
         match self {
             Receiver::Listener(_) => Kind::Listener,
             Receiver::Stream(_) => Kind::Stream,
+        }
+    }
+
+    /// The receiver's registration id.
+    pub(crate) fn id(&self) -> u64 {
+        match self {
+            Receiver::Listener(listener) => listener.id(),
+            Receiver::Stream(sink) => sink.id,
+        }
+    }
+
+    /// The receiver, registered as `id`. Called by the registry once, before the receiver is
+    /// shared: until then its `Arc` is the only one.
+    pub(crate) fn register(mut self, id: u64) -> Self {
+        let unique = match &mut self {
+            Receiver::Listener(listener) => Arc::get_mut(listener).map(|l| l.set_id(id)),
+            Receiver::Stream(sink) => Arc::get_mut(sink).map(|s| s.id = id),
+        };
+        match unique {
+            Some(()) => self,
+            None => unreachable!("a receiver is registered before it is shared"),
         }
     }
 }
@@ -65,30 +144,15 @@ pub(crate) enum Kind {
 impl<M> Clone for Receiver<M> {
     fn clone(&self) -> Self {
         match self {
-            Receiver::Listener(callback) => Receiver::Listener(callback.clone()),
+            Receiver::Listener(listener) => Receiver::Listener(listener.clone()),
             Receiver::Stream(sink) => Receiver::Stream(sink.clone()),
         }
     }
 }
 
-/// One entry of a group's trie: a receiver and its registration id.
-pub(crate) struct Entry<M> {
-    pub(crate) id: u64,
-    pub(crate) receiver: Receiver<M>,
-}
-
-impl<M> crate::trie::Keyed for Entry<M> {
+impl<M> crate::trie::Keyed for Receiver<M> {
     fn key(&self) -> u64 {
-        self.id
-    }
-}
-
-impl<M> Clone for Entry<M> {
-    fn clone(&self) -> Self {
-        Entry {
-            id: self.id,
-            receiver: self.receiver.clone(),
-        }
+        self.id()
     }
 }
 
@@ -133,7 +197,7 @@ impl Snapshot {
 /// The receivers of one message type `M`, as published: what a [`Group`] points to.
 pub(crate) struct Receivers<M> {
     /// In the order they were added; never empty.
-    pub(crate) trie: Trie<Entry<M>>,
+    pub(crate) trie: Trie<Receiver<M>>,
     /// How many of them are streams.
     pub(crate) streams: usize,
 }
@@ -162,14 +226,17 @@ pub(crate) struct GroupOps {
     /// Whether the group has receiver `id`.
     pub(crate) contains: fn(&Group, u64) -> bool,
     /// [`GroupOps::remove`] in place, on a group no reader can see (the registry's spare); the
-    /// group must keep a receiver.
-    pub(crate) remove_in_place: fn(&mut Group, u64, Option<Kind>) -> InPlace,
+    /// group must keep a receiver. The path is where the receiver is, if known (a guess, see
+    /// [`Trie::remove`]), and is set to where it was: the spare and the published version
+    /// have the same shape, so the second removal does not search.
+    pub(crate) remove_in_place: fn(&mut Group, u64, Option<Kind>, &mut Option<Path>) -> InPlace,
 }
 
 /// What [`GroupOps::remove_in_place`] did.
 pub(crate) enum InPlace {
-    /// Removed the receiver, of this kind; the entry is to be dropped after the lock.
-    Removed(Kind, Box<dyn Any + Send>),
+    /// Removed the receiver, of this kind; the entry is to be dropped after the lock. An
+    /// `Arc` of the receiver's own allocation, type-erased: nothing is allocated to carry it.
+    Removed(Kind, Arc<dyn Any + Send + Sync>),
     /// Nothing: no such receiver (or not of the kind asked for), or the group's receivers are
     /// shared, or the removal would leave it empty.
     Unchanged,
@@ -240,20 +307,20 @@ fn deliver_to<M>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
 
 /// Calls every receiver of one group. `shared` is `Some` when the group has streams.
 #[inline]
-fn walk<M>(trie: &Trie<Entry<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
-    trie.for_each_leaf(&mut |entries: &[Entry<M>]| {
-        for entry in entries {
-            match &entry.receiver {
-                Receiver::Listener(callback) => {
+fn walk<M>(trie: &Trie<Receiver<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
+    trie.for_each_leaf(&mut |receivers: &[Receiver<M>]| {
+        for receiver in receivers {
+            match receiver {
+                Receiver::Listener(listener) => {
                     // AssertUnwindSafe: a panicking listener can leave only its own captured
                     // state inconsistent; nothing of the bus is borrowed mutably here.
-                    if catch_unwind(AssertUnwindSafe(|| callback(message))).is_err() {
+                    if catch_unwind(AssertUnwindSafe(|| listener.call(message))).is_err() {
                         tally.panics += 1;
                     }
                 }
                 Receiver::Stream(sink) => {
                     if let Some(shared) = shared {
-                        if sink.push(shared.clone()) {
+                        if sink.receiver.push(shared.clone()) {
                             tally.dropped += 1;
                         }
                     }

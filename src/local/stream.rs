@@ -190,7 +190,7 @@ pub struct MessageStream<M> {
 
 impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
-    pub(crate) fn new(capacity: usize) -> (Arc<StreamSink<M>>, Self) {
+    pub(crate) fn new(capacity: usize) -> (StreamSink<M>, Self) {
         let shared = Arc::new(Buffer {
             queue: OnceBox::new(),
             len: AtomicUsize::new(0),
@@ -201,7 +201,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
             waker: AtomicWaker::new(),
         });
         (
-            Arc::new(StreamSink(shared.clone())),
+            StreamSink(shared.clone()),
             MessageStream {
                 shared,
                 _registration: None,
@@ -401,6 +401,7 @@ mod loom_tests {
     fn loom_stream_drops_nothing_below_its_capacity() {
         crate::sync::model(|| {
             let (sink, mut stream) = MessageStream::<u32>::new(2);
+            let sink = Arc::new(sink);
             let producers: Vec<_> = (1..=2)
                 .map(|message| {
                     let sink = sink.clone();
