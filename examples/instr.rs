@@ -14,6 +14,9 @@
 //!
 //! - `handle`: a post through `bus.channel::<u64>("c")` to one no-op listener.
 //! - `name`: `bus.messages().post_message("c", i, Local)` to one no-op listener.
+//! - `name_unknown`: the same to a name nobody registered (run by name).
+//! - `name_alternating`: the same to two channels in turn, one listener each, so that no name
+//!   comes twice in a row and the per-thread cache never serves (run by name).
 //! - `listeners16`: a post through the handle to 16 no-op listeners.
 //! - `stream`: a post through the handle to one stream, then the message taken from the stream
 //!   with `try_recv`. Drained after each post: the stream holds one message at a time, and
@@ -53,9 +56,11 @@ use tokio::sync::broadcast;
 /// A scenario: runs its setup, then `N` operations.
 type Scenario = fn(u64);
 
-const SCENARIOS: [(&str, Scenario); 12] = [
+const SCENARIOS: [(&str, Scenario); 14] = [
     ("handle", handle),
     ("name", name),
+    ("name_unknown", name_unknown),
+    ("name_alternating", name_alternating),
     ("listeners16", listeners16),
     ("stream", stream),
     ("tokio_broadcast16", tokio_broadcast16),
@@ -113,6 +118,37 @@ fn handle(n: u64) {
 
 fn listeners16(n: u64) {
     by_handle(16, n);
+}
+
+/// A post by name to a name nobody registered: the table's miss.
+fn name_unknown(n: u64) {
+    let bus = bus_with_listeners(1);
+    let messages = bus.messages();
+    for i in 0..n {
+        black_box(
+            messages
+                .post_message(black_box("nobody"), black_box(i), MessageScope::Local)
+                .unwrap(),
+        );
+    }
+}
+
+/// Posts by name to two channels in turn, each with one listener: never the same name twice
+/// in a row, so every post looks its name up.
+fn name_alternating(n: u64) {
+    let bus = bus_with_listeners(1);
+    let messages = bus.messages();
+    messages.add_listener("d", |x: &u64| {
+        black_box(x);
+    });
+    for i in 0..n {
+        let name = if i % 2 == 0 { "c" } else { "d" };
+        black_box(
+            messages
+                .post_message(black_box(name), black_box(i), MessageScope::Local)
+                .unwrap(),
+        );
+    }
 }
 
 fn name(n: u64) {

@@ -435,6 +435,9 @@ thread_local! {
     /// The address of the topic this thread's last by-name lookup found; an address only,
     /// compared and never followed.
     static LAST_LOOKUP: Cell<usize> = const { Cell::new(0) };
+    /// The [`Registry::id`] of `LAST_BY_NAME`'s topic, in a thread-local without a destructor;
+    /// 0 while it has none (ids start at 1). The id of a dropped registry is never reused.
+    static LAST_REGISTRY: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Drop for Registry {
@@ -471,7 +474,7 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(interest: Option<Arc<dyn Interest>>) -> Self {
         Registry {
-            id: REGISTRIES.fetch_add(1, Relaxed),
+            id: REGISTRIES.fetch_add(1, Relaxed) + 1,
             map: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
@@ -503,6 +506,11 @@ impl Registry {
     /// topic gets there when it is looked up twice in a row, so a thread posting to a new name
     /// each time pays no reference count for it.
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
+        // One plain thread-local load keeps a thread whose cache is of another registry, or
+        // empty, off the cache's slower access (a destructor's registration, a borrow).
+        if LAST_REGISTRY.get() != self.id {
+            return self.post_looked_up(name, message);
+        }
         let mut message = Some(message);
         let hit = LAST_BY_NAME.try_with(|last| {
             // Shared: a listener's own post by name may use it too, but not replace it.
@@ -534,6 +542,7 @@ impl Registry {
             let _ = LAST_BY_NAME.try_with(|last| {
                 if let Ok(mut last) = last.try_borrow_mut() {
                     *last = Some((self.id, topic.clone()));
+                    LAST_REGISTRY.set(self.id);
                 }
             });
         }
