@@ -100,13 +100,14 @@
 //! topic. Removal uses `remove_if(ptr_eq)` so that it can only remove its own topic.
 //!
 //! A post by name first tries this thread's cache (`LAST_BY_NAME`): the topic it looked up
-//! twice in a row last, with its registry's id. It is used while the registry, the name and
-//! `forgotten` say it is still the live topic; `forgotten` is stored (`Release`) before the
-//! topic leaves the map, so whoever interns the name afresh, and whatever happens after that
-//! registration, sees it (`Acquire`). The cache holds an `Arc<Topic>` but never a receiver: a
-//! forgotten topic has no snapshot and no spare, and a registry's `Drop` empties every topic.
-//! The second lookup in a row, not the first, fills it, so a thread that posts to a new name
-//! each time pays no reference count for the cache.
+//! twice in a row last, with its registry's id. It is used while the registry and the name
+//! match and its snapshot has receivers. A topic without receivers may be forgotten, with the
+//! name interned afresh, so then the name is looked up again: a forgotten topic never gets
+//! receivers again, and it lost its last one before it left the map, so a post that follows a
+//! registration on the fresh topic loads `None` from the old one. The cache holds an
+//! `Arc<Topic>` but never a receiver: a forgotten topic has no snapshot and no spare, and a
+//! registry's `Drop` empties every topic. The second lookup in a row, not the first, fills it,
+//! so a thread that posts to a new name each time pays no reference count for the cache.
 //!
 //! # Streams
 //!

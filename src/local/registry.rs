@@ -167,10 +167,6 @@ pub(crate) struct Topic {
     /// registration change starts from (the channel keeps no other copy of its receivers).
     subscribers: ArcSwapOption<Snapshot>,
     writer: Mutex<Writer>,
-    /// Set (under `writer`) before the topic leaves the interning table, and for every topic
-    /// when the registry is dropped: a by-name post that finds it in this thread's cache
-    /// ([`LAST_BY_NAME`]) looks the name up again.
-    forgotten: AtomicBool,
 }
 
 /// The writer's own state, under the topic's lock: the number of live handles, or
@@ -364,16 +360,31 @@ impl Topic {
     /// receivers reached. The post path, see [`crate::post`].
     #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, message: M, counters: &Counters) -> usize {
+        self.post_if_received(message, counters)
+            .unwrap_or_else(|_| {
+                counters.record_post(&Tally::default());
+                0
+            })
+    }
+
+    /// [`Topic::post`] when the topic has receivers; gives `message` back, counting nothing,
+    /// when it has none (it may have been forgotten: see [`Registry::post`]).
+    #[inline]
+    fn post_if_received<M: Send + Sync + 'static>(
+        &self,
+        message: M,
+        counters: &Counters,
+    ) -> Result<usize, M> {
         // `load` borrows the snapshot for the post (arc-swap's debt slots); a writer that
         // replaces it meanwhile pays that debt, and whichever side drops last frees the old
         // version, with the closures only it still held (S03).
         let snapshot = self.subscribers.load();
-        let tally = match &*snapshot {
-            Some(snapshot) => post::deliver(snapshot, message),
-            None => Tally::default(),
+        let Some(snapshot) = &*snapshot else {
+            return Err(message);
         };
+        let tally = post::deliver(snapshot, message);
         counters.record_post(&tally);
-        tally.delivered as usize
+        Ok(tally.delivered as usize)
     }
 
     /// The current snapshot, for a message received from Redis.
@@ -441,12 +452,11 @@ thread_local! {
 }
 
 impl Drop for Registry {
-    /// Empties every topic and marks it forgotten, so that a topic a thread still caches for
-    /// by-name posts ([`LAST_BY_NAME`]) holds none of the receivers (and their captures).
+    /// Empties every topic, so that a topic a thread still caches for by-name posts
+    /// ([`LAST_BY_NAME`]) holds none of the receivers (and their captures).
     fn drop(&mut self) {
         for (topic, _) in self.map.pin().iter() {
             let topic = &topic.0;
-            topic.forgotten.store(true, Release);
             let spare = topic.writer.lock().spare.take();
             drop(topic.subscribers.swap(None));
             drop(spare);
@@ -497,14 +507,16 @@ impl Registry {
     }
 
     /// Posts by name: one lock-free map lookup, then [`Topic::post`]. Interns nothing (L13).
-    #[inline]
     ///
     /// A thread that posts to the same name again skips the table: [`LAST_BY_NAME`] holds the
-    /// topic it posted to by name last, which is used while it has this registry, this name
-    /// and has not been forgotten (L13; the flag is set before the topic leaves the table, so a
-    /// registration that interned the name afresh, and anything that follows it, sees it). A
-    /// topic gets there when it is looked up twice in a row, so a thread posting to a new name
-    /// each time pays no reference count for it.
+    /// topic it looked up twice in a row last, which is used while it is of this registry and
+    /// this name and has receivers. A topic without receivers may have been forgotten and the
+    /// name interned afresh, so then the name is looked up: a forgotten topic never gets
+    /// receivers again (L13), and it lost its last one before it was forgotten, before any
+    /// registration on a fresh topic of the name, so a post that follows such a registration
+    /// finds none on the old topic. Only a second lookup in a row fills the cache, so a thread
+    /// posting to a new name each time pays no reference count for it.
+    #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
         // One plain thread-local load keeps a thread whose cache is of another registry, or
         // empty, off the cache's slower access (a destructor's registration, a borrow).
@@ -516,10 +528,16 @@ impl Registry {
             // Shared: a listener's own post by name may use it too, but not replace it.
             let last = last.try_borrow().ok()?;
             let (registry, topic) = last.as_ref()?;
-            if *registry != self.id || *topic.name != *name || topic.forgotten.load(Acquire) {
+            if *registry != self.id || *topic.name != *name {
                 return None;
             }
-            Some(topic.post(message.take()?, &self.counters))
+            match topic.post_if_received(message.take()?, &self.counters) {
+                Ok(delivered) => Some(delivered),
+                Err(back) => {
+                    message = Some(back);
+                    None
+                }
+            }
         });
         match (hit, message) {
             (Ok(Some(delivered)), _) => delivered,
@@ -568,7 +586,6 @@ impl Registry {
                         name: name.into(),
                         subscribers: ArcSwapOption::empty(),
                         writer: Mutex::default(),
-                        forgotten: AtomicBool::new(false),
                     });
                     if self
                         .map
@@ -825,8 +842,6 @@ impl Registry {
     fn forget_if_unused(&self, topic: &Topic, writer: &mut Writer) {
         if writer.handles == 0 && topic.subscribers.load().is_none() {
             writer.handles = Writer::FORGOTTEN;
-            // Before the removal: whoever interns the name afresh has seen the flag.
-            topic.forgotten.store(true, Release);
             let map = self.map.pin();
             if let Ok(Some(_)) =
                 map.remove_if(&*topic.name, |live, _| std::ptr::eq(&*live.0, topic))
