@@ -446,9 +446,10 @@ thread_local! {
     /// The address of the topic this thread's last by-name lookup found; an address only,
     /// compared and never followed.
     static LAST_LOOKUP: Cell<usize> = const { Cell::new(0) };
-    /// The [`Registry::id`] of `LAST_BY_NAME`'s topic, in a thread-local without a destructor;
-    /// 0 while it has none (ids start at 1). The id of a dropped registry is never reused.
-    static LAST_REGISTRY: Cell<u64> = const { Cell::new(0) };
+    /// The [`Registry::id`] and the name's length of `LAST_BY_NAME`'s topic, in a
+    /// thread-local without a destructor; id 0 while it has none (ids start at 1). The id of
+    /// a dropped registry is never reused.
+    static LAST_KEY: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
 }
 
 impl Drop for Registry {
@@ -518,12 +519,13 @@ impl Registry {
     /// posting to a new name each time pays no reference count for it.
     #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
-        // One plain thread-local load keeps a thread whose cache is of another registry, or
-        // empty, off the cache's slower access (a destructor's registration, a borrow).
-        if LAST_REGISTRY.get() != self.id {
-            return self.post_looked_up(name, message);
+        // Plain thread-local loads keep a post to another registry or to a name of another
+        // length off the cache's slower access (a destructor's registration, a borrow).
+        if LAST_KEY.get() != (self.id, name.len()) {
+            return self.post_looked_up(name, message, 0);
         }
         let mut message = Some(message);
+        let mut empty = 0;
         let hit = LAST_BY_NAME.try_with(|last| {
             // Shared: a listener's own post by name may use it too, but not replace it.
             let last = last.try_borrow().ok()?;
@@ -535,20 +537,27 @@ impl Registry {
                 Ok(delivered) => Some(delivered),
                 Err(back) => {
                     message = Some(back);
+                    empty = Arc::as_ptr(topic) as usize;
                     None
                 }
             }
         });
         match (hit, message) {
             (Ok(Some(delivered)), _) => delivered,
-            (_, Some(message)) => self.post_looked_up(name, message),
+            (_, Some(message)) => self.post_looked_up(name, message, empty),
             (_, None) => unreachable!("taken only by a post that returned"),
         }
     }
 
-    /// [`Registry::post`] through the interning table.
+    /// [`Registry::post`] through the interning table. `empty` is the address of the cached
+    /// topic when it was just found without receivers (else 0).
     #[inline(never)]
-    fn post_looked_up<M: Send + Sync + 'static>(&self, name: &str, message: M) -> usize {
+    fn post_looked_up<M: Send + Sync + 'static>(
+        &self,
+        name: &str,
+        message: M,
+        empty: usize,
+    ) -> usize {
         let map = self.map.pin();
         let Some((topic, _)) = map.get_key_value(name) else {
             self.counters.record_post(&Tally::default());
@@ -556,11 +565,17 @@ impl Registry {
         };
         let topic = &topic.0;
         let address = Arc::as_ptr(topic) as usize;
+        if address == empty {
+            // Still the name's topic, so it was live when it had no receivers: the post
+            // reached nobody then (a forgotten topic never comes back to the table).
+            self.counters.record_post(&Tally::default());
+            return 0;
+        }
         if LAST_LOOKUP.try_with(|last| last.replace(address)) == Ok(address) {
             let _ = LAST_BY_NAME.try_with(|last| {
                 if let Ok(mut last) = last.try_borrow_mut() {
                     *last = Some((self.id, topic.clone()));
-                    LAST_REGISTRY.set(self.id);
+                    LAST_KEY.set((self.id, name.len()));
                 }
             });
         }
