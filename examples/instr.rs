@@ -123,43 +123,33 @@ fn listeners16(n: u64) {
 /// A post by name to a name nobody registered: the table's miss.
 fn name_unknown(n: u64) {
     let bus = bus_with_listeners(1);
-    let messages = bus.messages();
-    for i in 0..n {
-        black_box(
-            messages
-                .post_message(black_box("nobody"), black_box(i), MessageScope::Local)
-                .unwrap(),
-        );
-    }
+    by_name(&bus, n, |_| "nobody");
 }
 
 /// Posts by name to two channels in turn, each with one listener: never the same name twice
 /// in a row, so every post looks its name up.
 fn name_alternating(n: u64) {
     let bus = bus_with_listeners(1);
-    let messages = bus.messages();
-    messages.add_listener("d", |x: &u64| {
+    bus.messages().add_listener("d", |x: &u64| {
         black_box(x);
     });
-    for i in 0..n {
-        let name = if i % 2 == 0 { "c" } else { "d" };
-        black_box(
-            messages
-                .post_message(black_box(name), black_box(i), MessageScope::Local)
-                .unwrap(),
-        );
-    }
+    by_name(&bus, n, |i| if i % 2 == 0 { "c" } else { "d" });
 }
 
 fn name(n: u64) {
     let bus = bus_with_listeners(1);
-    let messages = bus.messages();
-    let first = messages.post_message("c", 0u64, MessageScope::Local);
+    let first = bus.messages().post_message("c", 0u64, MessageScope::Local);
     assert_eq!(first.unwrap().local_receivers(), 1);
+    by_name(&bus, n, |_| "c");
+}
+
+/// `n` posts by name on `bus`, the `i`th to `name(i)`.
+fn by_name(bus: &Bus, n: u64, name: impl Fn(u64) -> &'static str) {
+    let messages = bus.messages();
     for i in 0..n {
         black_box(
             messages
-                .post_message(black_box("c"), black_box(i), MessageScope::Local)
+                .post_message(black_box(name(i)), black_box(i), MessageScope::Local)
                 .unwrap(),
         );
     }
