@@ -13,7 +13,7 @@
 //!
 //! | step | progress guarantee |
 //! |---|---|
-//! | name lookup (`post_message`; skipped by a `Channel` handle) | lock-free (papaya's reads, seize's guard) |
+//! | name lookup (`post_message`; skipped by a `Channel` handle, and by a post to the name this thread posted to twice in a row before) | wait-free for a cached name (thread-local reads); otherwise lock-free (papaya's reads, seize's guard) |
 //! | snapshot load | arc-swap's `load`: lock-free; wait-free except for a fallback that arc-swap bounds to once in `usize::MAX / 4` loads |
 //! | walk and listener calls | bounded by the snapshot; each call is the user's code |
 //! | stream push | lock-free except at a block boundary (once per 31 messages) and in the eviction of a full buffer, where it can wait for a preempted thread (below) |
@@ -30,7 +30,8 @@
 //! same mutex when the thread exits. A post by name from a thread that never used papaya
 //! before takes that mutex once; a post through a [`Channel`](crate::Channel) handle never
 //! does. Likewise this crate's counter stripes and arc-swap's debt lists set up per-thread state
-//! on a thread's first post, both with lock-free CAS loops.
+//! on a thread's first post, both with lock-free CAS loops, and the by-name cache registers
+//! its thread-local's destructor with the standard library on a thread's first cached post.
 //!
 //! Cost: nothing is allocated for listeners; a post that reaches streams allocates one `Arc`
 //! for the message, shared by all of them (L04), plus a 31-slot block per stream when its
