@@ -437,18 +437,18 @@ impl PartialEq for Interned {
 impl Eq for Interned {}
 
 thread_local! {
-    /// The topic this thread last looked up by name twice in a row, with its registry's
-    /// [`Registry::id`]: [`Registry::post`] then skips the interning table. Borrowed for the
-    /// post, so a listener that posts by name meanwhile may use it but not replace it. Holds
-    /// the topic, not its receivers: a topic is emptied when it is forgotten and when its
+    /// The topic this thread last looked up by name twice in a row (its registry is in
+    /// `LAST_KEY`): [`Registry::post`] then skips the interning table. Borrowed for the post,
+    /// so a listener that posts by name meanwhile may use it but not replace it. Holds the
+    /// topic, not its receivers: a topic is emptied when it is forgotten and when its
     /// registry is dropped.
-    static LAST_BY_NAME: RefCell<Option<(u64, Arc<Topic>)>> = const { RefCell::new(None) };
+    static LAST_BY_NAME: RefCell<Option<Arc<Topic>>> = const { RefCell::new(None) };
     /// The address of the topic this thread's last by-name lookup found; an address only,
     /// compared and never followed.
     static LAST_LOOKUP: Cell<usize> = const { Cell::new(0) };
-    /// The [`Registry::id`] and the name's length of `LAST_BY_NAME`'s topic, in a
-    /// thread-local without a destructor; id 0 while it has none (ids start at 1). The id of
-    /// a dropped registry is never reused.
+    /// The [`Registry::id`] of `LAST_BY_NAME`'s topic and its name's length, set with it, in
+    /// a thread-local without a destructor: a post checks them first, with plain loads. Id 0
+    /// while there is none (ids start at 1); the id of a dropped registry is never reused.
     static LAST_KEY: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
 }
 
@@ -470,7 +470,7 @@ static REGISTRIES: AtomicU64 = AtomicU64::new(0);
 
 /// The interning table and the gauges that go with it.
 pub(crate) struct Registry {
-    /// This registry among all of the process's, for [`LAST_BY_NAME`].
+    /// This registry among all of the process's, for the by-name cache (`LAST_KEY`).
     id: u64,
     map: papaya::HashMap<Interned, (), foldhash::fast::RandomState>,
     pub(crate) counters: Counters,
@@ -529,8 +529,8 @@ impl Registry {
         let hit = LAST_BY_NAME.try_with(|last| {
             // Shared: a listener's own post by name may use it too, but not replace it.
             let last = last.try_borrow().ok()?;
-            let (registry, topic) = last.as_ref()?;
-            if *registry != self.id || *topic.name != *name {
+            let topic = last.as_ref()?;
+            if *topic.name != *name {
                 return None;
             }
             match topic.post_if_received(message.take()?, &self.counters) {
@@ -574,7 +574,7 @@ impl Registry {
         if LAST_LOOKUP.try_with(|last| last.replace(address)) == Ok(address) {
             let _ = LAST_BY_NAME.try_with(|last| {
                 if let Ok(mut last) = last.try_borrow_mut() {
-                    *last = Some((self.id, topic.clone()));
+                    *last = Some(topic.clone());
                     LAST_KEY.set((self.id, name.len()));
                 }
             });
