@@ -24,8 +24,8 @@ use crate::wire::WireFormat;
 /// An event bus: a cheap handle; all clones are the same bus.
 ///
 /// Channels are names; a post reaches the listeners and streams registered on its channel.
-/// [`Bus::local`] makes a bus for one process, with no Redis: posting on it is wait-free
-/// (see [`Messages::post_message`]).
+/// [`Bus::local`] makes a bus for one process, with no Redis: posting on it takes no lock and
+/// never waits for another thread (see [`Messages::post_message`]).
 ///
 /// ```
 /// use evbus::{Bus, MessageScope};

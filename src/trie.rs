@@ -14,7 +14,7 @@
 //! A write (add or remove) copies the one path from the root to the slot's leaf, sharing
 //! every other node with the previous version: at most `32 * height` entries are cloned,
 //! `height = log32(slots)`, so 100,000 listeners cost three levels. The reader side never
-//! changes: a post loads the root once (one `ArcSwap` load, done by the caller) and walks an
+//! changes: a post borrows the root once (done by the caller) and walks an
 //! immutable tree.
 //!
 //! Finding an item needs no index: the caller's items carry a key ([`Keyed`], a registration
@@ -143,6 +143,16 @@ impl<T> Trie<T> {
     #[inline]
     pub(crate) fn for_each_leaf<F: FnMut(&[T])>(&self, f: &mut F) {
         self.root.for_each_leaf(f);
+    }
+
+    /// Every item, when the trie is one leaf (up to 32 items): no walk needed.
+    #[inline]
+    pub(crate) fn as_leaf(&self) -> Option<&[T]> {
+        match &self.root {
+            Node::One(item) => Some(std::slice::from_ref(item)),
+            Node::Leaf(items) => Some(items),
+            Node::Branch(_) => None,
+        }
     }
 }
 

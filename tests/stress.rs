@@ -182,7 +182,7 @@ fn s06_close_sessions_while_posting_run(size: SessionsSize) {
                 let mut i = 0u64;
                 while i < size.min_posts || churners_running.load(SeqCst) > 0 {
                     let c = (p + i as usize) % S06_CHANNELS.len();
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         post_local(bus, S06_CHANNELS[c], i);
                     } else {
                         handles[c]

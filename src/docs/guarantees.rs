@@ -97,7 +97,9 @@
 //! ## L10
 //!
 //! Posting takes no lock, whatever registrations, removals or session closes run beside it:
-//! to listeners it is wait-free; a push to a stream can spin briefly in two windows of the
+//! to listeners it is lock-free, and wait-free unless a registration on the same channel lands
+//! between the two loads of the post's borrow of its receivers (the post then reads them
+//! again); a push to a stream can spin briefly in two windows of the
 //! stream's queue where another producer, preempted at the wrong instruction, must run first
 //! (once per 31 messages, and when evicting from a full buffer). The exact progress guarantee
 //! of each step, and the one once-per-thread exception, are in

@@ -40,7 +40,7 @@
 //! ```text
 //! registry: papaya::HashMap<Interned, ()>          lock-free reads; the key is the topic,
 //!                                   │               found by its name (Borrow<str>)
-//! Topic ── subscribers: ArcSwapOption<Snapshot>  ◄── the post path reads only this
+//! Topic ── subscribers: Published<Snapshot>     ◄── the post path reads only this
 //!       │        Snapshot = per message type a Group { Arc<Receivers<M>>, &'static GroupOps }
 //!       │                   (the first type inline, the others a list)
 //!       │        Receivers<M> = { persistent trie (root inline), streams }
@@ -63,7 +63,7 @@
 //! # Writes
 //!
 //! Every registration change locks the topic's writer, edits the trie (path copying,
-//! `O(32 log32 n)` clones), and publishes the new root with `ArcSwapOption::swap` before
+//! `O(32 log32 n)` clones), and publishes the new root with `Published::swap` before
 //! unlocking. Writes to one channel are serialized by its mutex; writes to different channels
 //! never contend. Nothing of the user's runs under a writer lock: the replaced root and any
 //! removed subscriber are returned as `Garbage` and dropped after the unlock, because the last
@@ -74,10 +74,10 @@
 //!
 //! 1. `Registry::post` pins the map (seize's epoch guard) and looks the name up: lock-free.
 //!    A [`Channel`](crate::Channel) handle skips this step.
-//! 2. `Topic::post` calls `subscribers.load()`. arc-swap's load records a *debt* in a
-//!    thread-local slot and re-checks the pointer (`SeqCst`); the writer's `swap` is `SeqCst`
-//!    and pays every outstanding debt on the old pointer (it takes a reference on the reader's
-//!    behalf). So:
+//! 2. `Topic::post` calls `subscribers.borrow()` (`local::published`): it records a *debt*
+//!    in a slot of its thread's record and re-checks the pointer after a `SeqCst` fence; the
+//!    writer's `swap` is followed by a `SeqCst` fence and pays every outstanding debt on the
+//!    old pointer (it takes a reference on the reader's behalf). So:
 //!    - **L09**: `remove_listener` returns after its `swap`. A post that starts after that
 //!      (in happens-before order) loads the new root, which lacks the listener.
 //!    - **L06**: the post walks the root it loaded; nothing a listener does during the walk

@@ -1,6 +1,7 @@
 //! What is wait-free, what is lock-free, what blocks, and what things cost.
 //!
-//! The words are used as arc-swap's documentation uses them: *wait-free*, every call finishes
+//! The words are used as arc-swap's documentation uses them (arc-swap published the snapshots
+//! until issue 11's second round; `local::published` does now): *wait-free*, every call finishes
 //! in a bounded number of its own steps whatever other threads do; *lock-free*, some thread
 //! always makes progress (a call may retry because another succeeded); *blocking*, a call may
 //! wait for another thread.
@@ -14,13 +15,14 @@
 //! | step | progress guarantee |
 //! |---|---|
 //! | name lookup (`post_message`; skipped by a `Channel` handle, and by a post to the name this thread posted to twice in a row before) | wait-free for a cached name (thread-local reads); otherwise lock-free (papaya's reads, seize's guard) |
-//! | snapshot load | arc-swap's `load`: lock-free; wait-free except for a fallback that arc-swap bounds to once in `usize::MAX / 4` loads |
+//! | snapshot borrow | lock-free: it loads the snapshot again only when a registration replaced it between the borrow's two loads, so another thread made progress; with no registration at that instant, a fixed number of steps. Giving it back is wait-free |
 //! | walk and listener calls | bounded by the snapshot; each call is the user's code |
 //! | stream push | lock-free except at a block boundary (once per 31 messages) and in the eviction of a full buffer, where it can wait for a preempted thread (below) |
 //! | counters | wait-free: a store to a stripe only this thread writes |
 //!
-//! So a post to listeners only, through a handle, is wait-free apart from arc-swap's bounded
-//! fallback and the listeners' own code; a post that reaches streams is lock-free apart from
+//! So a post to listeners only, through a handle, is lock-free, and wait-free while no
+//! registration changes its channel at the same instant, apart from the listeners' own code;
+//! a post that reaches streams is lock-free apart from
 //! the two windows below, and from waking a parked consumer, which calls its executor's
 //! `Waker` (tokio's takes its scheduler's mutex when woken from outside the runtime's
 //! workers).
@@ -29,8 +31,9 @@
 //! memory reclaimer) gives the thread an id under a process-wide mutex, and frees it under the
 //! same mutex when the thread exits. A post by name from a thread that never used papaya
 //! before takes that mutex once; a post through a [`Channel`](crate::Channel) handle never
-//! does. Likewise this crate's counter stripes and arc-swap's debt lists set up per-thread state
-//! on a thread's first post, both with lock-free CAS loops, and the by-name cache registers
+//! does. Likewise this crate's counter stripes and borrow records (`local::published`) set up
+//! per-thread state on a thread's first post, both with lock-free CAS loops (a new record is
+//! allocated when none of the pool is free, as is one for a post nested more than eight deep), and the by-name cache registers
 //! its thread-local's destructor with the standard library on a thread's first cached post.
 //!
 //! Cost: nothing is allocated for listeners; a post that reaches streams allocates one `Arc`

@@ -6,11 +6,13 @@
 //!   receivers, and knows nothing else of it.
 //! - [`post`]: the post path, from a loaded snapshot to every receiver, and the same for a
 //!   message received through the transport, decoded once per receiver type.
+//! - [`published`]: a topic's current snapshot, which a post borrows without counting it.
 //! - [`stream`]: a stream's bounded buffer and the consumer's side of it.
 //!
 //! It depends only on the leaves (errors, message, stats, the trie) and on [`crate::wire`]'s
 //! codec, never on a transport.
 
 pub(crate) mod post;
+pub(crate) mod published;
 pub(crate) mod registry;
 pub(crate) mod stream;

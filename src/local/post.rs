@@ -4,8 +4,9 @@
 //! a persistent trie ([`crate::trie`]) of that type's receivers in the order they were
 //! added ([`Receivers`]). A local post of an `M` is:
 //!
-//! 1. one `ArcSwapOption::load` of the snapshot (by the caller, `Topic::post`);
-//! 2. per group, one `downcast_ref` (the type check): the group of type `M` is walked, the
+//! 1. one borrow of the snapshot (by the caller, `Topic::post`; see [`super::published`]);
+//! 2. per group, one type check (a `TypeId` in the group's static table): the group of type
+//!    `M` is walked, the
 //!    others only count their receivers as type mismatches (L05), through their type's
 //!    [`GroupOps`];
 //! 3. per receiver, one indirect call: a listener ([`Listen::call`]) gets `&M`; a stream gets a clone
@@ -15,10 +16,10 @@
 //! No lock, no allocation for listeners. `delivered` is the walked group's length, so the
 //! loop counts nothing per listener; panics and stream drops are counted when they happen.
 //!
-//! Why this never blocks (L10): `ArcSwap::load` is wait-free except for a bounded fallback
-//! that arc-swap documents as lock-free and takes at most once per `usize::MAX / 4` loads; the
-//! walk is bounded by the snapshot; the counters are stores to a thread-owned stripe. To
-//! listeners only, a post is wait-free. A stream push is lock-free except in two short windows
+//! Why this never blocks (L10): the borrow is lock-free (it loads again only when a
+//! registration replaced the snapshot in between, and is wait-free when none does); the walk
+//! is bounded by the snapshot; the counters are stores to a thread-owned stripe. To listeners
+//! only, a post is lock-free, and wait-free while no registration changes the channel. A stream push is lock-free except in two short windows
 //! inside crossbeam's `SegQueue` where it spins until another producer, if preempted there,
 //! runs again: once per 31 messages of a stream, and in the eviction of a full buffer (exactly:
 //! [`crate::local::stream`], § Progress). A stream's first push also allocates its queue,
@@ -27,8 +28,10 @@
 //! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
 //! panic happens, so one listener's panic is counted and the walk goes on.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::stream::StreamSink;
@@ -202,18 +205,56 @@ pub(crate) struct Receivers<M> {
     pub(crate) streams: usize,
 }
 
-/// The receivers of one message type, type-erased.
-#[derive(Clone)]
+/// The receivers of one message type, type-erased: an `Arc<Receivers<M>>` as a thin pointer,
+/// with its type's table, which holds its `TypeId` and what cloning and dropping it takes.
+/// Two words, where an `Arc<dyn Any>` and the table were three, and the type check reads the
+/// table, which the post reads anyway, instead of calling through `dyn Any`'s vtable.
 pub(crate) struct Group {
-    /// An `Arc<Receivers<M>>` for the group's `M`.
-    pub(crate) receivers: Arc<dyn Any + Send + Sync>,
+    /// From `Arc::into_raw` of an `Arc<Receivers<M>>`, where `ops` is `M`'s table.
+    receivers: NonNull<()>,
     /// What is done with `receivers` without knowing `M`; one static table per type.
     pub(crate) ops: &'static GroupOps,
+}
+
+// SAFETY: a group is an `Arc<Receivers<M>>` for an `M: Send + Sync` (`Group::new`), and
+// `Receivers<M>` is then `Send + Sync`: so is the `Arc`.
+#[allow(unsafe_code)]
+unsafe impl Send for Group {}
+// SAFETY: as for `Send`: shared, a group hands out `&Receivers<M>` only.
+#[allow(unsafe_code)]
+unsafe impl Sync for Group {}
+
+/// [`GroupOps::retain`] of `M`.
+///
+/// # Safety
+///
+/// `receivers` is a group's pointer for `M`, which the caller's group still holds.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn retain<M>(receivers: NonNull<()>) {
+    // SAFETY: the caller's contract.
+    unsafe { Arc::increment_strong_count(receivers.as_ptr() as *const Receivers<M>) }
+}
+
+/// [`GroupOps::release`] of `M`.
+///
+/// # Safety
+///
+/// `receivers` is a group's pointer for `M`, given up by that group (its drop).
+#[allow(unsafe_code)]
+pub(crate) unsafe fn release<M>(receivers: NonNull<()>) {
+    // SAFETY: the caller's contract.
+    drop(unsafe { Arc::from_raw(receivers.as_ptr() as *const Receivers<M>) })
 }
 
 /// The operations of one message type's [`Group`] that do not know the type: one table per
 /// type, made by the registry (`registry::Ops`).
 pub(crate) struct GroupOps {
+    /// `TypeId::of::<Receivers<M>>()`: the post path's type check ([`Group::of_type`]).
+    pub(crate) type_id: TypeId,
+    /// Counts one more reference to a group's receivers (`retain::<M>`).
+    pub(crate) retain: RawOp,
+    /// Drops one reference to a group's receivers (`release::<M>`).
+    pub(crate) release: RawOp,
     /// Delivers a message received through the transport: decodes it as `M` once, then walks
     /// the group ([`deliver_wire`]).
     pub(crate) wire: Wire,
@@ -246,10 +287,82 @@ pub(crate) enum InPlace {
 /// last), and the removed receiver's kind.
 pub(crate) type Removed = (Option<Group>, Kind);
 
+/// [`GroupOps::retain`] and [`GroupOps::release`]: see [`retain`] and [`release`].
+pub(crate) type RawOp = unsafe fn(NonNull<()>);
+
 impl Group {
+    /// The group of `receivers`, whose type's table is `ops`.
+    ///
+    /// # Panics
+    ///
+    /// If `ops` is not `M`'s table (a bug: the type check relies on it).
+    pub(crate) fn new<M: Send + Sync + 'static>(
+        receivers: Receivers<M>,
+        ops: &'static GroupOps,
+    ) -> Group {
+        assert!(
+            ops.type_id == TypeId::of::<Receivers<M>>(),
+            "a group's table is its type's"
+        );
+        let receivers = Arc::into_raw(Arc::new(receivers)).cast_mut().cast::<()>();
+        Group {
+            receivers: NonNull::new(receivers).expect("Arc::into_raw is not null"),
+            ops,
+        }
+    }
+
+    /// The receivers, if they are of type `M` (L05): a load and a compare.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub(crate) fn of_type<M: 'static>(&self) -> Option<&Receivers<M>> {
+        if self.ops.type_id != TypeId::of::<Receivers<M>>() {
+            return None;
+        }
+        // SAFETY: `receivers` is an `Arc<Receivers<T>>` where `ops` is `T`'s table
+        // (`Group::new` checks it), and that table's `TypeId` is `Receivers<M>`'s, so `T` is
+        // `M`. The group holds its reference while `self` is borrowed.
+        Some(unsafe { &*(self.receivers.as_ptr() as *const Receivers<M>) })
+    }
+
+    /// [`Group::of_type`], mutable, if no other group shares the receivers.
+    #[allow(unsafe_code)]
+    pub(crate) fn of_type_mut<M: 'static>(&mut self) -> Option<&mut Receivers<M>> {
+        if self.ops.type_id != TypeId::of::<Receivers<M>>() {
+            return None;
+        }
+        let pointer = self.receivers.as_ptr() as *const Receivers<M>;
+        // SAFETY: as in `of_type`, an `Arc<Receivers<M>>` this group holds; `ManuallyDrop`
+        // leaves its count as it is.
+        let mut arc = ManuallyDrop::new(unsafe { Arc::from_raw(pointer) });
+        let receivers: *mut Receivers<M> = Arc::get_mut(&mut arc)?;
+        // SAFETY: `get_mut` found this group's reference the only one, and `&mut self` keeps
+        // it so while the result is borrowed.
+        Some(unsafe { &mut *receivers })
+    }
+
     /// How many receivers the group has.
     fn len(&self) -> usize {
         (self.ops.counts)(self).0
+    }
+}
+
+impl Clone for Group {
+    #[allow(unsafe_code)]
+    fn clone(&self) -> Group {
+        // SAFETY: this group's pointer, for its table's type, held by `self`.
+        unsafe { (self.ops.retain)(self.receivers) };
+        Group {
+            receivers: self.receivers,
+            ops: self.ops,
+        }
+    }
+}
+
+impl Drop for Group {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: this group's pointer, for its table's type; the group gives it up here.
+        unsafe { (self.ops.release)(self.receivers) }
     }
 }
 
@@ -266,7 +379,7 @@ pub(crate) fn deliver<M: Send + Sync + 'static>(snapshot: &Snapshot, message: M)
     } else {
         // Most channels carry one message type: one type check, no loop.
         let group = &snapshot.first;
-        match group.receivers.downcast_ref::<Receivers<M>>() {
+        match group.of_type::<M>() {
             Some(receivers) => deliver_to(receivers, message, &mut tally),
             None => tally.mismatches += group.len() as u64,
         }
@@ -283,7 +396,7 @@ fn deliver_to_several<M: Send + Sync + 'static>(
 ) {
     let mut matching = None;
     for group in snapshot.groups() {
-        match group.receivers.downcast_ref::<Receivers<M>>() {
+        match group.of_type::<M>() {
             Some(receivers) => matching = Some(receivers),
             None => tally.mismatches += group.len() as u64,
         }
@@ -294,7 +407,7 @@ fn deliver_to_several<M: Send + Sync + 'static>(
 }
 
 /// Delivers `message` to `receivers`.
-#[inline]
+#[inline(always)]
 fn deliver_to<M>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
     tally.delivered += receivers.trie.len() as u64;
     if receivers.streams == 0 {
@@ -306,28 +419,38 @@ fn deliver_to<M>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
 }
 
 /// Calls every receiver of one group. `shared` is `Some` when the group has streams.
-#[inline]
+#[inline(always)]
 fn walk<M>(trie: &Trie<Receiver<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
-    trie.for_each_leaf(&mut |receivers: &[Receiver<M>]| {
-        for receiver in receivers {
-            match receiver {
-                Receiver::Listener(listener) => {
-                    // AssertUnwindSafe: a panicking listener can leave only its own captured
-                    // state inconsistent; nothing of the bus is borrowed mutably here.
-                    if catch_unwind(AssertUnwindSafe(|| listener.call(message))).is_err() {
-                        tally.panics += 1;
-                    }
+    match trie.as_leaf() {
+        // Up to 32 receivers: the loop inline, no call per leaf.
+        Some(receivers) => call(receivers, message, shared, tally),
+        None => trie.for_each_leaf(&mut |receivers: &[Receiver<M>]| {
+            call(receivers, message, shared, tally)
+        }),
+    }
+}
+
+/// Calls `receivers`, one leaf of a group.
+#[inline(always)]
+fn call<M>(receivers: &[Receiver<M>], message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
+    for receiver in receivers {
+        match receiver {
+            Receiver::Listener(listener) => {
+                // AssertUnwindSafe: a panicking listener can leave only its own captured
+                // state inconsistent; nothing of the bus is borrowed mutably here.
+                if catch_unwind(AssertUnwindSafe(|| listener.call(message))).is_err() {
+                    tally.panics += 1;
                 }
-                Receiver::Stream(sink) => {
-                    if let Some(shared) = shared {
-                        if sink.receiver.push(shared.clone()) {
-                            tally.dropped += 1;
-                        }
+            }
+            Receiver::Stream(sink) => {
+                if let Some(shared) = shared {
+                    if sink.receiver.push(shared.clone()) {
+                        tally.dropped += 1;
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// Delivers one message received through the transport to `snapshot`: decodes it once per
@@ -381,7 +504,7 @@ pub(crate) fn deliver_wire<M: crate::Message>(
     payload: Payload<'_>,
     tally: &mut Tally,
 ) -> Option<Result<(), String>> {
-    let receivers = group.receivers.downcast_ref::<Receivers<M>>()?;
+    let receivers = group.of_type::<M>()?;
     let message = match codec.decode::<M>(class, payload)? {
         Ok(message) => message,
         Err(reason) => return Some(Err(reason)),

@@ -7,7 +7,7 @@
 //! followed by the topic's snapshot load: no lock on the post path (L10). A
 //! [`Channel`](crate::Channel) handle holds its topic directly and skips the lookup.
 //!
-//! A topic holds the published [`Snapshot`] (in an `ArcSwapOption`): per message type a
+//! A topic holds the published [`Snapshot`] (in a [`Published`] cell): per message type a
 //! persistent trie of receivers ([`crate::trie`]). Behind a `parking_lot` mutex it holds the
 //! writer's own state: the number of live handles and, on a large channel, a spare snapshot.
 //! Every registration change takes that one mutex, makes the next snapshot, and publishes it
@@ -20,7 +20,7 @@
 //! version, the *spare* (`Writer::spare`): equal to the published one, but seen by no reader.
 //! A change is made to the spare in place and the spare is published; the version it replaces
 //! gets the same change in place and becomes the spare, if no reader still holds it (after
-//! `ArcSwap::swap` every reader of the old version holds a counted reference, so
+//! [`Published::swap`] every reader of the old version holds a counted reference, so
 //! `Arc::get_mut` tells); if one does, it is dropped and the next change copies a path again.
 //! Path copying clones one reference per sibling along the path (up to 32 per level) and the
 //! replaced version drops them again, which was most of a change's cost under churn; two
@@ -57,7 +57,7 @@
 //! locks. So every operation hands the replaced snapshot back to its caller, who drops it after
 //! the mutex is released (`Garbage`): it holds the last reference to a removed receiver.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::hash::{Hash, Hasher};
@@ -65,8 +65,9 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
-use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
+
+use super::published::Published;
 
 pub(crate) use super::post::Kind;
 use super::post::{self, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
@@ -165,7 +166,7 @@ pub(crate) struct Topic {
     name: Box<str>,
     /// The published snapshot: all the post path reads, and, under `writer`, what the next
     /// registration change starts from (the channel keeps no other copy of its receivers).
-    subscribers: ArcSwapOption<Snapshot>,
+    subscribers: Published<Snapshot>,
     writer: Mutex<Writer>,
 }
 
@@ -199,6 +200,9 @@ struct Ops<M>(PhantomData<M>);
 
 impl<M: Message> Ops<M> {
     const OPS: &'static GroupOps = &GroupOps {
+        type_id: TypeId::of::<Receivers<M>>(),
+        retain: post::retain::<M>,
+        release: post::release::<M>,
         wire: post::deliver_wire::<M>,
         counts: counts::<M>,
         remove: remove::<M>,
@@ -209,15 +213,12 @@ impl<M: Message> Ops<M> {
 
 /// The group of `receivers`.
 fn group_of<M: Message>(receivers: Receivers<M>) -> Group {
-    Group {
-        receivers: Arc::new(receivers),
-        ops: Ops::<M>::OPS,
-    }
+    Group::new(receivers, Ops::<M>::OPS)
 }
 
 /// `group`'s receivers, whose type its operations know.
 fn receivers_of<M: Message>(group: &Group) -> &Receivers<M> {
-    match group.receivers.downcast_ref() {
+    match group.of_type() {
         Some(receivers) => receivers,
         None => unreachable!("a group's operations are those of its type"),
     }
@@ -247,7 +248,7 @@ fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Remo
 
 /// `group`'s receivers, if no other snapshot shares them.
 fn receivers_mut<M: Message>(group: &mut Group) -> Option<&mut Receivers<M>> {
-    Arc::get_mut(&mut group.receivers)?.downcast_mut()
+    group.of_type_mut()
 }
 
 fn remove_in_place<M: Message>(
@@ -325,7 +326,7 @@ fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Receiver<M>) -> Sn
     let stream = usize::from(entry.kind() == Kind::Stream);
     let entry = Cell::new(Some(entry));
     let groups = snapshot.into_iter().flat_map(Snapshot::groups);
-    let updated = groups.map(|old| match old.receivers.downcast_ref::<Receivers<M>>() {
+    let updated = groups.map(|old| match old.of_type::<M>() {
         Some(receivers) => {
             let Some(entry) = entry.take() else {
                 unreachable!("a channel has one group per message type")
@@ -375,11 +376,12 @@ impl Topic {
         message: M,
         counters: &Counters,
     ) -> Result<usize, M> {
-        // `load` borrows the snapshot for the post (arc-swap's debt slots); a writer that
-        // replaces it meanwhile pays that debt, and whichever side drops last frees the old
-        // version, with the closures only it still held (S03).
-        let snapshot = self.subscribers.load();
-        let Some(snapshot) = &*snapshot else {
+        // `borrow` takes the snapshot for the post without counting it (a debt in a
+        // thread-owned slot); a writer that replaces it meanwhile pays that debt, and
+        // whichever side drops last frees the old version, with the closures only it still
+        // held (S03).
+        let snapshot = self.subscribers.borrow();
+        let Some(snapshot) = snapshot.get() else {
             return Err(message);
         };
         let tally = post::deliver(snapshot, message);
@@ -401,8 +403,8 @@ impl Topic {
     /// Whether registration `id` is in effect here. Reads the published snapshot, which only
     /// the lock holder replaces; a change may follow at once, lock or no lock.
     fn contains(&self, id: u64) -> bool {
-        let snapshot = self.subscribers.load();
-        (*snapshot).as_deref().is_some_and(|snapshot| {
+        let snapshot = self.subscribers.borrow();
+        snapshot.get().is_some_and(|snapshot| {
             snapshot
                 .groups()
                 .any(|group| (group.ops.contains)(group, id))
@@ -599,7 +601,7 @@ impl Registry {
                 None => {
                     let fresh = Arc::new(Topic {
                         name: name.into(),
-                        subscribers: ArcSwapOption::empty(),
+                        subscribers: Published::new(None),
                         writer: Mutex::default(),
                     });
                     if self
@@ -855,7 +857,7 @@ impl Registry {
 
     /// Under `topic`'s lock: forgets the topic when nothing holds it any more (L13).
     fn forget_if_unused(&self, topic: &Topic, writer: &mut Writer) {
-        if writer.handles == 0 && topic.subscribers.load().is_none() {
+        if writer.handles == 0 && !topic.subscribers.is_some() {
             writer.handles = Writer::FORGOTTEN;
             let map = self.map.pin();
             if let Ok(Some(_)) =
