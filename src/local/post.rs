@@ -29,6 +29,7 @@
 //! panic happens, so one listener's panic is counted and the walk goes on.
 
 use std::any::{Any, TypeId};
+use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
@@ -43,58 +44,175 @@ use crate::wire::codec::{Codec, Payload};
 /// receiver's pointer alone (two words), not a pointer and an id (three). Each entry is held
 /// by up to two versions of a large channel (the registry's spare), and a lone receiver is
 /// held inline in its group, so this is what the memory goals are made of (issue 11).
+/// `repr(C)`: the id is first, so a [`Listener`] reads it without knowing the callback's type.
+#[repr(C)]
 pub(crate) struct Registered<R> {
     /// Set once, by the registry, before the receiver is shared (see [`Receiver::register`]).
     id: u64,
     receiver: R,
 }
 
-/// A listener: a callback of `&M`, and its registration id.
+/// A listener: a callback of `&M` and its registration id, in one `Arc<Registered<F>>`.
 ///
-/// A trait object rather than an `Arc<dyn Fn>` beside the id: the id lives in the callback's
-/// own allocation. A post calls [`Listen::call`] through the vtable, once per listener, as it
-/// called the closure before; removals read the id through [`Listen::id`].
-pub(crate) trait Listen<M>: Send + Sync {
-    fn id(&self) -> u64;
-    fn set_id(&mut self, id: u64);
-    fn call(&self, message: &M);
-    /// The same allocation, type-erased: a removed listener, to drop after the lock.
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+/// A trait object made by hand: the `Arc` as a thin pointer beside a static table of its
+/// callback type's operations. An `Arc<dyn Trait>` finds its value by rounding the `Arc`'s
+/// header up to the alignment its vtable holds, five instructions per listener and post; here
+/// the pointer is the value's, and a call is a load and an indirect call.
+pub(crate) struct Listener<M: 'static> {
+    /// From `Arc::into_raw` of an `Arc<Registered<F>>`, where `table` is `F`'s.
+    value: NonNull<()>,
+    table: &'static ListenerTable<M>,
 }
 
-impl<M, F: Fn(&M) + Send + Sync + 'static> Listen<M> for Registered<F> {
+/// The operations of one callback type `F` of a [`Listener`]: see [`Table`].
+pub(crate) struct ListenerTable<M: 'static> {
+    call: unsafe fn(NonNull<()>, &M),
+    /// Sets the id if the reference is the only one; returns whether it was.
+    set_id: unsafe fn(NonNull<()>, u64) -> bool,
+    retain: RawOp,
+    release: RawOp,
+    into_any: unsafe fn(NonNull<()>) -> Arc<dyn Any + Send + Sync>,
+}
+
+/// The [`ListenerTable`] of callback type `F`, in static memory.
+struct Table<M, F>(PhantomData<(M, F)>);
+
+impl<M: 'static, F: Fn(&M) + Send + Sync + 'static> Table<M, F> {
+    const TABLE: &'static ListenerTable<M> = &ListenerTable {
+        call: call_listener::<M, F>,
+        set_id: set_id::<F>,
+        retain: retain::<Registered<F>>,
+        release: release::<Registered<F>>,
+        into_any: into_any::<F>,
+    };
+}
+
+/// [`ListenerTable::call`] of `F`.
+///
+/// # Safety
+///
+/// `value` is a listener's pointer for `F`, which the caller's listener still holds.
+#[allow(unsafe_code)]
+unsafe fn call_listener<M, F: Fn(&M)>(value: NonNull<()>, message: &M) {
+    // SAFETY: the caller's contract.
+    let registered = unsafe { &*(value.as_ptr() as *const Registered<F>) };
+    (registered.receiver)(message)
+}
+
+/// [`ListenerTable::set_id`] of `F`.
+///
+/// # Safety
+///
+/// `value` is a listener's pointer for `F`, which the caller's listener holds, borrowed
+/// mutably.
+#[allow(unsafe_code)]
+unsafe fn set_id<F>(value: NonNull<()>, id: u64) -> bool {
+    // SAFETY: the caller's contract; `ManuallyDrop` leaves the count as it is.
+    let mut arc =
+        ManuallyDrop::new(unsafe { Arc::from_raw(value.as_ptr() as *const Registered<F>) });
+    match Arc::get_mut(&mut arc) {
+        Some(registered) => {
+            registered.id = id;
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`ListenerTable::into_any`] of `F`.
+///
+/// # Safety
+///
+/// `value` is a listener's pointer for `F`, whose reference the caller gives up.
+#[allow(unsafe_code)]
+unsafe fn into_any<F: Send + Sync + 'static>(value: NonNull<()>) -> Arc<dyn Any + Send + Sync> {
+    // SAFETY: the caller's contract.
+    unsafe { Arc::from_raw(value.as_ptr() as *const Registered<F>) }
+}
+
+// SAFETY: a listener is an `Arc<Registered<F>>` for an `F: Send + Sync` (`Table`'s bounds),
+// which is then `Send + Sync`.
+#[allow(unsafe_code)]
+unsafe impl<M: 'static> Send for Listener<M> {}
+// SAFETY: as for `Send`: shared, a listener only calls `F` through `&F`.
+#[allow(unsafe_code)]
+unsafe impl<M: 'static> Sync for Listener<M> {}
+
+impl<M: 'static> Listener<M> {
+    fn new<F: Fn(&M) + Send + Sync + 'static>(callback: F) -> Self {
+        let value = Arc::into_raw(Arc::new(Registered {
+            id: 0,
+            receiver: callback,
+        }));
+        Listener {
+            value: NonNull::new(value.cast_mut().cast()).expect("Arc::into_raw is not null"),
+            table: Table::<M, F>::TABLE,
+        }
+    }
+
+    /// The registration id.
+    #[allow(unsafe_code)]
     fn id(&self) -> u64 {
-        self.id
+        // SAFETY: `value` points to a live `Registered<F>`, whose first field is the id
+        // (`repr(C)`), whatever `F` is.
+        unsafe { *(self.value.as_ptr() as *const u64) }
     }
 
-    fn set_id(&mut self, id: u64) {
-        self.id = id;
+    /// Sets the registration id; `None` if the listener is shared already.
+    #[allow(unsafe_code)]
+    fn set_id(&mut self, id: u64) -> Option<()> {
+        // SAFETY: this listener's pointer, for its table's type, borrowed mutably.
+        unsafe { (self.table.set_id)(self.value, id) }.then_some(())
     }
 
-    #[inline]
-    fn call(&self, message: &M) {
-        (self.receiver)(message)
+    /// Calls the callback.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub(crate) fn call(&self, message: &M) {
+        // SAFETY: `value` and `table` are of one `F` (`Listener::new`), held by `self`.
+        unsafe { (self.table.call)(self.value, message) }
     }
 
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
-        self
+    /// The same allocation, type-erased: a removed listener, to drop after the lock.
+    #[allow(unsafe_code)]
+    pub(crate) fn into_any(self) -> Arc<dyn Any + Send + Sync> {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: the listener's own reference, given up (`ManuallyDrop`: no release).
+        unsafe { (this.table.into_any)(this.value) }
+    }
+}
+
+impl<M: 'static> Clone for Listener<M> {
+    #[allow(unsafe_code)]
+    fn clone(&self) -> Self {
+        // SAFETY: this listener's pointer, for its table's type, held by `self`.
+        unsafe { (self.table.retain)(self.value) };
+        Listener {
+            value: self.value,
+            table: self.table,
+        }
+    }
+}
+
+impl<M: 'static> Drop for Listener<M> {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: this listener's pointer, for its table's type; the listener gives it up.
+        unsafe { (self.table.release)(self.value) }
     }
 }
 
 /// A receiver of messages of type `M`, with its registration id: one entry of a group's trie,
 /// keyed ([`Keyed`](crate::trie::Keyed)) by the id.
-pub(crate) enum Receiver<M> {
-    Listener(Arc<dyn Listen<M>>),
+pub(crate) enum Receiver<M: 'static> {
+    Listener(Listener<M>),
     Stream(Arc<Registered<StreamSink<M>>>),
 }
 
 impl<M: 'static> Receiver<M> {
     /// A listener calling `callback`, not yet registered.
     pub(crate) fn listener<F: Fn(&M) + Send + Sync + 'static>(callback: F) -> Self {
-        Receiver::Listener(Arc::new(Registered {
-            id: 0,
-            receiver: callback,
-        }))
+        Receiver::Listener(Listener::new(callback))
     }
 
     /// A stream's receiver feeding `sink`, not yet registered.
@@ -106,7 +224,7 @@ impl<M: 'static> Receiver<M> {
     }
 }
 
-impl<M> Receiver<M> {
+impl<M: 'static> Receiver<M> {
     /// What this receiver is.
     pub(crate) fn kind(&self) -> Kind {
         match self {
@@ -127,7 +245,7 @@ impl<M> Receiver<M> {
     /// shared: until then its `Arc` is the only one.
     pub(crate) fn register(mut self, id: u64) -> Self {
         let unique = match &mut self {
-            Receiver::Listener(listener) => Arc::get_mut(listener).map(|l| l.set_id(id)),
+            Receiver::Listener(listener) => listener.set_id(id),
             Receiver::Stream(sink) => Arc::get_mut(sink).map(|s| s.id = id),
         };
         match unique {
@@ -144,7 +262,7 @@ pub(crate) enum Kind {
     Stream,
 }
 
-impl<M> Clone for Receiver<M> {
+impl<M: 'static> Clone for Receiver<M> {
     fn clone(&self) -> Self {
         match self {
             Receiver::Listener(listener) => Receiver::Listener(listener.clone()),
@@ -153,7 +271,7 @@ impl<M> Clone for Receiver<M> {
     }
 }
 
-impl<M> crate::trie::Keyed for Receiver<M> {
+impl<M: 'static> crate::trie::Keyed for Receiver<M> {
     fn key(&self) -> u64 {
         self.id()
     }
@@ -198,7 +316,7 @@ impl Snapshot {
 }
 
 /// The receivers of one message type `M`, as published: what a [`Group`] points to.
-pub(crate) struct Receivers<M> {
+pub(crate) struct Receivers<M: 'static> {
     /// In the order they were added; never empty.
     pub(crate) trie: Trie<Receiver<M>>,
     /// How many of them are streams.
@@ -224,26 +342,27 @@ unsafe impl Send for Group {}
 #[allow(unsafe_code)]
 unsafe impl Sync for Group {}
 
-/// [`GroupOps::retain`] of `M`.
+/// Counts one more reference to an `Arc<T>` held as a thin pointer: a group's receivers
+/// ([`GroupOps::retain`]) or a listener ([`ListenerTable`]).
 ///
 /// # Safety
 ///
-/// `receivers` is a group's pointer for `M`, which the caller's group still holds.
+/// `value` is from `Arc::into_raw` of an `Arc<T>`, and the caller holds a reference to it.
 #[allow(unsafe_code)]
-pub(crate) unsafe fn retain<M>(receivers: NonNull<()>) {
+pub(crate) unsafe fn retain<T>(value: NonNull<()>) {
     // SAFETY: the caller's contract.
-    unsafe { Arc::increment_strong_count(receivers.as_ptr() as *const Receivers<M>) }
+    unsafe { Arc::increment_strong_count(value.as_ptr() as *const T) }
 }
 
-/// [`GroupOps::release`] of `M`.
+/// Drops one reference to an `Arc<T>` held as a thin pointer (see [`retain`]).
 ///
 /// # Safety
 ///
-/// `receivers` is a group's pointer for `M`, given up by that group (its drop).
+/// `value` is from `Arc::into_raw` of an `Arc<T>`, and the caller gives up its reference.
 #[allow(unsafe_code)]
-pub(crate) unsafe fn release<M>(receivers: NonNull<()>) {
+pub(crate) unsafe fn release<T>(value: NonNull<()>) {
     // SAFETY: the caller's contract.
-    drop(unsafe { Arc::from_raw(receivers.as_ptr() as *const Receivers<M>) })
+    drop(unsafe { Arc::from_raw(value.as_ptr() as *const T) })
 }
 
 /// The operations of one message type's [`Group`] that do not know the type: one table per
@@ -408,7 +527,7 @@ fn deliver_to_several<M: Send + Sync + 'static>(
 
 /// Delivers `message` to `receivers`.
 #[inline(always)]
-fn deliver_to<M>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
+fn deliver_to<M: 'static>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
     tally.delivered += receivers.trie.len() as u64;
     if receivers.streams == 0 {
         walk(&receivers.trie, &message, None, tally);
@@ -420,7 +539,12 @@ fn deliver_to<M>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
 
 /// Calls every receiver of one group. `shared` is `Some` when the group has streams.
 #[inline(always)]
-fn walk<M>(trie: &Trie<Receiver<M>>, message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
+fn walk<M: 'static>(
+    trie: &Trie<Receiver<M>>,
+    message: &M,
+    shared: Option<&Arc<M>>,
+    tally: &mut Tally,
+) {
     match trie.as_leaf() {
         // Up to 32 receivers: the loop inline, no call per leaf.
         Some(receivers) => call(receivers, message, shared, tally),
@@ -432,7 +556,12 @@ fn walk<M>(trie: &Trie<Receiver<M>>, message: &M, shared: Option<&Arc<M>>, tally
 
 /// Calls `receivers`, one leaf of a group.
 #[inline(always)]
-fn call<M>(receivers: &[Receiver<M>], message: &M, shared: Option<&Arc<M>>, tally: &mut Tally) {
+fn call<M: 'static>(
+    receivers: &[Receiver<M>],
+    message: &M,
+    shared: Option<&Arc<M>>,
+    tally: &mut Tally,
+) {
     for receiver in receivers {
         match receiver {
             Receiver::Listener(listener) => {

@@ -61,8 +61,9 @@ use crate::sync::{fence, AtomicBool, AtomicPtr, Ordering::*};
 const SLOTS: usize = 8;
 
 /// One thread's borrow slots. `repr(C)`: a borrow that took a whole record knows it by the
-/// address of its first slot.
-#[repr(C)]
+/// address of its first slot. Aligned to 128 bytes (two cache lines, as crossbeam pads), so
+/// that two threads posting at once never write the same cache line (issue 11's scaling).
+#[repr(C, align(128))]
 struct Record {
     /// The addresses of the values this thread borrows (or null).
     slots: [AtomicPtr<()>; SLOTS],
@@ -139,8 +140,8 @@ const DEAD: usize = 1;
 /// [`Local::used`] with every slot in use.
 const FULL: u32 = (1 << SLOTS) - 1;
 
-/// What [`Borrowed::bit`] holds for a borrow that took a record of the pool for itself.
-const POOL: u32 = 0;
+/// What [`Borrowed::index`] holds for a borrow that took a record of the pool for itself.
+const POOL: u32 = u32::MAX;
 
 #[cfg(not(evbus_loom))]
 thread_local! {
@@ -179,7 +180,7 @@ impl Drop for GiveBack {
     }
 }
 
-/// A free slot for one borrow, and its bit in this thread's [`Local::used`] ([`POOL`] when
+/// A free slot for one borrow, and its index in this thread's record ([`POOL`] when
 /// the borrow took a record of its own).
 #[inline]
 fn slot() -> (&'static AtomicPtr<()>, u32) {
@@ -200,7 +201,7 @@ fn slot() -> (&'static AtomicPtr<()>, u32) {
         // SAFETY: with a slot free, `record` is a record's address (set by `slot_slow`, from a
         // leaked record).
         let record = unsafe { &*(record as *const Record) };
-        return (&record.slots[index as usize], 1 << index);
+        return (&record.slots[index as usize], index);
     }
     slot_slow()
 }
@@ -250,7 +251,7 @@ impl<T> Published<T> {
         if value.is_null() {
             return Borrowed::none();
         }
-        let (slot, bit) = slot();
+        let (slot, index) = slot();
         loop {
             // The store, then the fence, then the load: against a replace's swap, fence and
             // reading of the slot (see the module docs).
@@ -261,14 +262,14 @@ impl<T> Published<T> {
                 return Borrowed {
                     value,
                     slot,
-                    bit,
+                    index,
                     _cell: PhantomData,
                 };
             }
             give_back(slot, value);
             value = confirmed;
             if value.is_null() {
-                free(slot, bit);
+                free(slot, index);
                 return Borrowed::none();
             }
         }
@@ -350,8 +351,8 @@ fn give_back<T>(slot: &AtomicPtr<()>, value: *const T) {
 
 /// Frees the slot a borrow took.
 #[inline]
-fn free(slot: &'static AtomicPtr<()>, bit: u32) {
-    if bit == POOL {
+fn free(slot: &'static AtomicPtr<()>, index: u32) {
+    if index == POOL {
         // SAFETY: the slot is the first field of its record (`repr(C)`).
         let record = unsafe { &*(slot as *const AtomicPtr<()> as *const Record) };
         record.in_use.store(false, Release);
@@ -360,7 +361,7 @@ fn free(slot: &'static AtomicPtr<()>, bit: u32) {
     let _ = LOCAL.try_with(|cell| {
         let local = cell.get();
         cell.set(Local {
-            used: local.used & !bit,
+            used: local.used & !(1 << index),
             ..local
         })
     });
@@ -380,8 +381,8 @@ pub(crate) struct Borrowed<'a, T> {
     value: *const T,
     /// The slot that holds `value` (unused when `value` is null).
     slot: &'static AtomicPtr<()>,
-    /// The slot's bit in this thread's [`Local::used`], or [`POOL`].
-    bit: u32,
+    /// The slot's index in this thread's record, or [`POOL`].
+    index: u32,
     /// Borrows the cell, and is not `Send`: the slot is its thread's.
     _cell: PhantomData<(&'a Published<T>, *const ())>,
 }
@@ -393,7 +394,7 @@ impl<T> Borrowed<'_, T> {
         Borrowed {
             value: ptr::null(),
             slot: &NO_SLOT,
-            bit: POOL,
+            index: POOL,
             _cell: PhantomData,
         }
     }
@@ -412,7 +413,7 @@ impl<T> Drop for Borrowed<'_, T> {
     fn drop(&mut self) {
         if !self.value.is_null() {
             give_back(self.slot, self.value);
-            free(self.slot, self.bit);
+            free(self.slot, self.index);
         }
     }
 }

@@ -201,8 +201,8 @@ struct Ops<M>(PhantomData<M>);
 impl<M: Message> Ops<M> {
     const OPS: &'static GroupOps = &GroupOps {
         type_id: TypeId::of::<Receivers<M>>(),
-        retain: post::retain::<M>,
-        release: post::release::<M>,
+        retain: post::retain::<Receivers<M>>,
+        release: post::release::<Receivers<M>>,
         wire: post::deliver_wire::<M>,
         counts: counts::<M>,
         remove: remove::<M>,
