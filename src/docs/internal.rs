@@ -41,7 +41,8 @@
 //! registry: papaya::HashMap<Interned, ()>          lock-free reads; the key is the topic,
 //!                                   │               found by its name (Borrow<str>)
 //! Topic ── subscribers: Published<Snapshot>     ◄── the post path reads only this
-//!       │        Snapshot = per message type a Group { Arc<Receivers<M>>, &'static GroupOps }
+//!       │        Snapshot = per message type a Group { Arc<Receivers<M>> as a thin
+//!       │                   pointer, &'static GroupOps (its TypeId, clone, drop, ...) }
 //!       │                   (the first type inline, the others a list)
 //!       │        Receivers<M> = { persistent trie (root inline), streams }
 //!       └─ writer: Mutex<Writer>                 ◄── registration side only
@@ -51,8 +52,9 @@
 //!             place and then published
 //! ```
 //!
-//! A trie entry is `{ id, Receiver<M> }`, where a receiver is a listener's
-//! `Arc<dyn Fn(&M)>` or a stream's sink (the producer half of its buffer). Grouping by type
+//! A trie entry is a `Receiver<M>`: a listener (an `Arc` of its closure and registration id,
+//! as a thin pointer beside its closure type's static table) or a stream's sink with its id
+//! (the producer half of its buffer). Grouping by type
 //! means a post checks the type once per group, not once per receiver, and then calls the
 //! group's closures with no further dispatch than the closure call itself. Only snapshots
 //! hold receivers: a session holds ids and `Weak` topics. Registration ids are taken from the

@@ -9,7 +9,7 @@
 //!    `M` is walked, the
 //!    others only count their receivers as type mismatches (L05), through their type's
 //!    [`GroupOps`];
-//! 3. per receiver, one indirect call: a listener ([`Listen::call`]) gets `&M`; a stream gets a clone
+//! 3. per receiver, one indirect call: a listener ([`Listener::call`]) gets `&M`; a stream gets a clone
 //!    of one `Arc<M>`, made only when the group has streams (L04);
 //! 4. one [`Counters::record_post`](crate::stats).
 //!
