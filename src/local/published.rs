@@ -579,25 +579,34 @@ mod loom_tests {
         })
     }
 
+    /// A reader thread borrows `cell` `depth` times (nested) and checks that what it borrowed
+    /// is alive, while this thread runs `replace`; returns once the reader is done.
+    fn race(depth: usize, replace: impl Fn(&Published<Probe>, &Arc<AtomicUsize>)) -> Outcome {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = Arc::new(Published::new(Some(probe(&drops))));
+        let reader = {
+            let cell = cell.clone();
+            thread::spawn(move || {
+                let borrows: Vec<_> = (0..depth).map(|_| cell.borrow()).collect();
+                for value in borrows.iter().filter_map(Borrowed::get) {
+                    assert!(value.alive.load(SeqCst), "a borrowed value was dropped");
+                }
+            })
+        };
+        replace(&cell, &drops);
+        reader.join().unwrap();
+        (cell, drops)
+    }
+
+    /// The cell and its drop count, after a [`race`].
+    type Outcome = (Arc<Published<Probe>>, Arc<AtomicUsize>);
+
     /// A reader borrows (twice, nested) while a writer replaces the value: what the reader
     /// borrowed stays alive until it lets go, and each value is dropped once.
     #[test]
     fn loom_published_keeps_a_borrowed_value_alive() {
         crate::sync::model(|| {
-            let drops = Arc::new(AtomicUsize::new(0));
-            let cell = Arc::new(Published::new(Some(probe(&drops))));
-            let reader = {
-                let cell = cell.clone();
-                thread::spawn(move || {
-                    let outer = cell.borrow();
-                    let inner = cell.borrow();
-                    for value in [outer.get(), inner.get()].into_iter().flatten() {
-                        assert!(value.alive.load(SeqCst), "a borrowed value was dropped");
-                    }
-                })
-            };
-            drop(cell.swap(Some(probe(&drops))));
-            reader.join().unwrap();
+            let (cell, drops) = race(2, |cell, drops| drop(cell.swap(Some(probe(drops)))));
             assert_eq!(drops.load(SeqCst), 1);
             drop(cell);
             assert_eq!(drops.load(SeqCst), 2);
@@ -609,20 +618,10 @@ mod loom_tests {
     #[test]
     fn loom_published_borrow_retries_past_a_replace() {
         crate::sync::model(|| {
-            let drops = Arc::new(AtomicUsize::new(0));
-            let cell = Arc::new(Published::new(Some(probe(&drops))));
-            let reader = {
-                let cell = cell.clone();
-                thread::spawn(move || {
-                    let borrowed = cell.borrow();
-                    if let Some(value) = borrowed.get() {
-                        assert!(value.alive.load(SeqCst), "a borrowed value was dropped");
-                    }
-                })
-            };
-            drop(cell.swap(Some(probe(&drops))));
-            drop(cell.swap(None));
-            reader.join().unwrap();
+            let (_cell, drops) = race(1, |cell, drops| {
+                drop(cell.swap(Some(probe(drops))));
+                drop(cell.swap(None));
+            });
             assert_eq!(drops.load(SeqCst), 2);
         });
     }
