@@ -19,7 +19,8 @@
 //! Why this never blocks (L10): the borrow is lock-free (it loads again only when a
 //! registration replaced the snapshot in between, and is wait-free when none does); the walk
 //! is bounded by the snapshot; the counters are stores to a thread-owned stripe. To listeners
-//! only, a post is lock-free, and wait-free while no registration changes the channel. A stream push is lock-free except in two short windows
+//! only, a post is lock-free, and wait-free while no registration changes the channel. A
+//! stream push is lock-free except in two short windows
 //! inside crossbeam's `SegQueue` where it spins until another producer, if preempted there,
 //! runs again: once per 31 messages of a stream, and in the eviction of a full buffer (exactly:
 //! [`crate::local::stream`], § Progress). A stream's first push also allocates its queue,
@@ -370,9 +371,9 @@ pub(crate) unsafe fn release<T>(value: NonNull<()>) {
 pub(crate) struct GroupOps {
     /// `TypeId::of::<Receivers<M>>()`: the post path's type check ([`Group::of_type`]).
     pub(crate) type_id: TypeId,
-    /// Counts one more reference to a group's receivers (`retain::<M>`).
+    /// Counts one more reference to a group's receivers (`retain::<Receivers<M>>`).
     pub(crate) retain: RawOp,
-    /// Drops one reference to a group's receivers (`release::<M>`).
+    /// Drops one reference to a group's receivers (`release::<Receivers<M>>`).
     pub(crate) release: RawOp,
     /// Delivers a message received through the transport: decodes it as `M` once, then walks
     /// the group ([`deliver_wire`]).

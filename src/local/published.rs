@@ -3,7 +3,8 @@
 //!
 //! This does what `arc_swap::ArcSwapOption::load` did for the post path, with the same
 //! reclamation (the last holder frees, at once: S03), in about half the instructions: one
-//! thread-local read, two loads and an exchange to borrow, a compare-and-swap to give back.
+//! thread-local read, a load, a store, a fence and a load to borrow, a compare-and-swap to
+//! give back.
 //! It is a hazard-pointer scheme whose hazards become counted references when a writer
 //! replaces what they protect (arc-swap's "debts"), specialised to one use: a thread's
 //! borrows are a bitmask over a fixed array of slots, found without a search.
@@ -16,12 +17,12 @@
 //! once it ends.
 //!
 //! - **Borrow** (reader): load the cell's pointer `p` (`Acquire`: `p`'s contents were written
-//!   before it was published); store `p` in a free slot of this thread's record (`SeqCst`);
-//!   load the cell again (`SeqCst`). If it still holds `p`, `p` is borrowed: the slot is a
+//!   before it was published); store `p` in a free slot of this thread's record; a `SeqCst`
+//!   fence; load the cell again. If it still holds `p`, `p` is borrowed: the slot is a
 //!   debt of one reference. If not, a writer replaced `p` in between: give the slot back (as
 //!   below) and start again.
-//! - **Replace** (writer, one at a time per cell: the topic's lock): swap the new pointer in
-//!   (`SeqCst`), then, for every slot of every record that holds the old pointer `o`, pay the
+//! - **Replace** (writer, one at a time per cell: the topic's lock): swap the new pointer in;
+//!   a `SeqCst` fence; then, for every slot of every record that holds the old pointer `o`, pay the
 //!   debt: add one reference to `o`, then compare-and-swap the slot from `o` to null; if that
 //!   fails, the reader gave the slot back first, and the reference is taken back. The old
 //!   `Arc` is returned only after every slot was looked at.
@@ -29,11 +30,14 @@
 //!   (`Release`). If it fails, a writer paid the debt: the reader holds a counted reference
 //!   and drops it, which frees `p` if it was the last.
 //!
-//! Why a value is never freed while borrowed: the reader's slot store and second load, and
-//! the writer's swap and its reading of the slot, are all `SeqCst`, so in their single total
-//! order either the second load comes before the swap (then the slot store does too, and the
-//! writer's scan finds the slot and pays the debt before it lets go of `o`), or after it (then
-//! the reader sees a new pointer and does not use `p`). The writer adds the reference before
+//! Why a value is never freed while borrowed: the reader's fence sits between its slot store
+//! and its second load, the writer's between its swap and its reading of the slots, and the
+//! two fences are `SeqCst`, so one comes first in their single total order. If the reader's
+//! does, the writer's scan sees the slot store and pays the debt before it lets go of `o`; if
+//! the writer's does, the reader's second load sees the swap (or a later pointer) and does not
+//! use `p`. (Fences rather than `SeqCst` accesses: loom models fences exactly and treats
+//! `SeqCst` accesses as weaker, so the models below check this argument; on x86-64 the fence
+//! is one locked instruction, as the `SeqCst` store was.) The writer adds the reference before
 //! it clears the slot, and a reader whose give-back fails has acquired that clearing, so a
 //! reader's drop never comes before the reference it drops. Two borrows of the same value
 //! (a listener posting to its own channel) are two slots and two debts.
