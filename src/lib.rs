@@ -62,8 +62,9 @@
 //! The reasoning behind the hot path (what is wait-free, which orderings and why, what a slow
 //! stream gets) is in [`docs`].
 
-// `unsafe` only where a module allows it and says why: `local::published` (a snapshot
-// borrowed without counting it), checked by its loom models.
+// `unsafe` only where a module or an item allows it and says why: `local::published` (a
+// snapshot borrowed without counting it), checked by its loom models; `local::thin` (an `Arc`
+// as a thin pointer beside its type's table) and the listener calls in `local::post`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]

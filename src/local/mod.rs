@@ -8,6 +8,8 @@
 //!   message received through the transport, decoded once per receiver type.
 //! - [`published`]: a topic's current snapshot, which a post borrows without counting it.
 //! - [`stream`]: a stream's bounded buffer and the consumer's side of it.
+//! - [`thin`]: an `Arc` as a thin pointer beside a static table of its type, for groups and
+//!   listeners.
 //!
 //! It depends only on the leaves (errors, message, stats, the trie) and on [`crate::wire`]'s
 //! codec, never on a transport.
@@ -16,3 +18,4 @@ pub(crate) mod post;
 pub(crate) mod published;
 pub(crate) mod registry;
 pub(crate) mod stream;
+pub(crate) mod thin;

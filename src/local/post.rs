@@ -29,14 +29,14 @@
 //! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
 //! panic happens, so one listener's panic is counted and the walk goes on.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::stream::StreamSink;
+use super::thin::{self, ArcOps, ThinArc};
 use crate::stats::Tally;
 use crate::trie::{Path, Trie};
 use crate::wire::codec::{Codec, Payload};
@@ -53,26 +53,21 @@ pub(crate) struct Registered<R> {
     receiver: R,
 }
 
-/// A listener: a callback of `&M` and its registration id, in one `Arc<Registered<F>>`.
-///
-/// A trait object made by hand: the `Arc` as a thin pointer beside a static table of its
-/// callback type's operations. An `Arc<dyn Trait>` finds its value by rounding the `Arc`'s
-/// header up to the alignment its vtable holds, five instructions per listener and post; here
-/// the pointer is the value's, and a call is a load and an indirect call.
-pub(crate) struct Listener<M: 'static> {
-    /// From `Arc::into_raw` of an `Arc<Registered<F>>`, where `table` is `F`'s.
-    value: NonNull<()>,
-    table: &'static ListenerTable<M>,
-}
+/// A listener: a callback of `&M` and its registration id, in one `Arc<Registered<F>>`,
+/// held as a [`ThinArc`] beside its callback type's [`ListenerTable`]: a call is a load and
+/// an indirect call.
+pub(crate) struct Listener<M: 'static>(ThinArc<ListenerTable<M>>);
 
 /// The operations of one callback type `F` of a [`Listener`]: see [`Table`].
 pub(crate) struct ListenerTable<M: 'static> {
     call: unsafe fn(NonNull<()>, &M),
-    /// Sets the id if the reference is the only one; returns whether it was.
-    set_id: unsafe fn(NonNull<()>, u64) -> bool,
-    retain: RawOp,
-    release: RawOp,
-    into_any: unsafe fn(NonNull<()>) -> Arc<dyn Any + Send + Sync>,
+    arc: ArcOps,
+}
+
+impl<M: 'static> thin::Table for ListenerTable<M> {
+    fn arc_ops(&self) -> &ArcOps {
+        &self.arc
+    }
 }
 
 /// The [`ListenerTable`] of callback type `F`, in static memory.
@@ -81,10 +76,7 @@ struct Table<M, F>(PhantomData<(M, F)>);
 impl<M: 'static, F: Fn(&M) + Send + Sync + 'static> Table<M, F> {
     const TABLE: &'static ListenerTable<M> = &ListenerTable {
         call: call_listener::<M, F>,
-        set_id: set_id::<F>,
-        retain: retain::<Registered<F>>,
-        release: release::<Registered<F>>,
-        into_any: into_any::<F>,
+        arc: ArcOps::of::<Registered<F>>(),
     };
 }
 
@@ -100,106 +92,50 @@ unsafe fn call_listener<M, F: Fn(&M)>(value: NonNull<()>, message: &M) {
     (registered.receiver)(message)
 }
 
-/// [`ListenerTable::set_id`] of `F`.
-///
-/// # Safety
-///
-/// `value` is a listener's pointer for `F`, which the caller's listener holds, borrowed
-/// mutably.
-#[allow(unsafe_code)]
-unsafe fn set_id<F>(value: NonNull<()>, id: u64) -> bool {
-    // SAFETY: the caller's contract; `ManuallyDrop` leaves the count as it is.
-    let mut arc =
-        ManuallyDrop::new(unsafe { Arc::from_raw(value.as_ptr() as *const Registered<F>) });
-    match Arc::get_mut(&mut arc) {
-        Some(registered) => {
-            registered.id = id;
-            true
-        }
-        None => false,
-    }
-}
-
-/// [`ListenerTable::into_any`] of `F`.
-///
-/// # Safety
-///
-/// `value` is a listener's pointer for `F`, whose reference the caller gives up.
-#[allow(unsafe_code)]
-unsafe fn into_any<F: Send + Sync + 'static>(value: NonNull<()>) -> Arc<dyn Any + Send + Sync> {
-    // SAFETY: the caller's contract.
-    unsafe { Arc::from_raw(value.as_ptr() as *const Registered<F>) }
-}
-
-// SAFETY: a listener is an `Arc<Registered<F>>` for an `F: Send + Sync` (`Table`'s bounds),
-// which is then `Send + Sync`.
-#[allow(unsafe_code)]
-unsafe impl<M: 'static> Send for Listener<M> {}
-// SAFETY: as for `Send`: shared, a listener only calls `F` through `&F`.
-#[allow(unsafe_code)]
-unsafe impl<M: 'static> Sync for Listener<M> {}
-
 impl<M: 'static> Listener<M> {
     fn new<F: Fn(&M) + Send + Sync + 'static>(callback: F) -> Self {
-        let value = Arc::into_raw(Arc::new(Registered {
+        let registered = Arc::new(Registered {
             id: 0,
             receiver: callback,
-        }));
-        Listener {
-            value: NonNull::new(value.cast_mut().cast()).expect("Arc::into_raw is not null"),
-            table: Table::<M, F>::TABLE,
-        }
+        });
+        Listener(ThinArc::new(registered, Table::<M, F>::TABLE))
     }
 
     /// The registration id.
     #[allow(unsafe_code)]
     fn id(&self) -> u64 {
-        // SAFETY: `value` points to a live `Registered<F>`, whose first field is the id
+        // SAFETY: the pointer is to a live `Registered<F>`, whose first field is the id
         // (`repr(C)`), whatever `F` is.
-        unsafe { *(self.value.as_ptr() as *const u64) }
+        unsafe { *(self.0.pointer().as_ptr() as *const u64) }
     }
 
     /// Sets the registration id; `None` if the listener is shared already.
     #[allow(unsafe_code)]
     fn set_id(&mut self, id: u64) -> Option<()> {
-        // SAFETY: this listener's pointer, for its table's type, borrowed mutably.
-        unsafe { (self.table.set_id)(self.value, id) }.then_some(())
+        let registered = self.0.unique()?;
+        // SAFETY: a `Registered<F>`, whose first field is the id (`repr(C)`), that no one
+        // else holds.
+        unsafe { *(registered.as_ptr() as *mut u64) = id };
+        Some(())
     }
 
     /// Calls the callback.
     #[inline(always)]
     #[allow(unsafe_code)]
     pub(crate) fn call(&self, message: &M) {
-        // SAFETY: `value` and `table` are of one `F` (`Listener::new`), held by `self`.
-        unsafe { (self.table.call)(self.value, message) }
+        // SAFETY: the pointer and the table are of one `F` (`Listener::new`), held by `self`.
+        unsafe { (self.0.table().call)(self.0.pointer(), message) }
     }
 
     /// The same allocation, type-erased: a removed listener, to drop after the lock.
-    #[allow(unsafe_code)]
     pub(crate) fn into_any(self) -> Arc<dyn Any + Send + Sync> {
-        let this = ManuallyDrop::new(self);
-        // SAFETY: the listener's own reference, given up (`ManuallyDrop`: no release).
-        unsafe { (this.table.into_any)(this.value) }
+        self.0.into_any()
     }
 }
 
 impl<M: 'static> Clone for Listener<M> {
-    #[allow(unsafe_code)]
     fn clone(&self) -> Self {
-        // SAFETY: this listener's pointer, for its table's type, held by `self`.
-        unsafe { (self.table.retain)(self.value) };
-        Listener {
-            value: self.value,
-            table: self.table,
-        }
-    }
-}
-
-impl<M: 'static> Drop for Listener<M> {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: this listener's pointer, for its table's type; the listener gives it up.
-        unsafe { (self.table.release)(self.value) }
+        Listener(self.0.clone())
     }
 }
 
@@ -324,57 +260,19 @@ pub(crate) struct Receivers<M: 'static> {
     pub(crate) streams: usize,
 }
 
-/// The receivers of one message type, type-erased: an `Arc<Receivers<M>>` as a thin pointer,
-/// with its type's table, which holds its `TypeId` and what cloning and dropping it takes.
-/// Two words, where an `Arc<dyn Any>` and the table were three, and the type check reads the
-/// table, which the post reads anyway, instead of calling through `dyn Any`'s vtable.
-pub(crate) struct Group {
-    /// From `Arc::into_raw` of an `Arc<Receivers<M>>`, where `ops` is `M`'s table.
-    receivers: NonNull<()>,
-    /// What is done with `receivers` without knowing `M`; one static table per type.
-    pub(crate) ops: &'static GroupOps,
-}
-
-// SAFETY: a group is an `Arc<Receivers<M>>` for an `M: Send + Sync` (`Group::new`), and
-// `Receivers<M>` is then `Send + Sync`: so is the `Arc`.
-#[allow(unsafe_code)]
-unsafe impl Send for Group {}
-// SAFETY: as for `Send`: shared, a group hands out `&Receivers<M>` only.
-#[allow(unsafe_code)]
-unsafe impl Sync for Group {}
-
-/// Counts one more reference to an `Arc<T>` held as a thin pointer: a group's receivers
-/// ([`GroupOps::retain`]) or a listener ([`ListenerTable`]).
-///
-/// # Safety
-///
-/// `value` is from `Arc::into_raw` of an `Arc<T>`, and the caller holds a reference to it.
-#[allow(unsafe_code)]
-pub(crate) unsafe fn retain<T>(value: NonNull<()>) {
-    // SAFETY: the caller's contract.
-    unsafe { Arc::increment_strong_count(value.as_ptr() as *const T) }
-}
-
-/// Drops one reference to an `Arc<T>` held as a thin pointer (see [`retain`]).
-///
-/// # Safety
-///
-/// `value` is from `Arc::into_raw` of an `Arc<T>`, and the caller gives up its reference.
-#[allow(unsafe_code)]
-pub(crate) unsafe fn release<T>(value: NonNull<()>) {
-    // SAFETY: the caller's contract.
-    drop(unsafe { Arc::from_raw(value.as_ptr() as *const T) })
-}
+/// The receivers of one message type, type-erased: an `Arc<Receivers<M>>` held as a
+/// [`ThinArc`] beside its type's [`GroupOps`], which hold its `TypeId` (the post's type check
+/// reads the table, which the post reads anyway) and what cloning and dropping it take. Two
+/// words, where an `Arc<dyn Any>` and the table were three.
+#[derive(Clone)]
+pub(crate) struct Group(ThinArc<GroupOps>);
 
 /// The operations of one message type's [`Group`] that do not know the type: one table per
 /// type, made by the registry (`registry::Ops`).
 pub(crate) struct GroupOps {
-    /// `TypeId::of::<Receivers<M>>()`: the post path's type check ([`Group::of_type`]).
-    pub(crate) type_id: TypeId,
-    /// Counts one more reference to a group's receivers (`retain::<Receivers<M>>`).
-    pub(crate) retain: RawOp,
-    /// Drops one reference to a group's receivers (`release::<Receivers<M>>`).
-    pub(crate) release: RawOp,
+    /// `ArcOps::of::<Receivers<M>>()`: what holding the receivers takes, and their `TypeId`,
+    /// the post path's type check ([`Group::of_type`]).
+    pub(crate) arc: ArcOps,
     /// Delivers a message received through the transport: decodes it as `M` once, then walks
     /// the group ([`deliver_wire`]).
     pub(crate) wire: Wire,
@@ -407,8 +305,11 @@ pub(crate) enum InPlace {
 /// last), and the removed receiver's kind.
 pub(crate) type Removed = (Option<Group>, Kind);
 
-/// [`GroupOps::retain`] and [`GroupOps::release`]: see [`retain`] and [`release`].
-pub(crate) type RawOp = unsafe fn(NonNull<()>);
+impl thin::Table for GroupOps {
+    fn arc_ops(&self) -> &ArcOps {
+        &self.arc
+    }
+}
 
 impl Group {
     /// The group of `receivers`, whose type's table is `ops`.
@@ -420,69 +321,29 @@ impl Group {
         receivers: Receivers<M>,
         ops: &'static GroupOps,
     ) -> Group {
-        assert!(
-            ops.type_id == TypeId::of::<Receivers<M>>(),
-            "a group's table is its type's"
-        );
-        let receivers = Arc::into_raw(Arc::new(receivers)).cast_mut().cast::<()>();
-        Group {
-            receivers: NonNull::new(receivers).expect("Arc::into_raw is not null"),
-            ops,
-        }
+        Group(ThinArc::new(Arc::new(receivers), ops))
+    }
+
+    /// The type's table.
+    #[inline(always)]
+    pub(crate) fn ops(&self) -> &'static GroupOps {
+        self.0.table()
     }
 
     /// The receivers, if they are of type `M` (L05): a load and a compare.
     #[inline(always)]
-    #[allow(unsafe_code)]
     pub(crate) fn of_type<M: 'static>(&self) -> Option<&Receivers<M>> {
-        if self.ops.type_id != TypeId::of::<Receivers<M>>() {
-            return None;
-        }
-        // SAFETY: `receivers` is an `Arc<Receivers<T>>` where `ops` is `T`'s table
-        // (`Group::new` checks it), and that table's `TypeId` is `Receivers<M>`'s, so `T` is
-        // `M`. The group holds its reference while `self` is borrowed.
-        Some(unsafe { &*(self.receivers.as_ptr() as *const Receivers<M>) })
+        self.0.get()
     }
 
     /// [`Group::of_type`], mutable, if no other group shares the receivers.
-    #[allow(unsafe_code)]
     pub(crate) fn of_type_mut<M: 'static>(&mut self) -> Option<&mut Receivers<M>> {
-        if self.ops.type_id != TypeId::of::<Receivers<M>>() {
-            return None;
-        }
-        let pointer = self.receivers.as_ptr() as *const Receivers<M>;
-        // SAFETY: as in `of_type`, an `Arc<Receivers<M>>` this group holds; `ManuallyDrop`
-        // leaves its count as it is.
-        let mut arc = ManuallyDrop::new(unsafe { Arc::from_raw(pointer) });
-        let receivers: *mut Receivers<M> = Arc::get_mut(&mut arc)?;
-        // SAFETY: `get_mut` found this group's reference the only one, and `&mut self` keeps
-        // it so while the result is borrowed.
-        Some(unsafe { &mut *receivers })
+        self.0.get_mut()
     }
 
     /// How many receivers the group has.
     fn len(&self) -> usize {
-        (self.ops.counts)(self).0
-    }
-}
-
-impl Clone for Group {
-    #[allow(unsafe_code)]
-    fn clone(&self) -> Group {
-        // SAFETY: this group's pointer, for its table's type, held by `self`.
-        unsafe { (self.ops.retain)(self.receivers) };
-        Group {
-            receivers: self.receivers,
-            ops: self.ops,
-        }
-    }
-}
-
-impl Drop for Group {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: this group's pointer, for its table's type; the group gives it up here.
-        unsafe { (self.ops.release)(self.receivers) }
+        (self.ops().counts)(self).0
     }
 }
 
@@ -609,7 +470,7 @@ pub(crate) fn receive(
     let mut refused = None;
     let mut mismatches = 0;
     for group in snapshot.into_iter().flat_map(Snapshot::groups) {
-        match (group.ops.wire)(group, codec, class, payload, tally) {
+        match (group.ops().wire)(group, codec, class, payload, tally) {
             None => mismatches += group.len() as u64,
             Some(Ok(())) => taken = true,
             Some(Err(reason)) => {

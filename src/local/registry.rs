@@ -57,7 +57,7 @@
 //! locks. So every operation hands the replaced snapshot back to its caller, who drops it after
 //! the mutex is released (`Garbage`): it holds the last reference to a removed receiver.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::hash::{Hash, Hasher};
@@ -68,6 +68,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use super::published::Published;
+use super::thin::ArcOps;
 
 pub(crate) use super::post::Kind;
 use super::post::{self, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
@@ -200,9 +201,7 @@ struct Ops<M>(PhantomData<M>);
 
 impl<M: Message> Ops<M> {
     const OPS: &'static GroupOps = &GroupOps {
-        type_id: TypeId::of::<Receivers<M>>(),
-        retain: post::retain::<Receivers<M>>,
-        release: post::release::<Receivers<M>>,
+        arc: ArcOps::of::<Receivers<M>>(),
         wire: post::deliver_wire::<M>,
         counts: counts::<M>,
         remove: remove::<M>,
@@ -304,7 +303,7 @@ fn remove_from_spare(
     path: &mut Option<Path>,
 ) -> Option<(Kind, Arc<dyn Any + Send + Sync>)> {
     let group = Arc::get_mut(snapshot)?.single_mut()?;
-    match (group.ops.remove_in_place)(group, id, only, path) {
+    match (group.ops().remove_in_place)(group, id, only, path) {
         InPlace::Removed(kind, entry) => Some((kind, entry)),
         InPlace::Unchanged => None,
     }
@@ -315,7 +314,7 @@ fn spare_pays(snapshot: Option<&Snapshot>) -> bool {
     snapshot.is_some_and(|snapshot| {
         let mut groups = snapshot.groups();
         match (groups.next(), groups.next()) {
-            (Some(group), None) => (group.ops.counts)(group).0 >= SPARE_MIN,
+            (Some(group), None) => (group.ops().counts)(group).0 >= SPARE_MIN,
             _ => false,
         }
     })
@@ -407,7 +406,7 @@ impl Topic {
         snapshot.get().is_some_and(|snapshot| {
             snapshot
                 .groups()
-                .any(|group| (group.ops.contains)(group, id))
+                .any(|group| (group.ops().contains)(group, id))
         })
     }
 }
@@ -763,7 +762,7 @@ impl Registry {
                 let Some((at, (rest, kind))) = current
                     .groups()
                     .enumerate()
-                    .find_map(|(at, group)| Some((at, (group.ops.remove)(group, id, only)?)))
+                    .find_map(|(at, group)| Some((at, (group.ops().remove)(group, id, only)?)))
                 else {
                     writer.spare = spare;
                     return None;
@@ -841,7 +840,7 @@ impl Registry {
             if let Some(snapshot) = &garbage {
                 self.receivers_changed(&topic, false);
                 for group in snapshot.groups() {
-                    let (len, streams) = (group.ops.counts)(group);
+                    let (len, streams) = (group.ops().counts)(group);
                     self.counters.streams.fetch_sub(streams as u64, Relaxed);
                     self.counters
                         .listeners
