@@ -8,7 +8,7 @@
 //! Everything a scenario needs (the bus, its listeners, streams, handles, the tokio channel)
 //! is set up before the loop, and one operation is done there to check the wiring and to pay
 //! any first-use cost; so `N = 0` counts setup and teardown only. The loop allocates only what
-//! the scenario itself does (a stream delivery's `Arc`, and its queue's blocks).
+//! the scenario itself does (a stream delivery's `Arc`, and its ring's slots on the first post).
 //!
 //! Scenarios, all on `Bus::local()`, `u64` payloads, `MessageScope::Local`:
 //!
@@ -21,6 +21,7 @@
 //! - `stream`: a post through the handle to one stream, then the message taken from the stream
 //!   with `try_recv`. Drained after each post: the stream holds one message at a time, and
 //!   exactly one receive per post (no extra empty receive).
+//! - `streams16`: the same with 16 streams, each drained after each post.
 //! - `tokio_broadcast16`: `tokio::sync::broadcast` `send`, then `try_recv` on 16 receivers.
 //! - `tokio_stream`: `tokio::sync::broadcast` `send`, then `try_recv` on its one receiver.
 //!
@@ -56,13 +57,14 @@ use tokio::sync::broadcast;
 /// A scenario: runs its setup, then `N` operations.
 type Scenario = fn(u64);
 
-const SCENARIOS: [(&str, Scenario); 14] = [
+const SCENARIOS: [(&str, Scenario); 15] = [
     ("handle", handle),
     ("name", name),
     ("name_unknown", name_unknown),
     ("name_alternating", name_alternating),
     ("listeners16", listeners16),
     ("stream", stream),
+    ("streams16", streams16),
     ("tokio_broadcast16", tokio_broadcast16),
     ("tokio_stream", tokio_stream),
     ("arc", arc),
@@ -156,17 +158,34 @@ fn by_name(bus: &Bus, n: u64, name: impl Fn(u64) -> &'static str) {
 }
 
 fn stream(n: u64) {
+    streams(1, n);
+}
+
+fn streams16(n: u64) {
+    streams(16, n);
+}
+
+/// Posts through a handle to `count` streams, each drained after every post.
+fn streams(count: usize, n: u64) {
     let bus = Bus::local();
     let channel = bus.channel::<u64>("c");
-    let mut stream = bus.messages().create_stream::<u64>("c");
+    let mut streams: Vec<_> = (0..count)
+        .map(|_| bus.messages().create_stream::<u64>("c"))
+        .collect();
     let first = channel.post(0, MessageScope::Local).unwrap();
-    assert_eq!(first.local_receivers(), 1);
-    assert_eq!(stream.try_recv().as_deref(), Some(&0));
+    assert_eq!(first.local_receivers(), count);
+    for stream in &mut streams {
+        assert_eq!(stream.try_recv().as_deref(), Some(&0));
+    }
     for i in 0..n {
         black_box(channel.post(black_box(i), MessageScope::Local).unwrap());
-        black_box(stream.try_recv().unwrap());
+        for stream in &mut streams {
+            black_box(stream.try_recv().unwrap());
+        }
     }
-    assert_eq!(stream.missed(), 0);
+    for stream in &streams {
+        assert_eq!(stream.missed(), 0);
+    }
 }
 
 fn tokio_broadcast(receivers: usize, n: u64) {

@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 n="${INSTR_N:-100000}"
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    scenarios=(handle name listeners16 stream tokio_broadcast16 tokio_stream)
+    scenarios=(handle name listeners16 stream streams16 tokio_broadcast16 tokio_stream)
 fi
 
 if ! command -v valgrind >/dev/null 2>&1; then

@@ -369,7 +369,9 @@ impl BusBuilder {
     }
 
     /// The buffer of each [`MessageStream`](crate::MessageStream), in messages (L11); default
-    /// 1024. At least 1. Memory is taken as messages are buffered, not up front.
+    /// 1024. At least 1. A channel's streams of one message type share one ring of this many
+    /// slots (rounded up to a power of two, 16 bytes each), allocated by the first post that
+    /// reaches them; an idle stream holds none.
     pub fn stream_capacity(mut self, messages: usize) -> Self {
         self.stream_capacity = messages;
         self

@@ -63,8 +63,10 @@
 //! stream gets) is in [`docs`].
 
 // `unsafe` only where a module or an item allows it and says why: `local::published` (a
-// snapshot borrowed without counting it), checked by its loom models; `local::thin` (an `Arc`
-// as a thin pointer beside its type's table) and the listener calls in `local::post`.
+// snapshot borrowed without counting it) and `local::ring` (the streams' ring, whose slots
+// hold `Arc`s as pointers), both checked by their loom models, as is the stack of waiting
+// streams in `local::stream`; `local::thin` (an `Arc` as a thin pointer beside its type's
+// table) and the listener calls in `local::post`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]

@@ -1,8 +1,8 @@
 //! The atomics of the hand-written protocols, and loom's in their models.
 //!
-//! Four protocols are written by hand: a stream's parked/len handshake (`local/stream.rs`), a
-//! snapshot's borrow and replace (`local/published.rs`), the publisher's sleep
-//! (`redis/publisher.rs`) and the claim of a counter stripe (`stats.rs`). They
+//! Five protocols are written by hand: the streams' ring (`local/ring.rs`), a stream's wait and
+//! leave (`local/stream.rs`), a snapshot's borrow and replace (`local/published.rs`), the
+//! publisher's sleep (`redis/publisher.rs`) and the claim of a counter stripe (`stats.rs`). They
 //! take their atomics from here. In a normal build these are std's types (and atomic-waker's
 //! `AtomicWaker`), re-exported: the code and its cost are exactly what they would be without
 //! this module. Compiled with `--cfg evbus_loom`, they are loom's, and the `loom_*` tests
@@ -22,17 +22,19 @@
 //! implements and, in the models, loom's.
 
 #[cfg(not(evbus_loom))]
-pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 #[cfg(not(evbus_loom))]
 pub(crate) use atomic_waker::AtomicWaker;
 
+#[cfg(not(evbus_loom))]
+pub(crate) use std::thread::yield_now;
+
 #[cfg(evbus_loom)]
-pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-};
+pub(crate) use loom::thread::yield_now;
+
+#[cfg(evbus_loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 #[cfg(evbus_loom)]
 pub(crate) use self::model::AtomicWaker;

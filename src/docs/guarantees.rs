@@ -37,7 +37,8 @@
 //! ## L03
 //!
 //! By the time a local post returns, every [`MessageStream`] of the channel has the message
-//! in its buffer. The messages one thread posts come out of a stream in the order it posted
+//! in its buffer: the post wrote it into the ring the channel's streams of its type read, once
+//! for all of them. The messages one thread posts come out of a stream in the order it posted
 //! them.
 //!
 //! Test: `tests/rules.rs`, `l03_streams_have_the_message_before_post_returns_in_post_order`.
@@ -99,11 +100,10 @@
 //! Posting takes no lock, whatever registrations, removals or session closes run beside it:
 //! to listeners it is lock-free, and wait-free unless a registration on the same channel lands
 //! between the two loads of the post's borrow of its receivers (the post then reads them
-//! again); a push to a stream can spin briefly in two windows of the
-//! stream's queue where another producer, preempted at the wrong instruction, must run first
-//! (once per 31 messages, and when evicting from a full buffer). The exact progress guarantee
-//! of each step, and the one once-per-thread exception, are in
-//! [`performance`](super::performance).
+//! again); the write to the streams' ring is lock-free: it never waits for another post,
+//! not even one preempted in the middle of a write to the same slot (it drops its own message
+//! instead, and counts it). The exact progress guarantee of each step, and the one
+//! once-per-thread exception, are in [`performance`](super::performance).
 //!
 //! Tests: `tests/rules.rs`, `l10_posts_never_wait_for_running_posts_or_registrations`;
 //! `tests/stress.rs`, `l10_post_while_registering_and_removing` (and `_large`).
@@ -113,7 +113,13 @@
 //! A stream buffers at most [`BusBuilder::stream_capacity`] messages. When a post finds it
 //! full, the oldest buffered message is dropped and counted in [`MessageStream::missed`] and
 //! [`Stats::stream_dropped`]; the poster is not slowed down. Each message posted to a stream
-//! is either yielded or counted as missed: yielded + missed == sent.
+//! is either yielded or counted as missed: yielded + missed == sent. A stream reads exactly
+//! the positions of its ring from where it joined to where it left, and a post learns how
+//! many streams its position is for in the same `fetch_add` that claims it, so the count is
+//! exact also while streams come and go during posts. A message is counted in
+//! `Stats::stream_dropped` when it is dropped (overwritten, or pushed out of a buffer of
+//! fewer than a power of two); `missed()` counts, besides those the stream skipped, those
+//! that newer messages already pushed out of its buffer.
 //!
 //! Tests: `tests/rules.rs`, `l11_a_full_stream_drops_its_oldest_and_counts_it`;
 //! `tests/stress.rs`, `l11_stream_accounting_under_concurrent_posts` (and `_large`);

@@ -113,11 +113,15 @@
 //!
 //! # Streams
 //!
-//! See [`crate::MessageStream`] and `stream.rs`: crossbeam's `SegQueue` plus a `len` counter
-//! for the bound, a `parked` flag so producers wake only a sleeping consumer, and the end of
-//! the stream tied to the drop of its sink. Because the sink is dropped only when the last
-//! snapshot holding it is gone, no post can push after the stream ended: the consumer sees
-//! every message pushed before the end (S02), and `yielded + missed == pushed` holds exactly.
+//! See [`crate::MessageStream`], `ring.rs` and `stream.rs`. A group's streams share one ring
+//! (`Receivers::ring`, kept by every version of the group while it has streams); a stream's
+//! entry in the trie is its sink, which the registry *binds* when it adds it (the sink joins
+//! the ring: its start) and makes *leave* when it removes it (its end), so a stream reads
+//! exactly the positions from its start to its end, and `yielded + missed == sent` holds
+//! exactly. The leave also takes, out of the ring, what the stream had not read yet (waiting
+//! for the posts still writing it, on the registration side), so later posts to the channel's
+//! other streams cannot push it out: the stream yields it after it left, then ends (S02). The
+//! walk skips the sinks: the post writes the ring once, before it calls the listeners.
 //!
 //! # Sessions
 //!

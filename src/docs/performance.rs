@@ -8,24 +8,22 @@
 //!
 //! # Posting (the hot path)
 //!
-//! A local post takes no lock of this crate's, and one that reaches no stream never waits for
-//! another thread (L10). A post that reaches a stream can wait, in two short windows of the
-//! stream's queue described [below](#what-a-stream-push-can-wait-for):
+//! A local post takes no lock of this crate's and never waits for another thread (L10),
+//! whether it reaches listeners, streams or both:
 //!
 //! | step | progress guarantee |
 //! |---|---|
 //! | name lookup (`post_message`; skipped by a `Channel` handle, and by a post to the name this thread posted to twice in a row before) | wait-free for a cached name (thread-local reads); otherwise lock-free (papaya's reads, seize's guard) |
 //! | snapshot borrow | lock-free: it loads the snapshot again only when a registration replaced it between the borrow's two loads, so another thread made progress; with no registration at that instant, a fixed number of steps. Giving it back is wait-free |
 //! | walk and listener calls | bounded by the snapshot; each call is the user's code |
-//! | stream push | lock-free except at a block boundary (once per 31 messages) and in the eviction of a full buffer, where it can wait for a preempted thread (below) |
+//! | the write to the streams' ring | lock-free: one `fetch_add` for the position (wait-free), then compare-and-swaps on one slot that fail only when another thread changed it ([below](#what-a-stream-write-does)) |
 //! | counters | wait-free: a store to a stripe only this thread writes |
 //!
 //! So a post to listeners only, through a handle, is lock-free, and wait-free while no
 //! registration changes its channel at the same instant, apart from the listeners' own code;
-//! a post that reaches streams is lock-free apart from
-//! the two windows below, and from waking a parked consumer, which calls its executor's
-//! `Waker` (tokio's takes its scheduler's mutex when woken from outside the runtime's
-//! workers).
+//! a post that reaches streams is lock-free, apart from waking streams that wait, which calls
+//! their executor's `Waker` (tokio's takes its scheduler's mutex when woken from outside the
+//! runtime's workers).
 //!
 //! One exception, once per thread: the first time a thread touches any papaya map, seize (its
 //! memory reclaimer) gives the thread an id under a process-wide mutex, and frees it under the
@@ -37,35 +35,31 @@
 //! its thread-local's destructor with the standard library on a thread's first cached post.
 //!
 //! Cost: nothing is allocated for listeners; a post that reaches streams allocates one `Arc`
-//! for the message, shared by all of them (L04), plus a 31-slot block per stream when its
-//! current block is full.
+//! for the message, shared by all of them (L04), and takes one more reference to it per
+//! stream. The first post that reaches a channel's streams of one type allocates their ring:
+//! `stream_capacity` (rounded up to a power of two) slots of 16 bytes.
 //!
-//! ## What a stream push can wait for
+//! ## What a stream write does
 //!
-//! A stream's buffer is crossbeam's `SegQueue`, a list of 31-slot blocks. A push reserves a
-//! slot with a CAS on the tail, retried only when another push won, and then writes the
-//! message into it; a pop reserves the head slot the same way and then reads it. Two parts of
-//! a push are not lock-free in the strict sense; in both, the push spins with exponential
-//! backoff and then `thread::yield_now` until another thread has done a few instructions:
+//! A channel's streams of one type share one ring (`local/ring.rs`): a post writes its message
+//! once, each stream reads it through its own cursor. The post claims a position with one
+//! `fetch_add` on the ring's tail, which also tells it how many streams the position is for,
+//! then takes the position's slot with a compare-and-swap, drops the slot's previous message
+//! (counting, for each stream that had not read it, one dropped message: L11), stores the
+//! new one and publishes it with a second compare-and-swap. A CAS fails only when another
+//! thread changed the slot, and none waits for another:
 //!
-//! - Block boundaries. The push that reserves the last slot of a block installs the next block
-//!   (allocated before its CAS) with two stores after the CAS. Until they land, every other
-//!   push to the same stream waits; if that producer is preempted in between, they wait until
-//!   it runs again. Once per 31 messages of a stream.
-//! - Eviction, when a push finds the buffer full and pops the oldest message. A pop waits
-//!   until its reserved slot has been written, so the evicting push waits for a producer
-//!   preempted between its CAS and its write of that slot. A pop that reserves the last slot of
-//!   a block also waits until the next block is linked, and one that finds the head at a
-//!   block's end waits for the pop that is moving it on (the consumer's, or another
-//!   eviction's).
+//! - a write that finds its slot already taken by a later position (it was preempted that
+//!   long) drops its own message, which its streams count missed;
+//! - a write that finds an older write still in the slot marks that write superseded and drops
+//!   its own message; the older write, when it publishes, drops its message too and leaves the
+//!   slot empty at the later position. Both are counted.
 //!
-//! A stream's queue itself is allocated by its first push and installed with one
-//! compare-and-swap (`once_cell::race::OnceBox`); a push that loses that race frees its own
-//! and uses the winner's, so no push waits for another there.
-//!
-//! The rest of a push is wait-free (`fetch_add`s, a load, at most one `swap`, an `AtomicWaker`
-//! wake that never waits). The consumer's pops wait for producers in the same way; the consumer
-//! never waits for an evicting producer to finish. `stream.rs` has the algorithm.
+//! A stream that finds nothing marks the slot it waits for; the write that fills the slot
+//! sees the mark in the same word it publishes with, and wakes the waiting streams. A stream
+//! waits for its producer: one preempted in the middle of a write holds back the streams
+//! reading that position until it runs again (a later position's write may complete first; it
+//! is read after). `ring.rs` and `stream.rs` have the algorithm and its loom models.
 //!
 //! # Posting globally
 //!
@@ -76,7 +70,7 @@
 //! |---|---|
 //! | encoding (MessagePack or JSON) into a new buffer | the allocator's |
 //! | the outage bound and the ticket | wait-free: one `fetch_add` each |
-//! | the push onto the publish queue | `SegQueue::push`: lock-free except at a block boundary (once per 31 posts), where it can wait for a preempted poster, as a [stream push](#what-a-stream-push-can-wait-for) can |
+//! | the push onto the publish queue | crossbeam's `SegQueue::push`: lock-free except at a block boundary (once per 31 posts): the push that reserves a block's last slot installs the next block with two stores after its CAS, and until they land every other push waits for it, also when it is preempted in between |
 //! | waking the publisher | a fence and a load; only a post that finds the publisher asleep wakes its task, and waking a tokio task may take the runtime's scheduler lock |
 //!
 //! So under load, while the publisher is busy sending the previous batch, a global post is

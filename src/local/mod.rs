@@ -7,7 +7,9 @@
 //! - [`post`]: the post path, from a loaded snapshot to every receiver, and the same for a
 //!   message received through the transport, decoded once per receiver type.
 //! - [`published`]: a topic's current snapshot, which a post borrows without counting it.
-//! - [`stream`]: a stream's bounded buffer and the consumer's side of it.
+//! - [`ring`]: the ring a channel's streams of one type share: one write per post, a cursor
+//!   per stream.
+//! - [`stream`]: a stream's cursor, joining and leaving the ring, and waiting for a write.
 //! - [`thin`]: an `Arc` as a thin pointer beside a static table of its type, for groups and
 //!   listeners.
 //!
@@ -17,5 +19,6 @@
 pub(crate) mod post;
 pub(crate) mod published;
 pub(crate) mod registry;
+pub(crate) mod ring;
 pub(crate) mod stream;
 pub(crate) mod thin;

@@ -9,22 +9,21 @@
 //!    `M` is walked, the
 //!    others only count their receivers as type mismatches (L05), through their type's
 //!    [`GroupOps`];
-//! 3. per receiver, one indirect call: a listener ([`Listener::call`]) gets `&M`; a stream gets a clone
-//!    of one `Arc<M>`, made only when the group has streams (L04);
+//! 3. when the group has streams, one write of the message, in one `Arc<M>`, into their ring
+//!    ([`super::ring`]), which each stream reads through its own cursor (L04); then per
+//!    listener, one indirect call ([`Listener::call`]) with `&M`;
 //! 4. one [`Counters::record_post`](crate::stats).
 //!
-//! No lock, no allocation for listeners. `delivered` is the walked group's length, so the
-//! loop counts nothing per listener; panics and stream drops are counted when they happen.
+//! No lock, no allocation for listeners. `delivered` is the group's listeners and the streams
+//! the ring's write was for, so the loop counts nothing per listener; panics and stream drops
+//! are counted when they happen.
 //!
 //! Why this never blocks (L10): the borrow is lock-free (it loads again only when a
 //! registration replaced the snapshot in between, and is wait-free when none does); the walk
 //! is bounded by the snapshot; the counters are stores to a thread-owned stripe. To listeners
-//! only, a post is lock-free, and wait-free while no registration changes the channel. A
-//! stream push is lock-free except in two short windows
-//! inside crossbeam's `SegQueue` where it spins until another producer, if preempted there,
-//! runs again: once per 31 messages of a stream, and in the eviction of a full buffer (exactly:
-//! [`crate::local::stream`], § Progress). A stream's first push also allocates its queue,
-//! without waiting for another push.
+//! only, a post is lock-free, and wait-free while no registration changes the channel. The
+//! write to the streams' ring is lock-free and never waits for another thread
+//! ([`super::ring`], § Progress); the first one also allocates the ring's slots.
 //!
 //! Panics (L07): each listener call runs under `catch_unwind`, which costs nothing unless a
 //! panic happens, so one listener's panic is counted and the walk goes on.
@@ -35,7 +34,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::stream::StreamSink;
+use super::stream::{StreamSink, Streams};
 use super::thin::{self, ArcOps, ThinArc};
 use crate::stats::Tally;
 use crate::trie::{Path, Trie};
@@ -192,6 +191,24 @@ impl<M: 'static> Receiver<M> {
     }
 }
 
+impl<M: Send + Sync + 'static> Receiver<M> {
+    /// A stream's receiver joins the group's ring `ring` (new ones if `None`), once, and
+    /// returns it; `None` for a listener.
+    pub(crate) fn bind(&self, ring: Option<&Arc<Streams<M>>>) -> Option<Arc<Streams<M>>> {
+        match self {
+            Receiver::Listener(_) => None,
+            Receiver::Stream(sink) => Some(sink.receiver.bind(ring)),
+        }
+    }
+
+    /// A stream's receiver leaves its ring, once: the stream ends there (S02).
+    pub(crate) fn leave(&self) {
+        if let Receiver::Stream(sink) = self {
+            sink.receiver.leave();
+        }
+    }
+}
+
 /// What a registration is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -258,6 +275,8 @@ pub(crate) struct Receivers<M: 'static> {
     pub(crate) trie: Trie<Receiver<M>>,
     /// How many of them are streams.
     pub(crate) streams: usize,
+    /// The streams' ring, shared by every version of the group while it has streams.
+    pub(crate) ring: Option<Arc<Streams<M>>>,
 }
 
 /// The receivers of one message type, type-erased: an `Arc<Receivers<M>>` held as a
@@ -284,6 +303,9 @@ pub(crate) struct GroupOps {
     pub(crate) remove: fn(&Group, u64, Option<Kind>) -> Option<Removed>,
     /// Whether the group has receiver `id`.
     pub(crate) contains: fn(&Group, u64) -> bool,
+    /// Makes every stream of the group leave its ring (a shutdown: see
+    /// [`StreamSink::leave`]).
+    pub(crate) leave_all: fn(&Group),
     /// [`GroupOps::remove`] in place, on a group no reader can see (the registry's spare); the
     /// group must keep a receiver. The path is where the receiver is, if known (a guess, see
     /// [`Trie::remove`]), and is set to where it was: the spare and the published version
@@ -387,58 +409,64 @@ fn deliver_to_several<M: Send + Sync + 'static>(
     }
 }
 
-/// Delivers `message` to `receivers`.
+/// Delivers `message` to `receivers`: writes it once for the streams, then calls the
+/// listeners. The streams first: a listener that closes a session closes it after this post
+/// (L06).
 #[inline(always)]
 fn deliver_to<M: 'static>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
-    tally.delivered += receivers.trie.len() as u64;
-    if receivers.streams == 0 {
-        walk(&receivers.trie, &message, None, tally);
-    } else {
-        let shared = Arc::new(message);
-        walk(&receivers.trie, &shared, Some(&shared), tally);
+    match &receivers.ring {
+        None => {
+            tally.delivered += receivers.trie.len() as u64;
+            walk(&receivers.trie, &message, tally);
+        }
+        Some(streams) => deliver_with_streams(receivers, streams, message, tally),
     }
 }
 
-/// Calls every receiver of one group. `shared` is `Some` when the group has streams.
-#[inline(always)]
-fn walk<M: 'static>(
-    trie: &Trie<Receiver<M>>,
-    message: &M,
-    shared: Option<&Arc<M>>,
+/// [`deliver_to`] a group that has streams: out of line, so that a post to listeners only
+/// carries none of it.
+#[inline(never)]
+fn deliver_with_streams<M: 'static>(
+    receivers: &Receivers<M>,
+    streams: &Streams<M>,
+    message: M,
     tally: &mut Tally,
 ) {
+    let listeners = receivers.trie.len() - receivers.streams;
+    tally.delivered += listeners as u64;
+    let shared = Arc::new(message);
+    let written = if listeners == 0 {
+        streams.post(shared)
+    } else {
+        let written = streams.post(shared.clone());
+        walk(&receivers.trie, &shared, tally);
+        written
+    };
+    tally.delivered += written.members;
+    tally.dropped += written.dropped;
+}
+
+/// Calls every listener of one group.
+#[inline(always)]
+fn walk<M: 'static>(trie: &Trie<Receiver<M>>, message: &M, tally: &mut Tally) {
     match trie.as_leaf() {
         // Up to 32 receivers: the loop inline, no call per leaf.
-        Some(receivers) => call(receivers, message, shared, tally),
-        None => trie.for_each_leaf(&mut |receivers: &[Receiver<M>]| {
-            call(receivers, message, shared, tally)
-        }),
+        Some(receivers) => call(receivers, message, tally),
+        None => {
+            trie.for_each_leaf(&mut |receivers: &[Receiver<M>]| call(receivers, message, tally))
+        }
     }
 }
 
-/// Calls `receivers`, one leaf of a group.
+/// Calls the listeners of `receivers`, one leaf of a group; its streams read the ring.
 #[inline(always)]
-fn call<M: 'static>(
-    receivers: &[Receiver<M>],
-    message: &M,
-    shared: Option<&Arc<M>>,
-    tally: &mut Tally,
-) {
+fn call<M: 'static>(receivers: &[Receiver<M>], message: &M, tally: &mut Tally) {
     for receiver in receivers {
-        match receiver {
-            Receiver::Listener(listener) => {
-                // AssertUnwindSafe: a panicking listener can leave only its own captured
-                // state inconsistent; nothing of the bus is borrowed mutably here.
-                if catch_unwind(AssertUnwindSafe(|| listener.call(message))).is_err() {
-                    tally.panics += 1;
-                }
-            }
-            Receiver::Stream(sink) => {
-                if let Some(shared) = shared {
-                    if sink.receiver.push(shared.clone()) {
-                        tally.dropped += 1;
-                    }
-                }
+        if let Receiver::Listener(listener) = receiver {
+            // AssertUnwindSafe: a panicking listener can leave only its own captured state
+            // inconsistent; nothing of the bus is borrowed mutably here.
+            if catch_unwind(AssertUnwindSafe(|| listener.call(message))).is_err() {
+                tally.panics += 1;
             }
         }
     }

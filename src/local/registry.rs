@@ -206,6 +206,7 @@ impl<M: Message> Ops<M> {
         counts: counts::<M>,
         remove: remove::<M>,
         contains: contains::<M>,
+        leave_all: leave_all::<M>,
         remove_in_place: remove_in_place::<M>,
     };
 }
@@ -233,6 +234,12 @@ fn contains<M: Message>(group: &Group, id: u64) -> bool {
     receivers.trie.get(id).is_some()
 }
 
+fn leave_all<M: Message>(group: &Group) {
+    receivers_of::<M>(group)
+        .trie
+        .for_each_leaf(&mut |entries: &[Receiver<M>]| entries.iter().for_each(Receiver::leave));
+}
+
 fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Removed> {
     let receivers = receivers_of::<M>(group);
     let (rest, entry) = receivers
@@ -241,8 +248,19 @@ fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Remo
     // `entry` is a clone: the receiver itself is released with the replaced snapshot, which
     // the caller drops after the lock.
     let kind = entry.kind();
+    entry.leave();
     let streams = receivers.streams - usize::from(kind == Kind::Stream);
-    Some((rest.map(|trie| group_of(Receivers { trie, streams })), kind))
+    let ring = receivers.ring.clone().filter(|_| streams > 0);
+    Some((
+        rest.map(|trie| {
+            group_of(Receivers {
+                trie,
+                streams,
+                ring,
+            })
+        }),
+        kind,
+    ))
 }
 
 /// `group`'s receivers, if no other snapshot shares them.
@@ -263,7 +281,11 @@ fn remove_in_place<M: Message>(
     match receivers.trie.remove(id, accept, path) {
         Some((entry, _)) => {
             let kind = entry.kind();
+            entry.leave();
             receivers.streams -= usize::from(kind == Kind::Stream);
+            if receivers.streams == 0 {
+                receivers.ring = None;
+            }
             let entry: Arc<dyn Any + Send + Sync> = match entry {
                 Receiver::Listener(listener) => listener.into_any(),
                 Receiver::Stream(sink) => sink,
@@ -285,7 +307,10 @@ fn push_in_place<M: Message>(
         .and_then(receivers_mut::<M>);
     match receivers {
         Some(receivers) => {
-            receivers.streams += usize::from(entry.kind() == Kind::Stream);
+            if let Some(ring) = entry.bind(receivers.ring.as_ref()) {
+                receivers.streams += 1;
+                receivers.ring = Some(ring);
+            }
             receivers.trie.push(entry);
             Ok(())
         }
@@ -330,18 +355,24 @@ fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Receiver<M>) -> Sn
             let Some(entry) = entry.take() else {
                 unreachable!("a channel has one group per message type")
             };
+            let ring = entry
+                .bind(receivers.ring.as_ref())
+                .or(receivers.ring.clone());
             group_of(Receivers {
                 trie: receivers.trie.pushed(entry),
                 streams: receivers.streams + stream,
+                ring,
             })
         }
         None => old.clone(),
     });
     let added = std::iter::from_fn(|| {
         entry.take().map(|entry| {
+            let ring = entry.bind(None);
             group_of(Receivers {
                 trie: Trie::new(entry),
                 streams: stream,
+                ring,
             })
         })
     });
@@ -840,6 +871,7 @@ impl Registry {
             if let Some(snapshot) = &garbage {
                 self.receivers_changed(&topic, false);
                 for group in snapshot.groups() {
+                    (group.ops().leave_all)(group);
                     let (len, streams) = (group.ops().counts)(group);
                     self.counters.streams.fetch_sub(streams as u64, Relaxed);
                     self.counters

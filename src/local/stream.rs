@@ -1,152 +1,246 @@
-//! `MessageStream`: a bounded, drop-oldest buffer per stream, and its waker.
+//! `MessageStream`: a cursor in its group's ring, the sink that joins and leaves the ring, and
+//! the waiting streams' wake-up.
 //!
 //! # Algorithm
 //!
-//! Producers are posting threads (any number), the consumer is the stream. The buffer is
-//! crossbeam's `SegQueue`, an MPMC queue (lock-free but for the waits under
-//! [Progress](#progress)) made of 31-slot blocks allocated on demand and freed as they are
-//! consumed, so a busy stream holds what it buffers, not its capacity. The queue itself, its
-//! head and tail (each padded to 128 bytes: 256 bytes), is allocated by the stream's first
-//! push and installed in a `once_cell::race::OnceBox`, so a stream that never received a
-//! message holds none of it; once installed, it stays until the stream is dropped. A separate
-//! counter `len` bounds the buffer:
+//! A channel's streams of one message type share one [`Ring`] ([`crate::local::ring`]): a post
+//! writes its message once, and each stream reads it through its own cursor. The registry
+//! *binds* a stream's sink when it adds the stream to its group: the sink joins the ring, which
+//! fixes the position the stream reads from; the stream takes the ring and that cursor when it
+//! is registered. Removing the stream from its group (a session close, `remove`, the stream's
+//! drop, a shutdown) makes the sink leave, which fixes where the stream ends; the stream then
+//! yields what it can still read before that position and returns `None` (S02).
 //!
-//! - push: get the queue (install it, on the first push), `queue.push(m)`, then
-//!   `len.fetch_add(1)`; if `len` already held the capacity, the
-//!   producer pops the *oldest* message itself, counts it in `missed` (L11) and decrements
-//!   `len`. Every pushed message is popped exactly once, by the consumer (yielded) or by a
-//!   producer (missed): yielded + missed == pushed. While pushes race, the bound is
-//!   approximate: with several producers the buffer can exceed its capacity by at most the
-//!   number of pushes in flight, and a message the consumer is just taking still counts until
-//!   it is taken, so a push racing with that can evict one message early. Because `len` follows
-//!   the queue, it can be below zero for a moment (the consumer took a message whose push has
-//!   not counted it yet); a push that finds it so does not evict.
-//! - wake: the consumer sets `parked`, then re-checks through `len` with a read-modify-write
-//!   (`fetch_add(0)`) and pops once more before it sleeps; a producer reads `parked` after its
-//!   `fetch_add` and wakes only a parked consumer (one `swap`), so a stream that is being
-//!   drained costs producers no wake-up at all. Every update of `len` is an `AcqRel`
-//!   read-modify-write, so `len`'s modification order decides: a push counted before the
-//!   re-check happens-before it (its installation of the queue too, if it was the first), and
-//!   the pop finds the message (or a producer evicted it); a
-//!   push counted after it acquires the consumer's `parked` store, finds the flag set and wakes
-//!   the consumer. The consumer never waits for an evicting producer to finish. (`parked`
-//!   itself needs no ordering. The argument uses no `SeqCst` total order, which loom does not
-//!   model, so the `loom_stream_*` models below check it.)
-//! - end: the sink (what the channel's snapshot holds) closes the stream when it is dropped,
-//!   that is, when the stream was removed from its channel *and* the last post that could still
-//!   push to it is done. So nothing is pushed after the end, and the consumer yields everything
-//!   buffered before it returns `None` (S02). The consumer checks `closed` after registering its
-//!   waker: a close before the registration is visible (`register` acquires what `wake`
-//!   released), one after it wakes the consumer.
+//! # Waiting
+//!
+//! A stream that finds nothing registers its waker, puts itself on its group's stack of
+//! waiting streams (an intrusive Treiber stack: one CAS to push, one swap to take it all), and
+//! then marks the slot of its next position `WAITING` ([`Ring::wait`]). The write that fills
+//! that slot sees the mark in the same word, takes the whole stack, and wakes every stream on
+//! it: the push happened before the mark, which the write read, so it is on the stack the write
+//! takes. A stream woken for another position reads, finds nothing, and waits again. Leaving
+//! the ring wakes the stream directly. A drained stream costs a post nothing: no mark, no
+//! stack.
 //!
 //! # Progress
 //!
-//! Getting the queue is one `Acquire` load once it is installed. Before that, a push allocates
-//! a queue and installs it with one compare-and-swap from null; a push whose CAS fails, because
-//! another push installed one first, frees its own and uses that one: no push waits for another
-//! there, and the consumer, finding none, has nothing to pop. (A `OnceLock` would make racing
-//! first pushes wait for the one initializing it.)
-//!
-//! A push is lock-free except in two windows, both inside `SegQueue`, where it waits for
-//! another thread. A `SegQueue` push reserves a slot with a CAS on the tail (retried only when
-//! another push won) and then writes the message into it; a pop reserves the head slot the
-//! same way and then reads it. The waits spin with `Backoff::snooze` (exponential spinning,
-//! then `thread::yield_now`):
-//!
-//! - At a block boundary: the push that reserved the last of a block's 31 slots installs the
-//!   next block (allocated before its CAS) with two stores after it, and until they land every
-//!   other push to this stream waits for it. If that producer is preempted in between, the
-//!   others wait until it runs again. This is once per 31 messages of a stream and a few
-//!   instructions long, but a push is not lock-free in the strict sense there.
-//! - In the eviction pop of a push to a full buffer: a pop waits until the slot it reserved
-//!   has been written, so an evicting push waits for a producer preempted between its CAS and
-//!   its write of the oldest slot. A pop that reserves the last slot of a block also waits
-//!   until the next block is linked (a store of the push that installs it), and one that finds
-//!   the head at a block's end waits for the pop that is moving it on (the consumer's or
-//!   another eviction's).
-//!
-//! The rest of a push is wait-free: `fetch_add`s, a load, and, for a parked consumer, one
-//! `swap` and an `AtomicWaker` wake that never waits. Besides, a push allocates: the queue on a
-//! stream's first push, and a block once per 31 messages (the allocator's guarantee), and waking a parked consumer calls its
-//! executor's `Waker`, which is the executor's business: tokio's takes its scheduler's mutex
-//! when woken from outside the runtime's workers. The consumer's pops wait for producers as
-//! above; the consumer never waits for an evicting producer (see wake).
+//! A post's write is lock-free ([`crate::local::ring`], § Progress); taking the stack is one
+//! swap, and waking each stream is its `AtomicWaker`'s wake, which never waits (what its
+//! executor's `Waker` does is the executor's business: tokio's takes its scheduler's mutex
+//! when woken from outside the runtime's workers). A ring's slots are allocated by the first
+//! post that has a stream to write for; an idle stream holds none.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::ptr;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use crossbeam_queue::SegQueue;
 use futures_core::Stream;
-use once_cell::race::OnceBox;
+use parking_lot::Mutex;
 
+use super::ring::{Peek, Ring, Written};
 use crate::error::BusError;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering::*};
+use crate::sync::{yield_now, AtomicBool, AtomicPtr, AtomicU64, AtomicWaker, Ordering::*};
 
-/// What the stream and its sink share.
-struct Buffer<M> {
-    /// Allocated by the first push (see the module docs): a `SegQueue` is 256 bytes of
-    /// cache-padded head and tail, which an idle stream does not need.
-    queue: OnceBox<SegQueue<Arc<M>>>,
-    len: AtomicUsize,
-    capacity: usize,
-    missed: AtomicU64,
-    parked: AtomicBool,
-    closed: AtomicBool,
-    waker: AtomicWaker,
+/// In `Shared::next`: the sink is leaving the ring; the stream takes no more positions.
+const LEFT: u64 = 1 << 63;
+/// In `Shared::next`, with [`LEFT`]: the leave has taken what the stream had left to read.
+const KEPT: u64 = 1 << 62;
+
+/// What a group's streams share: the ring, and the streams waiting for a write.
+pub(crate) struct Streams<M> {
+    pub(crate) ring: Ring<M>,
+    /// The top of the stack of waiting streams, each holding a reference (`Arc::into_raw`).
+    waiting: AtomicPtr<Shared<M>>,
 }
 
-impl<M> Buffer<M> {
-    fn wake_if_parked(&self) {
-        if self.parked.load(Relaxed) && self.parked.swap(false, Relaxed) {
-            self.waker.wake();
+impl<M> Streams<M> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Streams {
+            ring: Ring::new(capacity),
+            waiting: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Writes `message` for the group's streams and wakes those waiting for it.
+    #[inline]
+    pub(crate) fn post(&self, message: Arc<M>) -> Written {
+        let written = self.ring.write(message);
+        if written.wake {
+            self.wake_all();
+        }
+        written
+    }
+
+    /// Puts `shared` on the stack of waiting streams, unless it is on it.
+    fn push(&self, shared: &Arc<Shared<M>>) {
+        if shared.queued.swap(true, AcqRel) {
+            return;
+        }
+        let node = Arc::into_raw(shared.clone()).cast_mut();
+        let mut top = self.waiting.load(Relaxed);
+        loop {
+            shared.next_waiting.store(top, Relaxed);
+            match self
+                .waiting
+                .compare_exchange_weak(top, node, Release, Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => top = now,
+            }
+        }
+    }
+
+    /// Takes the stack of waiting streams and wakes each.
+    #[cold]
+    fn wake_all(&self) {
+        let mut node = self.waiting.swap(ptr::null_mut(), Acquire);
+        while !node.is_null() {
+            // SAFETY: a reference the stack held, from `Arc::into_raw` in `push`; the swap
+            // took the whole stack, so it is ours.
+            #[allow(unsafe_code)]
+            let shared = unsafe { Arc::from_raw(node) };
+            node = shared.next_waiting.load(Relaxed);
+            // After reading `next`: from here a new wait may push it again.
+            shared.queued.store(false, Release);
+            shared.waker.wake();
         }
     }
 }
 
-/// Whether a push that found `counted` messages in `len` must evict the oldest.
-///
-/// A push counts its message after queueing it, and a pop after taking one, so the consumer
-/// can take a message before its push counted it: `len` is then below zero for a moment,
-/// wrapped to a huge value. That is not a full buffer.
-#[inline]
-fn is_full(counted: usize, capacity: usize) -> bool {
-    counted >= capacity && counted <= isize::MAX as usize
+impl<M> Drop for Streams<M> {
+    fn drop(&mut self) {
+        let mut node = self.waiting.swap(ptr::null_mut(), Acquire);
+        while !node.is_null() {
+            // SAFETY: as in `wake_all`.
+            #[allow(unsafe_code)]
+            let shared = unsafe { Arc::from_raw(node) };
+            node = shared.next_waiting.load(Relaxed);
+        }
+    }
 }
 
-/// The producer side, held by the channel's snapshots.
-pub(crate) struct StreamSink<M>(Arc<Buffer<M>>);
+/// What a stream and its sink share.
+struct Shared<M> {
+    /// The next position the stream reads in its ring, and [`LEFT`] once its sink left.
+    /// The stream and the leave both take positions from it with a CAS, so each is taken
+    /// once.
+    next: AtomicU64,
+    /// What the leave took, from where the stream was to where it ended, in order; and how
+    /// many of those were dropped. Complete once the stream sees [`KEPT`].
+    kept: Mutex<Option<Box<Kept<M>>>>,
+    waker: AtomicWaker,
+    /// On its group's stack of waiting streams.
+    queued: AtomicBool,
+    /// The next waiting stream, while on the stack.
+    next_waiting: AtomicPtr<Shared<M>>,
+    /// The group's streams, once the registry bound the sink: `None` if the ring was at its
+    /// most members. (While the stream is on its group's stack of waiting streams, the group
+    /// holds it and it holds the group: the stream's drop takes it off.)
+    streams: OnceLock<Option<Arc<Streams<M>>>>,
+}
+
+/// What a leave took for its stream: the messages, in order, and how many it found dropped.
+type Kept<M> = (VecDeque<Arc<M>>, u64);
+
+impl<M> Default for Shared<M> {
+    fn default() -> Self {
+        Shared {
+            next: AtomicU64::new(LEFT | KEPT),
+            kept: Mutex::new(None),
+            waker: AtomicWaker::new(),
+            queued: AtomicBool::new(false),
+            next_waiting: AtomicPtr::new(ptr::null_mut()),
+            streams: OnceLock::new(),
+        }
+    }
+}
+
+/// The registry's side of a stream: what its group's trie holds.
+pub(crate) struct StreamSink<M> {
+    shared: Arc<Shared<M>>,
+    /// The bus's `stream_capacity`, for the ring of a group's first stream.
+    capacity: usize,
+    left: AtomicBool,
+}
 
 impl<M> StreamSink<M> {
-    /// Queues `message`; returns true when the buffer was full and dropped its oldest (L11).
-    #[inline]
-    pub(crate) fn push(&self, message: Arc<M>) -> bool {
-        let shared = &*self.0;
-        let queue = shared.queue.get_or_init(|| Box::new(SegQueue::new()));
-        queue.push(message);
-        let mut dropped = false;
-        if is_full(shared.len.fetch_add(1, AcqRel), shared.capacity) {
-            if let Some(oldest) = queue.pop() {
-                shared.len.fetch_sub(1, AcqRel);
-                shared.missed.fetch_add(1, Relaxed);
-                dropped = true;
-                drop(oldest);
+    /// The streams this sink joined, if the registry bound it and it could join.
+    fn streams(&self) -> Option<&Arc<Streams<M>>> {
+        self.shared.streams.get()?.as_ref()
+    }
+
+    /// Joins `streams` (or, when `None`, new ones of the bus's capacity), once: a sink is
+    /// added to a group's current version and to its spare, and joins on the first. Returns
+    /// the group's streams. A ring at its most members (about two million streams of one type
+    /// on one channel) does not take the stream: it ends at once.
+    pub(crate) fn bind(&self, streams: Option<&Arc<Streams<M>>>) -> Arc<Streams<M>> {
+        let streams = streams
+            .or(self.streams())
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Streams::new(self.capacity)));
+        self.shared.streams.get_or_init(|| {
+            let start = streams.ring.join()?;
+            self.shared.next.store(start, Release);
+            Some(streams.clone())
+        });
+        streams
+    }
+
+    /// Leaves the ring, once: the stream ends where it left, after what it had to read
+    /// (S02). Called by the registry when it removes the stream from its group, on the
+    /// registration side: it takes what the stream had not read yet out of the ring, so that
+    /// later posts cannot push it out, and waits for the posts still writing it.
+    pub(crate) fn leave(&self) {
+        if self.left.swap(true, AcqRel) {
+            return;
+        }
+        let Some(streams) = self.streams() else {
+            self.shared.next.store(LEFT | KEPT, Release);
+            self.shared.waker.wake();
+            return;
+        };
+        let ring = &streams.ring;
+        let mut guard = self.shared.kept.lock();
+        let kept = guard.insert(Box::default());
+        // Stop the stream, then end its membership: it had every position from where it
+        // stopped to `end`.
+        let mut at = self.shared.next.fetch_or(LEFT, AcqRel) & !LEFT;
+        let end = ring.leave();
+        while at != end {
+            match ring.peek(at) {
+                Peek::Ready { state } => {
+                    match ring.claim(at, state) {
+                        Some(message) => kept.0.push_back(message),
+                        None => kept.1 += 1,
+                    }
+                    at = at.wrapping_add(1) & super::ring::POSITION;
+                }
+                Peek::Dropped { to } => {
+                    let to = super::ring::before(to, end);
+                    kept.1 += super::ring::distance(to, at) as u64;
+                    at = to;
+                }
+                // A post took the position before the leave and is writing it: it never
+                // waits, so this wait ends.
+                Peek::NotYet => yield_now(),
             }
         }
-        shared.wake_if_parked();
-        dropped
+        // Unlocked first: the stream takes the lock once it sees `KEPT`.
+        drop(guard);
+        self.shared.next.fetch_or(KEPT, AcqRel);
+        self.shared.waker.wake();
     }
 }
 
 impl<M> Drop for StreamSink<M> {
     fn drop(&mut self) {
-        // This is the last reference to the sink: every push through it, on any thread,
-        // happens-before this drop (`Arc`'s release/acquire on its count), and so before the
-        // consumer's `Acquire` load that sees this store.
-        self.0.closed.store(true, Release);
-        self.0.parked.store(false, Relaxed);
-        self.0.waker.wake();
+        // Every removal leaves first (the registry's removals, and its shutdown), so this only
+        // ends a sink that was never bound (an inert registration), with nothing to wait for;
+        // or, in the models, a sink dropped without a registry.
+        self.leave();
     }
 }
 
@@ -182,7 +276,12 @@ impl<M> Drop for StreamSink<M> {
 /// ```
 #[must_use = "a stream receives nothing unless it is read; dropping it unregisters it"]
 pub struct MessageStream<M> {
-    shared: Arc<Buffer<M>>,
+    shared: Arc<Shared<M>>,
+    /// The group's streams; `None` for an inert stream (made through a closed session or a
+    /// shut-down bus), which has ended.
+    streams: Option<Arc<Streams<M>>>,
+    /// Messages this stream found dropped (L11).
+    missed: u64,
     /// Unregisters the stream (and whatever else it owns) when dropped; `None` until
     /// registered. Opaque here: the facade decides what a stream owns.
     _registration: Option<Box<dyn Registration>>,
@@ -191,33 +290,42 @@ pub struct MessageStream<M> {
 impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
     pub(crate) fn new(capacity: usize) -> (StreamSink<M>, Self) {
-        let shared = Arc::new(Buffer {
-            queue: OnceBox::new(),
-            len: AtomicUsize::new(0),
-            capacity,
-            missed: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-        });
+        let shared = Arc::new(Shared::default());
         (
-            StreamSink(shared.clone()),
+            StreamSink {
+                shared: shared.clone(),
+                capacity,
+                left: AtomicBool::new(false),
+            },
             MessageStream {
                 shared,
+                streams: None,
+                missed: 0,
                 _registration: None,
             },
         )
     }
 
-    /// Ties the stream to its registration, so that dropping it unregisters it.
+    /// Ties the stream to its registration, so that dropping it unregisters it, and to the
+    /// place its sink took in its group's ring when the registry added it (none for an
+    /// inert registration: the stream has ended).
     pub(crate) fn registered(mut self, registration: Option<Box<dyn Registration>>) -> Self {
+        self.streams = self.shared.streams.get().cloned().flatten();
         self._registration = registration;
         self
     }
 
-    /// Messages dropped because this stream's buffer was full (L11).
+    /// Messages dropped because this stream's buffer was full (L11): those it skipped, and
+    /// those it will skip because newer messages have pushed them out.
     pub fn missed(&self) -> u64 {
-        self.shared.missed.load(Relaxed)
+        let at = self.shared.next.load(Acquire);
+        // While a leave is taking the rest, its count is not complete: the sum is as of now.
+        let behind = match &self.streams {
+            Some(streams) if at & LEFT == 0 => streams.ring.behind(at, None),
+            _ => 0,
+        };
+        let kept = self.shared.kept.lock().as_ref().map_or(0, |kept| kept.1);
+        self.missed + kept + behind
     }
 
     /// The next message; `None` once the stream has ended (its session closed, or the bus
@@ -232,13 +340,63 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
     /// The next message if one is buffered now; `None` when none is (whether or not the
     /// stream has ended). Never waits.
     pub fn try_recv(&mut self) -> Option<Arc<M>> {
-        self.pop()
+        match self.read() {
+            Read::Message(message) => Some(message),
+            Read::Empty | Read::End => None,
+        }
     }
 
-    fn pop(&self) -> Option<Arc<M>> {
-        let message = self.shared.queue.get()?.pop()?;
-        self.shared.len.fetch_sub(1, AcqRel);
-        Some(message)
+    /// The next message, if any: from the ring while the stream is a member, then from what
+    /// its leave kept.
+    fn read(&mut self) -> Read<M> {
+        let Some(streams) = &self.streams else {
+            return Read::End;
+        };
+        let ring = &streams.ring;
+        let shared = &*self.shared;
+        loop {
+            let at = shared.next.load(Acquire);
+            if at & LEFT != 0 {
+                if at & KEPT == 0 {
+                    // The leave is taking what the stream had left: it wakes the stream.
+                    return Read::Empty;
+                }
+                let message = shared
+                    .kept
+                    .lock()
+                    .as_mut()
+                    .and_then(|kept| kept.0.pop_front());
+                return match message {
+                    Some(message) => Read::Message(message),
+                    None => Read::End,
+                };
+            }
+            match ring.peek(at) {
+                Peek::NotYet => return Read::Empty,
+                Peek::Dropped { to } => {
+                    if shared
+                        .next
+                        .compare_exchange(at, to, AcqRel, Acquire)
+                        .is_ok()
+                    {
+                        self.missed += super::ring::distance(to, at) as u64;
+                    }
+                }
+                Peek::Ready { state } => {
+                    let next = at.wrapping_add(1) & super::ring::POSITION;
+                    if shared
+                        .next
+                        .compare_exchange(at, next, AcqRel, Acquire)
+                        .is_ok()
+                    {
+                        match ring.claim(at, state) {
+                            Some(message) => return Read::Message(message),
+                            None => self.missed += 1,
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Returns once this stream receives global messages: every subscription change its bus
@@ -295,52 +453,74 @@ pub(crate) trait Registration: Send + Sync {
     fn subscribed(&self) -> Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + '_>>;
 }
 
+impl<M> Drop for MessageStream<M> {
+    fn drop(&mut self) {
+        // Unregisters first (the sink leaves), then off the stack of waiting streams: taking
+        // the stack wakes the others on it for nothing, which costs them a look.
+        drop(self._registration.take());
+        if let Some(streams) = &self.streams {
+            if self.shared.queued.load(Acquire) {
+                streams.wake_all();
+            }
+        }
+    }
+}
+
+/// What [`MessageStream::read`] found.
+enum Read<M> {
+    Message(Arc<M>),
+    /// Nothing now.
+    Empty,
+    /// The stream has ended.
+    End,
+}
+
 impl<M: Send + Sync + 'static> Stream for MessageStream<M> {
     type Item = Arc<M>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<M>>> {
         let this = self.get_mut();
-        if let Some(message) = this.pop() {
-            return Poll::Ready(Some(message));
+        loop {
+            match this.read() {
+                Read::Message(message) => return Poll::Ready(Some(message)),
+                Read::End => return Poll::Ready(None),
+                Read::Empty => {}
+            }
+            let Some(streams) = &this.streams else {
+                return Poll::Ready(None);
+            };
+            let at = this.shared.next.load(Acquire);
+            this.shared.waker.register(cx.waker());
+            if at & LEFT != 0 {
+                // Leaving: it wakes the stream once it has kept the rest. Registered first, so
+                // a leave done before the registration is visible here.
+                if this.shared.next.load(Acquire) & KEPT != 0 {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            // On the stack, then the mark on the slot: a write that fills it after the mark
+            // finds this stream on the stack (see the module docs).
+            streams.push(&this.shared);
+            if !streams.ring.wait(at) || this.shared.next.load(Acquire) != at {
+                continue;
+            }
+            return Poll::Pending;
         }
-        if this.shared.closed.load(Acquire) {
-            // Closed means no producer is left, and every push happened before the close.
-            return Poll::Ready(this.pop());
-        }
-        this.shared.waker.register(cx.waker());
-        this.shared.parked.store(true, Relaxed);
-        // Re-check after parking, through `len`: a push counted before this read-modify-write
-        // is visible to the pop below; one counted after it sees `parked` and wakes us.
-        this.shared.len.fetch_add(0, AcqRel);
-        if let Some(message) = this.pop() {
-            this.shared.parked.store(false, Relaxed);
-            return Poll::Ready(Some(message));
-        }
-        // A close after the registration wakes us; one before it is visible here.
-        if this.shared.closed.load(Acquire) {
-            this.shared.parked.store(false, Relaxed);
-            return Poll::Ready(this.pop());
-        }
-        Poll::Pending
     }
 }
 
 impl<M> std::fmt::Debug for MessageStream<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageStream")
-            .field("buffered", &(self.shared.len.load(Relaxed) as isize).max(0))
-            .field("missed", &self.shared.missed.load(Relaxed))
-            .field("closed", &self.shared.closed.load(Relaxed))
+            .field("missed", &self.missed)
+            .field("ended", &(self.shared.next.load(Relaxed) & LEFT != 0))
             .finish()
     }
 }
 
-/// Models of the handshake, run by `RUSTFLAGS="--cfg evbus_loom" cargo test --lib loom_`.
-///
-/// They run the real `push`, `poll_next` and sink drop. loom cannot see inside `SegQueue`, nor
-/// the `OnceBox` that holds it: to it installing the queue, a queue push or a pop is one step,
-/// in one global order. So these check the handshake's own
-/// atomics (`len`, `parked`, `closed` and the waker), not the queue's orderings.
+/// Models of the wake-up and the leave, run by `RUSTFLAGS="--cfg evbus_loom" cargo test --lib
+/// loom_`. They run the real `poll_next`, `Streams::post` and `StreamSink::leave`.
 #[cfg(all(test, evbus_loom))]
 mod loom_tests {
     use super::*;
@@ -348,76 +528,70 @@ mod loom_tests {
     use loom::future::block_on;
     use loom::thread;
 
-    /// A producer pushes two messages and keeps the stream open; the consumer waits for a
-    /// message. There is always one to yield, so a lost wake-up would leave the consumer
-    /// asleep for good, which loom reports as a deadlock. With a buffer of one, the second push
-    /// evicts the oldest counted message; with two, nothing is evicted and the wake-up rests on
-    /// the first push alone. Every push is yielded or missed, in order (L11).
-    #[test]
-    fn loom_stream_wakes_its_parked_consumer() {
-        for capacity in [1, 2] {
-            crate::sync::model(move || {
-                let (sink, mut stream) = MessageStream::<u32>::new(capacity);
-                let producer = thread::spawn(move || {
-                    let dropped = [sink.push(Arc::new(1)), sink.push(Arc::new(2))];
-                    (sink, dropped.iter().filter(|&&d| d).count() as u64)
-                });
-                let mut yielded = vec![*block_on(stream.recv()).expect("the stream is open")];
-                let (_sink, dropped) = producer.join().unwrap();
-                yielded.extend(std::iter::from_fn(|| stream.try_recv()).map(|m| *m));
-                assert_eq!(yielded.len() as u64 + stream.missed(), 2);
-                assert_eq!(stream.missed(), dropped);
-                assert!(yielded.windows(2).all(|w| w[0] < w[1]), "{yielded:?}");
-            });
-        }
+    /// A stream bound to new streams of `capacity`, and its sink.
+    fn bound(capacity: usize) -> (StreamSink<u32>, MessageStream<u32>, Arc<Streams<u32>>) {
+        let (sink, stream) = MessageStream::new(capacity);
+        let streams = sink.bind(None);
+        (sink, stream.registered(None), streams)
     }
 
-    /// Reads `stream` to its end; returns what it yielded.
-    fn drain(stream: &mut MessageStream<u32>) -> Vec<u32> {
-        let mut yielded = Vec::new();
-        while let Some(message) = block_on(stream.recv()) {
-            yielded.push(*message);
-        }
-        yielded
-    }
-
-    /// A producer pushes and ends the stream (drops its sink) while the consumer reads to the
-    /// end: the consumer wakes for the end, and yields the message before it (S02).
+    /// A writer posts while the stream waits for a message: it gets it. A lost wake-up would
+    /// leave the consumer asleep for good, which loom reports as a deadlock.
     #[test]
-    fn loom_stream_ends_after_its_last_message() {
+    fn loom_stream_wakes_its_waiting_consumer() {
         crate::sync::model(|| {
-            let (sink, mut stream) = MessageStream::<u32>::new(1);
-            let producer = thread::spawn(move || {
-                sink.push(Arc::new(1));
+            let (sink, mut stream, streams) = bound(2);
+            let writer = thread::spawn(move || {
+                streams.post(Arc::new(1));
+                streams.post(Arc::new(2));
             });
-            assert_eq!(drain(&mut stream), [1]);
-            producer.join().unwrap();
+            assert_eq!(block_on(stream.recv()).as_deref(), Some(&1));
+            writer.join().unwrap();
+            assert_eq!(stream.try_recv().as_deref(), Some(&2));
+            drop(sink);
         });
     }
 
-    /// Two producers push one message each into a buffer of two: the buffer never holds more
-    /// than two, so nothing may be dropped, and the consumer gets both.
+    /// A session closes (the sink leaves) while a writer posts: the leave waits for the
+    /// write it must keep, and the stream then yields what it kept, counts what it missed,
+    /// and ends (S02, L11). What was posted after the leave does not reach it.
     #[test]
-    fn loom_stream_drops_nothing_below_its_capacity() {
+    fn loom_stream_leave_keeps_a_write_in_flight() {
         crate::sync::model(|| {
-            let (sink, mut stream) = MessageStream::<u32>::new(2);
-            let sink = Arc::new(sink);
-            let producers: Vec<_> = (1..=2)
-                .map(|message| {
-                    let sink = sink.clone();
-                    thread::spawn(move || sink.push(Arc::new(message)))
-                })
-                .collect();
-            drop(sink);
-            let yielded = drain(&mut stream);
-            for producer in producers {
-                assert!(
-                    !producer.join().unwrap(),
-                    "a push below capacity dropped a message"
-                );
+            let (sink, mut stream, streams) = bound(1);
+            let writer = thread::spawn(move || {
+                streams.post(Arc::new(1)).members + streams.post(Arc::new(2)).members
+            });
+            sink.leave();
+            let sent = writer.join().unwrap();
+            let mut yielded = Vec::new();
+            while let Some(message) = stream.try_recv() {
+                yielded.push(*message);
             }
+            assert!(block_on(stream.recv()).is_none(), "the stream ended");
+            assert_eq!(yielded.len() as u64 + stream.missed(), sent, "{yielded:?}");
+            assert!(yielded.windows(2).all(|w| w[0] < w[1]), "{yielded:?}");
+        });
+    }
+
+    /// A session closes while the stream reads: each message is yielded once, either by the
+    /// stream from the ring or from what the leave kept, in order, and the stream wakes for
+    /// its end (S02).
+    #[test]
+    fn loom_stream_leave_races_its_reader() {
+        crate::sync::model(|| {
+            let (sink, mut stream, streams) = bound(4);
+            for m in 1..=2 {
+                streams.post(Arc::new(m));
+            }
+            let closer = thread::spawn(move || sink.leave());
+            let mut yielded = Vec::new();
+            while let Some(message) = block_on(stream.recv()) {
+                yielded.push(*message);
+            }
+            closer.join().unwrap();
+            assert_eq!(yielded, [1, 2]);
             assert_eq!(stream.missed(), 0);
-            assert_eq!(yielded.len(), 2);
         });
     }
 }
