@@ -266,18 +266,9 @@ impl<M> Ring<M> {
                 }
                 continue;
             }
-            // Read before the CAS; the CAS checks it is the value of the state it replaces.
-            let old = slot.value.load(Acquire);
-            let busy = position << LOW | BUSY | (state & WAITING);
-            match slot
-                .state
-                .compare_exchange_weak(state, busy, AcqRel, Acquire)
-            {
-                Ok(_) => {
-                    let remaining = if state & EMPTY != 0 { 0 } else { state & COUNT };
-                    // SAFETY: the CAS took the slot's remaining references to `old`.
-                    unsafe { release(old, remaining) };
-                    written.dropped += remaining;
+            match replace(slot, state, position << LOW | BUSY | (state & WAITING)) {
+                Ok(dropped) => {
+                    written.dropped += dropped;
                     break;
                 }
                 Err(now) => state = now,
@@ -323,17 +314,8 @@ impl<M> Ring<M> {
             if stamp(state) != at || state & (BUSY | EMPTY) != 0 || state & COUNT == 0 {
                 return 0;
             }
-            let value = slot.value.load(Acquire);
-            let empty = at << LOW | EMPTY | (state & WAITING);
-            match slot
-                .state
-                .compare_exchange_weak(state, empty, AcqRel, Acquire)
-            {
-                Ok(_) => {
-                    // SAFETY: the CAS took the slot's remaining references to `value`.
-                    unsafe { release(value, state & COUNT) };
-                    return state & COUNT;
-                }
+            match replace(slot, state, at << LOW | EMPTY | (state & WAITING)) {
+                Ok(dropped) => return dropped,
                 Err(now) => state = now,
             }
         }
@@ -441,6 +423,21 @@ impl<M> Drop for Ring<M> {
             }
         }
     }
+}
+
+/// Replaces `slot`'s `state` (not `BUSY`) with `next`, and drops the references to the slot's
+/// message that no member took: how many, or the state found instead of `state`.
+fn replace<M>(slot: &Slot<M>, state: u64, next: u64) -> Result<u64, u64> {
+    // Read before the CAS, which checks that it is the value of the state it replaces.
+    let value = slot.value.load(Acquire);
+    slot.state
+        .compare_exchange_weak(state, next, AcqRel, Acquire)
+        .map(|_| {
+            let remaining = if state & EMPTY != 0 { 0 } else { state & COUNT };
+            // SAFETY: the CAS took the slot's remaining references to `value`.
+            unsafe { release(value, remaining) };
+            remaining
+        })
 }
 
 /// Drops `count` references to `value`.
