@@ -371,7 +371,10 @@ impl BusBuilder {
     /// The buffer of each [`MessageStream`](crate::MessageStream), in messages (L11); default
     /// 1024. At least 1. A channel's streams of one message type share one ring of this many
     /// slots (rounded up to a power of two, 16 bytes each), allocated by the first post that
-    /// reaches them; an idle stream holds none.
+    /// reaches them; an idle stream holds none. A slot also keeps the allocation of its last
+    /// message when that message is small and plain (no drop glue, at most 64 bytes: a
+    /// number, an id), to reuse it for the next message once the streams have dropped it; so
+    /// a busy channel of such messages holds up to this many of them besides.
     pub fn stream_capacity(mut self, messages: usize) -> Self {
         self.stream_capacity = messages;
         self

@@ -419,29 +419,27 @@ fn deliver_to<M: 'static>(receivers: &Receivers<M>, message: M, tally: &mut Tall
             tally.delivered += receivers.trie.len() as u64;
             walk(&receivers.trie, &message, tally);
         }
-        Some(streams) => deliver_with_streams(receivers, streams, message, tally),
+        Some(streams) if receivers.trie.len() == receivers.streams => {
+            deliver_with_streams::<M, false>(receivers, streams, message, tally)
+        }
+        Some(streams) => deliver_with_streams::<M, true>(receivers, streams, message, tally),
     }
 }
 
-/// [`deliver_to`] a group that has streams: out of line, so that a post to listeners only
-/// carries none of it.
+/// [`deliver_to`] a group that has streams, and listeners if `LISTENERS`: out of line, so
+/// that a post to listeners only carries none of it.
 #[inline(never)]
-fn deliver_with_streams<M: 'static>(
+fn deliver_with_streams<M: 'static, const LISTENERS: bool>(
     receivers: &Receivers<M>,
     streams: &Streams<M>,
     message: M,
     tally: &mut Tally,
 ) {
-    let listeners = receivers.trie.len() - receivers.streams;
-    tally.delivered += listeners as u64;
-    let shared = Arc::new(message);
-    let written = if listeners == 0 {
-        streams.post(shared)
-    } else {
-        let written = streams.post(shared.clone());
-        walk(&receivers.trie, &shared, tally);
-        written
-    };
+    tally.delivered += (receivers.trie.len() - receivers.streams) as u64;
+    let (written, lent) = streams.post(message, LISTENERS);
+    if let Some(message) = lent {
+        walk(&receivers.trie, &message, tally);
+    }
     tally.delivered += written.members;
     tally.dropped += written.dropped;
 }

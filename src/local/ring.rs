@@ -39,6 +39,18 @@
 //! `p` also evicts position `p - capacity` (takes its remaining references): a stream holds at
 //! most `capacity` messages either way, and a dropped message is counted when it drops.
 //!
+//! # Reusing allocations
+//!
+//! A message without drop glue and of at most 64 bytes (`RECYCLE`: a number, an id, a small
+//! plain struct) is kept by its slot, which holds one reference of its own beside the
+//! members'. The next writer of the slot, one lap later, takes that reference with the slot,
+//! and when no one else holds the `Arc` any more (`Arc::get_mut`, which also rules out a
+//! `Weak`), writes the new message into the same allocation. A stream's reader that drops each
+//! message before the ring comes round again so costs a post no allocation. Keeping such a
+//! message costs only its bytes until its slot's next write, or until the ring goes with its
+//! group's last stream: it owns nothing, and its drop does nothing, so nothing observable is
+//! late. Any other message is dropped, as an `Arc` is, by its last holder.
+//!
 //! # Waiting
 //!
 //! A reader that finds its position not yet written sets `WAITING` in the slot with a CAS.
@@ -49,8 +61,8 @@
 //! # Progress
 //!
 //! A write is lock-free: every CAS it retries failed because another thread changed the slot,
-//! that is, made progress; it never waits for a preempted thread. It makes one `Arc` and
-//! `members - 1` count increments on it. A read is lock-free likewise; a reader whose
+//! that is, made progress; it never waits for a preempted thread. It makes or reuses one
+//! `Arc`, and one count increment on it per member (and one for the slot that keeps it). A read is lock-free likewise; a reader whose
 //! position's writer is preempted mid-write finds it `BUSY` and waits (returns nothing yet),
 //! as any consumer waits for its producer.
 
@@ -69,7 +81,8 @@ const LOW: u32 = 24;
 pub(crate) const POSITION: u64 = (1 << (64 - LOW)) - 1;
 /// `tail`'s low bits: the members.
 const MEMBERS: u64 = (1 << LOW) - 1;
-/// A state's low bits: remaining references (written), or superseded laps (`BUSY`).
+/// A state's low bits: remaining references (written; 0 when `EMPTY`), or superseded laps
+/// (`BUSY`).
 const COUNT: u64 = (1 << 21) - 1;
 const BUSY: u64 = 1 << 21;
 const EMPTY: u64 = 1 << 22;
@@ -114,15 +127,37 @@ pub(crate) struct Written {
     pub(crate) wake: bool,
 }
 
-/// What a member finds at a position ([`Ring::peek`]).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Peek {
-    /// A message to [`claim`](Ring::claim), in a slot last seen in `state`.
-    Ready { state: u64 },
-    /// Not written yet.
+/// A member's place in the ring, as [`Ring::next`] moves it.
+pub(crate) trait Cursor {
+    /// The next position to read; `None` once the member reads no more.
+    fn at(&self) -> Option<u64>;
+    /// Moves the cursor from `from` to `to`, taking the positions in between: false, taking
+    /// none, if it is no longer at `from` (another thread took them).
+    fn advance(&mut self, from: u64, to: u64) -> bool;
+}
+
+/// A cursor that one thread alone moves.
+impl Cursor for u64 {
+    #[inline(always)]
+    fn at(&self) -> Option<u64> {
+        Some(*self)
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, _: u64, to: u64) -> bool {
+        *self = to;
+        true
+    }
+}
+
+/// What [`Ring::next`] found.
+#[derive(Debug)]
+pub(crate) enum Next<M> {
+    Message(Arc<M>),
+    /// Not written yet: wait ([`Ring::wait`]).
     NotYet,
-    /// Dropped, and so is everything before `to`: the next position to read.
-    Dropped { to: u64 },
+    /// The cursor reads no more, or reached the end.
+    End,
 }
 
 pub(crate) struct Ring<M> {
@@ -132,6 +167,10 @@ pub(crate) struct Ring<M> {
     mask: u64,
     shift: u32,
     capacity: u64,
+    /// `mask + 1` positions, shifted as in a state: one lap of the ring.
+    lap: u64,
+    /// Whether `capacity` is less than the slots (not a power of two): a write evicts.
+    evicts: bool,
 }
 
 // SAFETY: the ring hands `Arc<M>`s to other threads and drops them on any thread: `M: Send +
@@ -141,6 +180,11 @@ unsafe impl<M: Send + Sync> Send for Ring<M> {}
 unsafe impl<M: Send + Sync> Sync for Ring<M> {}
 
 impl<M> Ring<M> {
+    /// Whether a slot keeps its last message's allocation to reuse it (§ Reusing
+    /// allocations): for messages without drop glue, of at most 64 bytes, so that a kept
+    /// message costs only its bytes.
+    const RECYCLE: bool = !std::mem::needs_drop::<M>() && std::mem::size_of::<M>() <= 64;
+
     /// A ring whose streams each hold at most `capacity` messages (`capacity >= 1`).
     pub(crate) fn new(capacity: usize) -> Self {
         let size = capacity.max(1).next_power_of_two() as u64;
@@ -150,6 +194,8 @@ impl<M> Ring<M> {
             mask: size - 1,
             shift: size.trailing_zeros(),
             capacity: capacity.max(1) as u64,
+            lap: size << LOW,
+            evicts: (capacity.max(1) as u64) < size,
         }
     }
 
@@ -177,40 +223,52 @@ impl<M> Ring<M> {
     }
 
     /// The slots, allocating them if no write has yet.
+    #[inline(always)]
     fn slots(&self) -> &[Slot<M>] {
-        let mut slots = self.slots.load(Acquire);
-        if slots.is_null() {
-            let size = self.mask + 1;
-            let fresh: Box<[Slot<M>]> = (0..size)
-                .map(|i| Slot {
-                    // Stamped one lap before the first: nothing written yet.
-                    state: AtomicU64::new((i.wrapping_sub(size) & POSITION) << LOW | EMPTY),
-                    value: AtomicPtr::new(ptr::null_mut()),
-                })
-                .collect();
-            let fresh = Box::into_raw(fresh).cast::<Slot<M>>();
-            slots = match self
-                .slots
-                .compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire)
-            {
-                Ok(_) => fresh,
-                Err(installed) => {
-                    // SAFETY: ours, never shared.
-                    drop(unsafe { self.boxed(fresh) });
-                    installed
-                }
-            };
+        match self.written_slots() {
+            Some(slots) => slots,
+            None => self.allocate(),
         }
-        // SAFETY: installed slots live as long as the ring, `mask + 1` of them.
-        unsafe { std::slice::from_raw_parts(slots, self.mask as usize + 1) }
+    }
+
+    #[cold]
+    fn allocate(&self) -> &[Slot<M>] {
+        let size = self.mask + 1;
+        let fresh: Box<[Slot<M>]> = (0..size)
+            .map(|i| Slot {
+                // Stamped one lap before the first: nothing written yet.
+                state: AtomicU64::new((i.wrapping_sub(size) & POSITION) << LOW | EMPTY),
+                value: AtomicPtr::new(ptr::null_mut()),
+            })
+            .collect();
+        let fresh = Box::into_raw(fresh).cast::<Slot<M>>();
+        if let Err(installed) = self
+            .slots
+            .compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire)
+        {
+            // SAFETY: ours, never shared.
+            drop(unsafe { self.boxed(fresh) });
+            // SAFETY: installed slots live as long as the ring, `mask + 1` of them.
+            return unsafe { std::slice::from_raw_parts(installed, self.mask as usize + 1) };
+        }
+        // SAFETY: as above; installed now.
+        unsafe { std::slice::from_raw_parts(fresh, self.mask as usize + 1) }
     }
 
     /// The slots if a write allocated them.
+    #[inline(always)]
     fn written_slots(&self) -> Option<&[Slot<M>]> {
         let slots = self.slots.load(Acquire);
         // SAFETY: as in `slots`.
         (!slots.is_null())
             .then(|| unsafe { std::slice::from_raw_parts(slots, self.mask as usize + 1) })
+    }
+
+    /// The slot of position `at`.
+    #[inline(always)]
+    fn slot<'a>(&self, slots: &'a [Slot<M>], at: u64) -> &'a Slot<M> {
+        // SAFETY: `slots` has `mask + 1` slots.
+        unsafe { slots.get_unchecked((at & self.mask) as usize) }
     }
 
     /// # Safety
@@ -222,64 +280,56 @@ impl<M> Ring<M> {
         unsafe { Box::from_raw(slice) }
     }
 
-    /// Writes `message` at the next position, for the members there (L03). Takes one
-    /// reference; makes one per member.
-    pub(crate) fn write(&self, message: Arc<M>) -> Written {
+    /// Writes `message` at the next position, for the members there (L03); with `lend`, also
+    /// returns it (for the group's listeners), whether or not a member took it.
+    #[inline(always)]
+    pub(crate) fn write(&self, message: M, lend: bool) -> (Written, Option<Arc<M>>) {
         // The position and its members, in one read-modify-write: wait-free.
         let tail = self.tail.fetch_add(1 << LOW, AcqRel);
         let (position, members) = (tail >> LOW, tail & MEMBERS);
-        if members == 0 {
-            return Written::default();
-        }
-        let slots = self.slots();
         let mut written = Written {
             members,
             dropped: 0,
             wake: false,
         };
-        if self.capacity <= self.mask {
-            let evicted = position.wrapping_sub(self.capacity) & POSITION;
-            written.dropped += self.evict(&slots[(evicted & self.mask) as usize], evicted);
-        }
-        let slot = &slots[(position & self.mask) as usize];
-        let mut state = slot.state.load(Acquire);
-        loop {
-            let ahead = distance(stamp(state), position);
-            if ahead > 0 {
-                // Overtaken: a later position holds the slot; ours is lost for its members.
-                written.dropped += members;
-                return written;
+        let taken = if members == 0 {
+            None
+        } else {
+            let slots = self.slots();
+            if self.evicts {
+                let evicted = position.wrapping_sub(self.capacity) & POSITION;
+                written.dropped += self.evict(self.slot(slots, evicted), evicted);
             }
-            if state & BUSY != 0 {
-                // An older writer is mid-write: mark it superseded by `laps`; both are lost.
-                let laps = (-ahead) as u64 >> self.shift;
-                let marked = (state & !COUNT) | (state & COUNT).max(laps).min(COUNT);
-                match slot
-                    .state
-                    .compare_exchange_weak(state, marked, AcqRel, Acquire)
-                {
-                    Ok(_) => {
-                        written.dropped += members;
-                        return written;
-                    }
-                    Err(now) => state = now,
-                }
-                continue;
-            }
-            match replace(slot, state, position << LOW | BUSY | (state & WAITING)) {
-                Ok(dropped) => {
+            let slot = self.slot(slots, position);
+            let state = slot.state.load(Acquire);
+            // The common case, in one comparison: the slot holds the position one lap before,
+            // not mid-write.
+            let fast =
+                if state & !(WAITING | EMPTY | COUNT) == (tail & !MEMBERS).wrapping_sub(self.lap) {
+                    replace(slot, state, position << LOW | BUSY | (state & WAITING)).ok()
+                } else {
+                    None
+                };
+            fast.or_else(|| self.take(slot, position))
+                .map(|(dropped, old)| {
                     written.dropped += dropped;
-                    break;
-                }
-                Err(now) => state = now,
-            }
+                    (slot, old)
+                })
+        };
+        let Some((slot, old)) = taken else {
+            // No member, or the message is lost for its members.
+            written.dropped += members;
+            return (written, lend.then(|| Arc::new(message)));
+        };
+        // The slot is ours until we publish it: one reference to the message, then one more
+        // per member, one for the slot when it keeps the allocation, one to lend.
+        let value = Self::make(old, message);
+        let references = members + Self::RECYCLE as u64 + lend as u64;
+        for _ in 1..references {
+            // SAFETY: `value` holds a reference, not yet shared.
+            unsafe { Arc::increment_strong_count(value) };
         }
-        let message = Arc::into_raw(message);
-        for _ in 1..members {
-            // SAFETY: `message` holds a reference, not yet shared.
-            unsafe { Arc::increment_strong_count(message) };
-        }
-        slot.value.store(message.cast_mut(), Release);
+        slot.value.store(value.cast_mut(), Release);
         let mut state = position << LOW | BUSY;
         loop {
             let superseded = state & COUNT;
@@ -296,14 +346,66 @@ impl<M> Ring<M> {
                     written.wake = state & WAITING != 0;
                     if superseded != 0 {
                         // SAFETY: the slot never published them: ours.
-                        unsafe { release(message, members) };
+                        unsafe { release(value, members) };
                         written.dropped += members;
                     }
-                    return written;
+                    break;
                 }
                 Err(now) => state = now,
             }
         }
+        // SAFETY: the reference made to lend, ours.
+        (written, lend.then(|| unsafe { Arc::from_raw(value) }))
+    }
+
+    /// Takes `slot` for writing `position`, from whatever state it is in: the references to
+    /// its message no member took and the message, as [`replace`] gives them; `None` when
+    /// the message is lost for its members.
+    #[inline(never)]
+    fn take(&self, slot: &Slot<M>, position: u64) -> Option<(u64, *const M)> {
+        let mut state = slot.state.load(Acquire);
+        loop {
+            let ahead = distance(stamp(state), position);
+            if ahead > 0 {
+                // Overtaken: a later position holds the slot; ours is lost for its members.
+                return None;
+            }
+            if state & BUSY != 0 {
+                // An older writer is mid-write: mark it superseded by `laps`; both are lost.
+                let laps = (-ahead) as u64 >> self.shift;
+                let marked = (state & !COUNT) | (state & COUNT).max(laps).min(COUNT);
+                match slot
+                    .state
+                    .compare_exchange_weak(state, marked, AcqRel, Acquire)
+                {
+                    Ok(_) => return None,
+                    Err(now) => state = now,
+                }
+                continue;
+            }
+            match replace(slot, state, position << LOW | BUSY | (state & WAITING)) {
+                Ok(taken) => return Some(taken),
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// The message's `Arc`: the allocation of the slot's last message `old` when the slot
+    /// keeps it (`RECYCLE`) and no one else holds it any more, else a new one. Holds one
+    /// reference.
+    #[inline(always)]
+    fn make(old: *const M, message: M) -> *const M {
+        if Self::RECYCLE && !old.is_null() {
+            // SAFETY: a slot that recycles holds a reference of its own to its last message,
+            // which replacing the slot gave to its writer.
+            let mut old = unsafe { Arc::from_raw(old) };
+            if let Some(unique) = Arc::get_mut(&mut old) {
+                // No drop glue (`RECYCLE`): the old message needs nothing done.
+                *unique = message;
+                return Arc::into_raw(old);
+            }
+        }
+        Arc::into_raw(Arc::new(message))
     }
 
     /// Takes position `at`'s remaining references from `slot`, if it still holds it written:
@@ -311,66 +413,66 @@ impl<M> Ring<M> {
     fn evict(&self, slot: &Slot<M>, at: u64) -> u64 {
         let mut state = slot.state.load(Acquire);
         loop {
-            if stamp(state) != at || state & (BUSY | EMPTY) != 0 || state & COUNT == 0 {
+            if stamp(state) != at || state & BUSY != 0 || state & COUNT == 0 {
                 return 0;
             }
             match replace(slot, state, at << LOW | EMPTY | (state & WAITING)) {
-                Ok(dropped) => return dropped,
+                Ok((dropped, _)) => return dropped,
                 Err(now) => state = now,
             }
         }
     }
 
-    /// What a member finds at position `at`.
-    pub(crate) fn peek(&self, at: u64) -> Peek {
-        let Some(slots) = self.written_slots() else {
-            return Peek::NotYet;
-        };
-        let state = slots[(at & self.mask) as usize].state.load(Acquire);
-        let ahead = distance(stamp(state), at);
-        if ahead > 0 {
-            // Overwritten, evicted or lost; so is everything older than the newest
-            // `capacity` positions.
-            let newest = self.tail.load(Acquire) >> LOW;
-            let oldest = newest.wrapping_sub(self.capacity) & POSITION;
-            let to = if distance(oldest, at) > 0 {
-                oldest
-            } else {
-                (at + 1) & POSITION
-            };
-            return Peek::Dropped { to };
-        }
-        if ahead < 0 || state & BUSY != 0 {
-            return Peek::NotYet;
-        }
-        if state & EMPTY != 0 {
-            return Peek::Dropped {
-                to: (at + 1) & POSITION,
-            };
-        }
-        Peek::Ready { state }
-    }
-
-    /// Takes a member's reference to the message at `at`; `None` when it was dropped
-    /// meanwhile. The caller is a member of `at` that has not taken it, and no one else
-    /// takes it for that member.
-    /// `state` is what [`peek`](Ring::peek) saw: the CAS expects it first.
-    pub(crate) fn claim(&self, at: u64, mut state: u64) -> Option<Arc<M>> {
-        let slot = &self.written_slots()?[(at & self.mask) as usize];
+    /// A member's next message, read through `cursor` (up to `end` once it has left); the
+    /// messages it finds dropped on the way are added to `missed`. The one walk of the ring:
+    /// a stream's reads, its leave taking what it had not read, and the tests all take it.
+    #[inline(always)]
+    pub(crate) fn next(
+        &self,
+        cursor: &mut impl Cursor,
+        end: Option<u64>,
+        missed: &mut u64,
+    ) -> Next<M> {
         loop {
-            if stamp(state) != at || state & (BUSY | EMPTY) != 0 || state & COUNT == 0 {
-                return None;
+            let Some(at) = cursor.at() else {
+                return Next::End;
+            };
+            if end == Some(at) {
+                return Next::End;
             }
-            let value = slot.value.load(Acquire);
-            match slot
-                .state
-                .compare_exchange_weak(state, state - 1, AcqRel, Acquire)
+            let Some(slots) = self.written_slots() else {
+                return Next::NotYet;
+            };
+            let slot = self.slot(slots, at);
+            let state = slot.state.load(Acquire);
+            // The common case, in one comparison: written at `at`, not `BUSY` or `EMPTY`.
+            if state & !(WAITING | COUNT) == at << LOW {
+                if cursor.advance(at, (at + 1) & POSITION) {
+                    match claim(slot, at, state) {
+                        Some(message) => return Next::Message(message),
+                        None => *missed += 1,
+                    }
+                }
+                continue;
+            }
+            let ahead = distance(stamp(state), at);
+            if ahead < 0 || (ahead == 0 && state & BUSY != 0) {
+                return Next::NotYet;
+            }
+            // Dropped: overwritten, evicted or lost. Everything older than the newest
+            // `capacity` positions is dropped too.
             {
-                // SAFETY: the CAS took one of the references the slot held for this
-                // position's members, to `value`, the slot's value for it (the CAS checked the
-                // state that the value's store happened before).
-                Ok(_) => return Some(unsafe { Arc::from_raw(value) }),
-                Err(now) => state = now,
+                let newest = self.tail.load(Acquire) >> LOW;
+                let oldest = newest.wrapping_sub(self.capacity) & POSITION;
+                let to = if ahead > 0 && distance(oldest, at) > 0 {
+                    oldest
+                } else {
+                    (at + 1) & POSITION
+                };
+                let to = end.map_or(to, |end| before(to, end));
+                if cursor.advance(at, to) {
+                    *missed += distance(to, at) as u64;
+                }
             }
         }
     }
@@ -378,8 +480,7 @@ impl<M> Ring<M> {
     /// Asks to be woken when position `at` is written: false when it already is, or was
     /// dropped (peek again instead of sleeping).
     pub(crate) fn wait(&self, at: u64) -> bool {
-        let slots = self.slots();
-        let slot = &slots[(at & self.mask) as usize];
+        let slot = self.slot(self.slots(), at);
         let mut state = slot.state.load(Acquire);
         loop {
             let ahead = distance(stamp(state), at);
@@ -417,26 +518,53 @@ impl<M> Drop for Ring<M> {
         let slots = unsafe { self.boxed(slots) };
         for slot in slots.iter() {
             let state = slot.state.load(Relaxed);
-            if state & (BUSY | EMPTY) == 0 {
-                // SAFETY: the slot's remaining references.
-                unsafe { release(slot.value.load(Relaxed), state & COUNT) };
-            }
+            let remaining = if state & BUSY == 0 { state & COUNT } else { 0 };
+            let value = slot.value.load(Relaxed);
+            let own = (Self::RECYCLE && !value.is_null()) as u64;
+            // SAFETY: the slot's remaining references, and its own when it recycles.
+            unsafe { release(value, remaining + own) };
+        }
+    }
+}
+
+/// Takes a member's reference to the message at `at` in `slot`, seen written in `state`;
+/// `None` when it was dropped meanwhile. The caller is a member of `at` that has not taken
+/// it, and no one else takes it for that member, so the slot holds a reference for it.
+#[inline(always)]
+fn claim<M>(slot: &Slot<M>, at: u64, mut state: u64) -> Option<Arc<M>> {
+    loop {
+        let value = slot.value.load(Acquire);
+        debug_assert!(state & COUNT != 0, "a member's reference is left");
+        match slot
+            .state
+            .compare_exchange_weak(state, state - 1, AcqRel, Acquire)
+        {
+            // SAFETY: the CAS took one of the references the slot held for this position's
+            // members, to `value`, the slot's value for it (the CAS checked the state that the
+            // value's store happened before).
+            Ok(_) => return Some(unsafe { Arc::from_raw(value) }),
+            // Still written at `at` (another member took its reference, or a reader set
+            // `WAITING`), or dropped.
+            Err(now) if now & !(WAITING | COUNT) == at << LOW && now & COUNT != 0 => state = now,
+            Err(_) => return None,
         }
     }
 }
 
 /// Replaces `slot`'s `state` (not `BUSY`) with `next`, and drops the references to the slot's
-/// message that no member took: how many, or the state found instead of `state`.
-fn replace<M>(slot: &Slot<M>, state: u64, next: u64) -> Result<u64, u64> {
+/// message that no member took: how many, and the slot's value (to which a slot that
+/// recycles holds one more reference); or the state found instead of `state`.
+fn replace<M>(slot: &Slot<M>, state: u64, next: u64) -> Result<(u64, *const M), u64> {
     // Read before the CAS, which checks that it is the value of the state it replaces.
     let value = slot.value.load(Acquire);
     slot.state
         .compare_exchange_weak(state, next, AcqRel, Acquire)
         .map(|_| {
-            let remaining = if state & EMPTY != 0 { 0 } else { state & COUNT };
+            // An `EMPTY` state's count is 0.
+            let remaining = state & COUNT;
             // SAFETY: the CAS took the slot's remaining references to `value`.
             unsafe { release(value, remaining) };
-            remaining
+            (remaining, value.cast_const())
         })
 }
 
@@ -452,7 +580,7 @@ unsafe fn release<M>(value: *const M, count: u64) {
     }
 }
 
-/// A member's reads, as a stream makes them, for the tests.
+/// A member's reads, for the tests.
 #[cfg(test)]
 mod reader {
     use super::*;
@@ -460,13 +588,6 @@ mod reader {
     pub(super) struct Reader {
         pub(super) at: u64,
         pub(super) missed: u64,
-    }
-
-    #[derive(Debug)]
-    pub(super) enum Step<M> {
-        Message(Arc<M>),
-        NotYet,
-        End,
     }
 
     impl Reader {
@@ -477,33 +598,13 @@ mod reader {
             }
         }
 
-        pub(super) fn next<M>(&mut self, ring: &Ring<M>, end: Option<u64>) -> Step<M> {
-            loop {
-                if end == Some(self.at) {
-                    return Step::End;
-                }
-                match ring.peek(self.at) {
-                    Peek::NotYet => return Step::NotYet,
-                    Peek::Dropped { to } => {
-                        let to = end.map_or(to, |end| before(to, end));
-                        self.missed += distance(to, self.at) as u64;
-                        self.at = to;
-                    }
-                    Peek::Ready { state } => {
-                        let at = self.at;
-                        self.at = (at + 1) & POSITION;
-                        match ring.claim(at, state) {
-                            Some(message) => return Step::Message(message),
-                            None => self.missed += 1,
-                        }
-                    }
-                }
-            }
+        pub(super) fn next<M>(&mut self, ring: &Ring<M>, end: Option<u64>) -> Next<M> {
+            ring.next(&mut self.at, end, &mut self.missed)
         }
 
         pub(super) fn drain<M: Copy>(&mut self, ring: &Ring<M>, end: Option<u64>) -> Vec<M> {
             let mut out = Vec::new();
-            while let Step::Message(m) = self.next(ring, end) {
+            while let Next::Message(m) = self.next(ring, end) {
                 out.push(*m);
             }
             out
@@ -513,22 +614,22 @@ mod reader {
 
 #[cfg(all(test, not(evbus_loom)))]
 mod tests {
-    use super::reader::{Reader, Step};
+    use super::reader::Reader;
     use super::*;
 
     #[test]
     fn a_stream_reads_what_was_written_after_it_joined() {
         let ring = Ring::new(4);
-        assert_eq!(ring.write(Arc::new(0)).members, 0);
+        assert_eq!(ring.write(0, false).0.members, 0);
         let mut a = Reader::join(&ring);
-        assert_eq!(ring.write(Arc::new(1)).members, 1);
+        assert_eq!(ring.write(1, false).0.members, 1);
         let mut b = Reader::join(&ring);
-        assert_eq!(ring.write(Arc::new(2)).members, 2);
+        assert_eq!(ring.write(2, false).0.members, 2);
         assert_eq!(a.drain(&ring, None), [1, 2]);
         assert_eq!(b.drain(&ring, None), [2]);
         let end = ring.leave();
-        ring.write(Arc::new(3));
-        assert!(matches!(b.next(&ring, Some(end)), Step::End));
+        ring.write(3, false);
+        assert!(matches!(b.next(&ring, Some(end)), Next::End));
         assert_eq!(a.drain(&ring, None), [3]);
     }
 
@@ -537,7 +638,7 @@ mod tests {
         for capacity in [3, 4] {
             let ring = Ring::new(capacity);
             let mut reader = Reader::join(&ring);
-            let dropped: u64 = (0..10).map(|m| ring.write(Arc::new(m)).dropped).sum();
+            let dropped: u64 = (0..10).map(|m| ring.write(m, false).0.dropped).sum();
             assert_eq!(dropped, 10 - capacity as u64, "capacity {capacity}");
             assert_eq!(ring.behind(reader.at, None), 10 - capacity as u64);
             let yielded = reader.drain(&ring, None);
@@ -552,24 +653,101 @@ mod tests {
         let ring = Ring::new(3);
         let mut readers: Vec<_> = (0..3).map(|_| Reader::join(&ring)).collect();
         for _ in 0..7 {
-            ring.write(Arc::new(marker.clone()));
+            ring.write(marker.clone(), false);
         }
         let _ = readers[0].next(&ring, None);
         drop(ring);
         assert_eq!(Arc::strong_count(&marker), 1);
+    }
+
+    #[test]
+    fn a_slot_reuses_its_message_once_no_stream_holds_it() {
+        const { assert!(Ring::<u64>::RECYCLE && !Ring::<String>::RECYCLE) };
+        let ring = Ring::new(2);
+        let mut reader = Reader::join(&ring);
+        let (written, lent) = ring.write(0u64, true);
+        assert_eq!((written.members, lent.as_deref()), (1, Some(&0)));
+        drop(lent);
+        let first = reader.next(&ring, None);
+        let Next::Message(first) = first else {
+            panic!("{first:?}")
+        };
+        let at = Arc::as_ptr(&first);
+        drop(first);
+        ring.write(1, false);
+        ring.write(2, false);
+        // Position 2 is position 0's slot, whose message no one held: the same allocation.
+        assert_eq!(reader.drain(&ring, None), [1, 2]);
+        ring.write(3, false);
+        ring.write(4, false);
+        let Next::Message(held) = reader.next(&ring, None) else {
+            panic!("3 was written")
+        };
+        let weak = {
+            let Next::Message(four) = reader.next(&ring, None) else {
+                panic!("4 was written")
+            };
+            assert_eq!(
+                Arc::as_ptr(&four),
+                at,
+                "position 4 reuses slot 0's allocation"
+            );
+            Arc::downgrade(&four)
+        };
+        ring.write(5, false);
+        ring.write(6, false);
+        // A held message, and one a `Weak` points to, are never written over: the slot lets
+        // go of them and makes a new allocation.
+        assert_eq!(*held, 3);
+        assert!(weak.upgrade().is_none());
+        assert_eq!(reader.drain(&ring, None), [5, 6]);
+        let kept: Vec<Arc<u64>> = (7..10)
+            .filter_map(|m| {
+                ring.write(m, false);
+                match reader.next(&ring, None) {
+                    Next::Message(m) => Some(m),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert_eq!(reader.missed, 0);
+        drop(ring);
+        assert!(
+            kept.iter().all(|m| Arc::strong_count(m) == 1),
+            "the ring released all"
+        );
     }
 }
 
 /// Models of the ring, run by `RUSTFLAGS="--cfg evbus_loom" cargo test --lib loom_`.
 #[cfg(all(test, evbus_loom))]
 mod loom_tests {
-    use super::reader::{Reader, Step};
+    use super::reader::Reader;
     use super::*;
 
     use loom::thread;
 
+    type Alive = Arc<loom::sync::atomic::AtomicUsize>;
+
+    /// A message of the models: its writer's number and its own.
+    trait Message: Send + Sync + 'static {
+        fn new(id: u32, alive: &Alive) -> Self;
+        fn id(&self) -> u32;
+    }
+
     /// Counts the messages alive, so a model sees a leak or a double free.
-    struct Counted(u32, Arc<loom::sync::atomic::AtomicUsize>);
+    struct Counted(u32, Alive);
+
+    impl Message for Counted {
+        fn new(id: u32, alive: &Alive) -> Self {
+            alive.fetch_add(1, SeqCst);
+            Counted(id, alive.clone())
+        }
+
+        fn id(&self) -> u32 {
+            self.0
+        }
+    }
 
     impl Drop for Counted {
         fn drop(&mut self) {
@@ -577,13 +755,24 @@ mod loom_tests {
         }
     }
 
+    /// A plain message, whose allocation the ring's slots reuse (`RECYCLE`).
+    impl Message for u32 {
+        fn new(id: u32, _: &Alive) -> Self {
+            id
+        }
+
+        fn id(&self) -> u32 {
+            *self
+        }
+    }
+
     /// Two writers race into a ring of `capacity` slots while a member reads: every position
     /// is yielded or missed exactly once, what the writers count dropped is what the reader
     /// missed, in order per writer, and nothing leaks.
-    fn race(capacity: usize, posts: u32) {
+    fn race<M: Message>(capacity: usize, posts: u32) {
         crate::sync::model(move || {
             let alive = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
-            let ring = Arc::new(Ring::new(capacity));
+            let ring = Arc::new(Ring::<M>::new(capacity));
             let mut reader = Reader::join(&ring);
             let writers: Vec<_> = (0..2)
                 .map(|w| {
@@ -591,25 +780,24 @@ mod loom_tests {
                     thread::spawn(move || {
                         let mut dropped = 0;
                         for i in 0..posts {
-                            alive.fetch_add(1, SeqCst);
-                            let message = Arc::new(Counted(w * 100 + i, alive.clone()));
-                            dropped += ring.write(message).dropped;
+                            let message = M::new(w * 100 + i, &alive);
+                            dropped += ring.write(message, false).0.dropped;
                         }
                         dropped
                     })
                 })
                 .collect();
             let mut yielded = Vec::new();
-            if let Step::Message(m) = reader.next(&ring, None) {
-                yielded.push(m.0);
+            if let Next::Message(m) = reader.next(&ring, None) {
+                yielded.push(m.id());
             }
             let dropped: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
             let end = ring.leave();
             loop {
                 match reader.next(&ring, Some(end)) {
-                    Step::Message(m) => yielded.push(m.0),
-                    Step::End => break,
-                    Step::NotYet => panic!("every writer is done"),
+                    Next::Message(m) => yielded.push(m.id()),
+                    Next::End => break,
+                    Next::NotYet => panic!("every writer is done"),
                 }
             }
             assert_eq!(yielded.len() as u64 + reader.missed, 2 * posts as u64);
@@ -625,12 +813,18 @@ mod loom_tests {
 
     #[test]
     fn loom_ring_one_slot() {
-        race(1, 2);
+        race::<Counted>(1, 2);
     }
 
     #[test]
     fn loom_ring_capacity_not_a_power_of_two() {
-        race(3, 2);
+        race::<Counted>(3, 2);
+    }
+
+    /// The race over one slot with messages whose allocations the slot reuses.
+    #[test]
+    fn loom_ring_one_slot_recycling() {
+        race::<u32>(1, 2);
     }
 
     /// A member reads and, finding nothing, asks to be woken while a writer writes: when it
@@ -643,12 +837,12 @@ mod loom_tests {
             let mut reader = Reader::join(&ring);
             let writer = {
                 let ring = ring.clone();
-                thread::spawn(move || ring.write(Arc::new(7)).wake)
+                thread::spawn(move || ring.write(7, false).0.wake)
             };
             let got = match reader.next(&ring, None) {
-                Step::Message(m) => Some(*m),
+                Next::Message(m) => Some(*m),
                 _ if !ring.wait(reader.at) => match reader.next(&ring, None) {
-                    Step::Message(m) => Some(*m),
+                    Next::Message(m) => Some(*m),
                     step => panic!("wait said the message was there: {step:?}"),
                 },
                 _ => None,
@@ -658,7 +852,7 @@ mod loom_tests {
                 Some(m) => assert_eq!(m, 7),
                 None => {
                     assert!(woke, "a waiting reader was not woken");
-                    assert!(matches!(reader.next(&ring, None), Step::Message(_)));
+                    assert!(matches!(reader.next(&ring, None), Next::Message(_)));
                 }
             }
         });

@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use parking_lot::Mutex;
 
-use super::ring::{Peek, Ring, Written};
+use super::ring::{Cursor, Next, Ring, Written};
 use crate::error::BusError;
 use crate::sync::{yield_now, AtomicBool, AtomicPtr, AtomicU64, AtomicWaker, Ordering::*};
 
@@ -64,11 +64,12 @@ impl<M> Streams<M> {
         }
     }
 
-    /// Writes `message` for the group's streams and wakes those waiting for it.
-    #[inline]
-    pub(crate) fn post(&self, message: Arc<M>) -> Written {
-        let written = self.ring.write(message);
-        if written.wake {
+    /// Writes `message` for the group's streams and wakes those waiting for it; with `lend`,
+    /// also returns it (for the group's listeners).
+    #[inline(always)]
+    pub(crate) fn post(&self, message: M, lend: bool) -> (Written, Option<Arc<M>>) {
+        let written = self.ring.write(message, lend);
+        if written.0.wake {
             self.wake_all();
         }
         written
@@ -142,6 +143,23 @@ struct Shared<M> {
     streams: OnceLock<Option<Arc<Streams<M>>>>,
 }
 
+/// A stream's cursor: its sink's leave may take positions from it too, so each is taken
+/// with a CAS; `None` once the leave has begun.
+struct Taking<'a>(&'a AtomicU64);
+
+impl Cursor for Taking<'_> {
+    #[inline(always)]
+    fn at(&self) -> Option<u64> {
+        let at = self.0.load(Acquire);
+        (at & LEFT == 0).then_some(at)
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, from: u64, to: u64) -> bool {
+        self.0.compare_exchange(from, to, AcqRel, Acquire).is_ok()
+    }
+}
+
 /// What a leave took for its stream: the messages, in order, and how many it found dropped.
 type Kept<M> = (VecDeque<Arc<M>>, u64);
 
@@ -209,23 +227,13 @@ impl<M> StreamSink<M> {
         // stopped to `end`.
         let mut at = self.shared.next.fetch_or(LEFT, AcqRel) & !LEFT;
         let end = ring.leave();
-        while at != end {
-            match ring.peek(at) {
-                Peek::Ready { state } => {
-                    match ring.claim(at, state) {
-                        Some(message) => kept.0.push_back(message),
-                        None => kept.1 += 1,
-                    }
-                    at = at.wrapping_add(1) & super::ring::POSITION;
-                }
-                Peek::Dropped { to } => {
-                    let to = super::ring::before(to, end);
-                    kept.1 += super::ring::distance(to, at) as u64;
-                    at = to;
-                }
+        loop {
+            match ring.next(&mut at, Some(end), &mut kept.1) {
+                Next::Message(message) => kept.0.push_back(message),
                 // A post took the position before the leave and is writing it: it never
                 // waits, so this wait ends.
-                Peek::NotYet => yield_now(),
+                Next::NotYet => yield_now(),
+                Next::End => break,
             }
         }
         // Unlocked first: the stream takes the lock once it sees `KEPT`.
@@ -348,54 +356,37 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
 
     /// The next message, if any: from the ring while the stream is a member, then from what
     /// its leave kept.
+    #[inline]
     fn read(&mut self) -> Read<M> {
         let Some(streams) = &self.streams else {
             return Read::End;
         };
-        let ring = &streams.ring;
-        let shared = &*self.shared;
-        loop {
-            let at = shared.next.load(Acquire);
-            if at & LEFT != 0 {
-                if at & KEPT == 0 {
-                    // The leave is taking what the stream had left: it wakes the stream.
-                    return Read::Empty;
-                }
-                let message = shared
-                    .kept
-                    .lock()
-                    .as_mut()
-                    .and_then(|kept| kept.0.pop_front());
-                return match message {
-                    Some(message) => Read::Message(message),
-                    None => Read::End,
-                };
-            }
-            match ring.peek(at) {
-                Peek::NotYet => return Read::Empty,
-                Peek::Dropped { to } => {
-                    if shared
-                        .next
-                        .compare_exchange(at, to, AcqRel, Acquire)
-                        .is_ok()
-                    {
-                        self.missed += super::ring::distance(to, at) as u64;
-                    }
-                }
-                Peek::Ready { state } => {
-                    let next = at.wrapping_add(1) & super::ring::POSITION;
-                    if shared
-                        .next
-                        .compare_exchange(at, next, AcqRel, Acquire)
-                        .is_ok()
-                    {
-                        match ring.claim(at, state) {
-                            Some(message) => return Read::Message(message),
-                            None => self.missed += 1,
-                        }
-                    }
-                }
-            }
+        match streams
+            .ring
+            .next(&mut Taking(&self.shared.next), None, &mut self.missed)
+        {
+            Next::Message(message) => Read::Message(message),
+            Next::NotYet => Read::Empty,
+            Next::End => self.read_kept(),
+        }
+    }
+
+    /// The next message its leave kept for the stream.
+    #[cold]
+    fn read_kept(&self) -> Read<M> {
+        if self.shared.next.load(Acquire) & KEPT == 0 {
+            // The leave is taking what the stream had left: it wakes the stream.
+            return Read::Empty;
+        }
+        let message = self
+            .shared
+            .kept
+            .lock()
+            .as_mut()
+            .and_then(|kept| kept.0.pop_front());
+        match message {
+            Some(message) => Read::Message(message),
+            None => Read::End,
         }
     }
 
@@ -542,8 +533,8 @@ mod loom_tests {
         crate::sync::model(|| {
             let (sink, mut stream, streams) = bound(2);
             let writer = thread::spawn(move || {
-                streams.post(Arc::new(1));
-                streams.post(Arc::new(2));
+                streams.post(1, false);
+                streams.post(2, false);
             });
             assert_eq!(block_on(stream.recv()).as_deref(), Some(&1));
             writer.join().unwrap();
@@ -560,7 +551,7 @@ mod loom_tests {
         crate::sync::model(|| {
             let (sink, mut stream, streams) = bound(1);
             let writer = thread::spawn(move || {
-                streams.post(Arc::new(1)).members + streams.post(Arc::new(2)).members
+                streams.post(1, false).0.members + streams.post(2, false).0.members
             });
             sink.leave();
             let sent = writer.join().unwrap();
@@ -582,7 +573,7 @@ mod loom_tests {
         crate::sync::model(|| {
             let (sink, mut stream, streams) = bound(4);
             for m in 1..=2 {
-                streams.post(Arc::new(m));
+                streams.post(m, false);
             }
             let closer = thread::spawn(move || sink.leave());
             let mut yielded = Vec::new();
