@@ -5,8 +5,9 @@
 //!   `tokio_broadcast` is one `send` then one `try_recv` on each of N receivers.
 //! - `empty_channel`: a post that reaches nobody, beside a bare `ArcSwapOption` load (the one
 //!   atomic operation such a post is built on).
-//! - `stream`: 64 posts to one stream, then draining it; beside tokio broadcast with one
-//!   receiver.
+//! - `stream`: 64 posts to one stream, then draining it (`evbus/handle` with `poll_next`,
+//!   `evbus/try_recv` with `try_recv`, as tokio's receiver is drained); beside tokio broadcast
+//!   with one receiver.
 //!
 //! Run with `cargo bench --bench local`.
 
@@ -160,6 +161,22 @@ fn stream(c: &mut Criterion) {
             }
             let mut got = 0;
             while let Poll::Ready(Some(message)) = Pin::new(&mut stream).poll_next(&mut cx) {
+                black_box(*message);
+                got += 1;
+            }
+            assert_eq!(got, BATCH);
+        })
+    });
+    // Drained as tokio's receiver is below, with `try_recv`: `poll_next` above also registers
+    // its waker when it finds the stream empty, once per 64 messages, which `try_recv` on
+    // either side does not.
+    group.bench_function(BenchmarkId::new("evbus/try_recv", BATCH), |b| {
+        b.iter(|| {
+            for v in 0..BATCH {
+                channel.post(black_box(v), MessageScope::Local).unwrap();
+            }
+            let mut got = 0;
+            while let Some(message) = stream.try_recv() {
                 black_box(*message);
                 got += 1;
             }
