@@ -34,9 +34,12 @@
 //! allocated when none of the pool is free, as is one for a post nested more than eight deep), and the by-name cache registers
 //! its thread-local's destructor with the standard library on a thread's first cached post.
 //!
-//! Cost: nothing is allocated for listeners; a post that reaches streams allocates one `Arc`
-//! for the message, shared by all of them (L04), and takes one more reference to it per
-//! stream. The first post that reaches a channel's streams of one type allocates their ring:
+//! Cost: nothing is allocated for listeners; a post that reaches streams makes one `Arc` for
+//! the message, shared by all of them (L04), and takes one more reference to it per stream.
+//! For a small plain message (no drop glue, at most 64 bytes: a number, an id) the `Arc` is
+//! usually not allocated but reused: the message's slot keeps the allocation of the message
+//! it held one lap before, and writes the new one into it once the streams have dropped their
+//! clones. The first post that reaches a channel's streams of one type allocates their ring:
 //! `stream_capacity` (rounded up to a power of two) slots of 16 bytes.
 //!
 //! ## What a stream write does
