@@ -78,7 +78,7 @@ use crate::sync::{AtomicPtr, AtomicU64, Ordering::*};
 /// Bits below a position in `tail` and in a slot's `state`.
 const LOW: u32 = 24;
 /// A position: 40 bits, wrapping.
-pub(crate) const POSITION: u64 = (1 << (64 - LOW)) - 1;
+const POSITION: u64 = (1 << (64 - LOW)) - 1;
 /// `tail`'s low bits: the members.
 const MEMBERS: u64 = (1 << LOW) - 1;
 /// A state's low bits: remaining references (written; 0 when `EMPTY`), or superseded laps
@@ -89,11 +89,11 @@ const EMPTY: u64 = 1 << 22;
 const WAITING: u64 = 1 << 23;
 
 /// The most members a ring takes.
-pub(crate) const MAX_MEMBERS: u64 = COUNT;
+const MAX_MEMBERS: u64 = COUNT;
 
 /// `a`, or `end` if `a` is past it.
 #[inline(always)]
-pub(crate) fn before(a: u64, end: u64) -> u64 {
+fn before(a: u64, end: u64) -> u64 {
     if distance(a, end) > 0 {
         end
     } else {
@@ -103,7 +103,7 @@ pub(crate) fn before(a: u64, end: u64) -> u64 {
 
 /// `a - b` for positions, signed: positions wrap at 40 bits.
 #[inline(always)]
-pub(crate) fn distance(a: u64, b: u64) -> i64 {
+fn distance(a: u64, b: u64) -> i64 {
     ((a.wrapping_sub(b) << LOW) as i64) >> LOW
 }
 
@@ -120,7 +120,7 @@ struct Slot<M> {
 
 /// What a write did: how many streams it was for, how many messages it dropped for streams
 /// (L11), and whether a stream waits to be woken.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Written {
     pub(crate) members: u64,
     pub(crate) dropped: u64,
@@ -478,7 +478,7 @@ impl<M> Ring<M> {
     }
 
     /// Asks to be woken when position `at` is written: false when it already is, or was
-    /// dropped (peek again instead of sleeping).
+    /// dropped (read again instead of sleeping).
     pub(crate) fn wait(&self, at: u64) -> bool {
         let slot = self.slot(self.slots(), at);
         let mut state = slot.state.load(Acquire);
