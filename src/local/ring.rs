@@ -529,12 +529,15 @@ impl<M> Drop for Ring<M> {
 
 /// Takes a member's reference to the message at `at` in `slot`, seen written in `state`;
 /// `None` when it was dropped meanwhile. The caller is a member of `at` that has not taken
-/// it, and no one else takes it for that member, so the slot holds a reference for it.
+/// it, and no one else takes it for that member, so the slot holds a reference for it; the
+/// count is checked all the same, as a decrement past 0 would corrupt the state.
 #[inline(always)]
 fn claim<M>(slot: &Slot<M>, at: u64, mut state: u64) -> Option<Arc<M>> {
     loop {
+        if state & COUNT == 0 {
+            return None;
+        }
         let value = slot.value.load(Acquire);
-        debug_assert!(state & COUNT != 0, "a member's reference is left");
         match slot
             .state
             .compare_exchange_weak(state, state - 1, AcqRel, Acquire)
@@ -545,7 +548,7 @@ fn claim<M>(slot: &Slot<M>, at: u64, mut state: u64) -> Option<Arc<M>> {
             Ok(_) => return Some(unsafe { Arc::from_raw(value) }),
             // Still written at `at` (another member took its reference, or a reader set
             // `WAITING`), or dropped.
-            Err(now) if now & !(WAITING | COUNT) == at << LOW && now & COUNT != 0 => state = now,
+            Err(now) if now & !(WAITING | COUNT) == at << LOW => state = now,
             Err(_) => return None,
         }
     }
