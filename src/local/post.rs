@@ -273,10 +273,34 @@ impl Snapshot {
 pub(crate) struct Receivers<M: 'static> {
     /// In the order they were added; never empty.
     pub(crate) trie: Trie<Receiver<M>>,
-    /// How many of them are streams.
-    pub(crate) streams: usize,
-    /// The streams' ring, shared by every version of the group while it has streams.
+    /// Its streams.
+    pub(crate) streams: GroupStreams<M>,
+}
+
+/// A group's streams: how many, and their ring, which they share with every version of the
+/// group while there is one. They change together, by `admit` and `release` (in the registry).
+pub(crate) struct GroupStreams<M: 'static> {
+    pub(crate) count: usize,
     pub(crate) ring: Option<Arc<Streams<M>>>,
+}
+
+// By hand: a derive would ask `M: Clone` and `M: Default`.
+impl<M> Clone for GroupStreams<M> {
+    fn clone(&self) -> Self {
+        GroupStreams {
+            count: self.count,
+            ring: self.ring.clone(),
+        }
+    }
+}
+
+impl<M> Default for GroupStreams<M> {
+    fn default() -> Self {
+        GroupStreams {
+            count: 0,
+            ring: None,
+        }
+    }
 }
 
 /// The receivers of one message type, type-erased: an `Arc<Receivers<M>>` held as a
@@ -414,12 +438,12 @@ fn deliver_to_several<M: Send + Sync + 'static>(
 /// (L06).
 #[inline(always)]
 fn deliver_to<M: 'static>(receivers: &Receivers<M>, message: M, tally: &mut Tally) {
-    match &receivers.ring {
+    match &receivers.streams.ring {
         None => {
             tally.delivered += receivers.trie.len() as u64;
             walk(&receivers.trie, &message, tally);
         }
-        Some(streams) if receivers.trie.len() == receivers.streams => {
+        Some(streams) if receivers.trie.len() == receivers.streams.count => {
             deliver_with_streams::<M, false>(receivers, streams, message, tally)
         }
         Some(streams) => deliver_with_streams::<M, true>(receivers, streams, message, tally),
@@ -435,7 +459,7 @@ fn deliver_with_streams<M: 'static, const LISTENERS: bool>(
     message: M,
     tally: &mut Tally,
 ) {
-    tally.delivered += (receivers.trie.len() - receivers.streams) as u64;
+    tally.delivered += (receivers.trie.len() - receivers.streams.count) as u64;
     let (written, lent) = streams.post(message, LISTENERS);
     if let Some(message) = lent {
         walk(&receivers.trie, &message, tally);

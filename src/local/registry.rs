@@ -71,7 +71,9 @@ use super::published::Published;
 use super::thin::ArcOps;
 
 pub(crate) use super::post::Kind;
-use super::post::{self, Group, GroupOps, InPlace, Receiver, Receivers, Removed, Snapshot};
+use super::post::{
+    self, Group, GroupOps, GroupStreams, InPlace, Receiver, Receivers, Removed, Snapshot,
+};
 use crate::message::Message;
 use crate::stats::{Counters, Tally};
 use crate::trie::{Path, Trie};
@@ -226,7 +228,7 @@ fn receivers_of<M: Message>(group: &Group) -> &Receivers<M> {
 
 fn counts<M: Message>(group: &Group) -> (usize, usize) {
     let receivers = receivers_of::<M>(group);
-    (receivers.trie.len(), receivers.streams)
+    (receivers.trie.len(), receivers.streams.count)
 }
 
 fn contains<M: Message>(group: &Group, id: u64) -> bool {
@@ -249,18 +251,31 @@ fn remove<M: Message>(group: &Group, id: u64, only: Option<Kind>) -> Option<Remo
     // the caller drops after the lock.
     let kind = entry.kind();
     entry.leave();
-    let streams = receivers.streams - usize::from(kind == Kind::Stream);
-    let ring = receivers.ring.clone().filter(|_| streams > 0);
-    Some((
-        rest.map(|trie| {
-            group_of(Receivers {
-                trie,
-                streams,
-                ring,
-            })
-        }),
-        kind,
-    ))
+    let mut streams = receivers.streams.clone();
+    streams.release(kind);
+    Some((rest.map(|trie| group_of(Receivers { trie, streams })), kind))
+}
+
+impl<M: Message> GroupStreams<M> {
+    /// Counts `entry` in: a stream joins the group's ring, or a new one as the group's first
+    /// stream.
+    fn admit(&mut self, entry: &Receiver<M>) {
+        if let Some(ring) = entry.bind(self.ring.as_ref()) {
+            self.count += 1;
+            self.ring = Some(ring);
+        }
+    }
+
+    /// Counts a removed receiver of `kind` out (it left the ring already): the ring goes with
+    /// the group's last stream.
+    fn release(&mut self, kind: Kind) {
+        if kind == Kind::Stream {
+            self.count -= 1;
+            if self.count == 0 {
+                self.ring = None;
+            }
+        }
+    }
 }
 
 /// `group`'s receivers, if no other snapshot shares them.
@@ -282,10 +297,7 @@ fn remove_in_place<M: Message>(
         Some((entry, _)) => {
             let kind = entry.kind();
             entry.leave();
-            receivers.streams -= usize::from(kind == Kind::Stream);
-            if receivers.streams == 0 {
-                receivers.ring = None;
-            }
+            receivers.streams.release(kind);
             let entry: Arc<dyn Any + Send + Sync> = match entry {
                 Receiver::Listener(listener) => listener.into_any(),
                 Receiver::Stream(sink) => sink,
@@ -307,10 +319,7 @@ fn push_in_place<M: Message>(
         .and_then(receivers_mut::<M>);
     match receivers {
         Some(receivers) => {
-            if let Some(ring) = entry.bind(receivers.ring.as_ref()) {
-                receivers.streams += 1;
-                receivers.ring = Some(ring);
-            }
+            receivers.streams.admit(&entry);
             receivers.trie.push(entry);
             Ok(())
         }
@@ -347,7 +356,6 @@ fn spare_pays(snapshot: Option<&Snapshot>) -> bool {
 
 /// `snapshot` with `entry` added to the group of its type (a new group, last, if it has none).
 fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Receiver<M>) -> Snapshot {
-    let stream = usize::from(entry.kind() == Kind::Stream);
     let entry = Cell::new(Some(entry));
     let groups = snapshot.into_iter().flat_map(Snapshot::groups);
     let updated = groups.map(|old| match old.of_type::<M>() {
@@ -355,24 +363,22 @@ fn with_entry<M: Message>(snapshot: Option<&Snapshot>, entry: Receiver<M>) -> Sn
             let Some(entry) = entry.take() else {
                 unreachable!("a channel has one group per message type")
             };
-            let ring = entry
-                .bind(receivers.ring.as_ref())
-                .or(receivers.ring.clone());
+            let mut streams = receivers.streams.clone();
+            streams.admit(&entry);
             group_of(Receivers {
                 trie: receivers.trie.pushed(entry),
-                streams: receivers.streams + stream,
-                ring,
+                streams,
             })
         }
         None => old.clone(),
     });
     let added = std::iter::from_fn(|| {
         entry.take().map(|entry| {
-            let ring = entry.bind(None);
+            let mut streams = GroupStreams::default();
+            streams.admit(&entry);
             group_of(Receivers {
                 trie: Trie::new(entry),
-                streams: stream,
-                ring,
+                streams,
             })
         })
     });
