@@ -8,7 +8,8 @@
 //! Everything a scenario needs (the bus, its listeners, streams, handles, the tokio channel)
 //! is set up before the loop, and one operation is done there to check the wiring and to pay
 //! any first-use cost; so `N = 0` counts setup and teardown only. The loop allocates only what
-//! the scenario itself does (a stream delivery's `Arc`, and its ring's slots on the first post).
+//! the scenario itself does (its ring's slots on the first post; a stream delivery's `Arc` of
+//! a `u64` is made on the ring's first lap, then reused by its slot).
 //!
 //! Scenarios, all on `Bus::local()`, `u64` payloads, `MessageScope::Local`:
 //!
@@ -32,24 +33,9 @@
 //! - `churn_forward`, `churn_reverse`, `churn_random`: `N` listeners added, then removed in the
 //!   order added, newest first, or shuffled (the bench's xorshift seed).
 //! - `churn_sessions`: `N` sessions add one listener each, then each is closed.
-//!
-//! Two floors, not evbus code, for judging what a stream message could cost (issue 11); run
-//! them by name (`scripts/instr.sh arc ring_arcswap`):
-//!
-//! - `arc`: one `Arc<u64>` made and dropped: the allocation every post to a stream makes, since
-//!   streams yield `Arc<M>` clones of one allocation (L04).
-//! - `ring_arcswap`: `arc`, plus one write into a 1024-slot ring whose slots are an
-//!   `ArcSwapOption` and a sequence number (the slot store, then the sequence), and one
-//!   validated read (sequence, `load_full`, sequence) with the reader's cursor advanced by a
-//!   CAS. The cheapest shape a ring shared by a channel's streams has in safe Rust; it is not
-//!   even safe against two writers a lap apart, which needs a CAS protocol on top.
 
 use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering::*};
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
 
 use evbus::{Bus, MessageScope};
 use tokio::sync::broadcast;
@@ -57,7 +43,7 @@ use tokio::sync::broadcast;
 /// A scenario: runs its setup, then `N` operations.
 type Scenario = fn(u64);
 
-const SCENARIOS: [(&str, Scenario); 15] = [
+const SCENARIOS: [(&str, Scenario); 13] = [
     ("handle", handle),
     ("name", name),
     ("name_unknown", name_unknown),
@@ -67,8 +53,6 @@ const SCENARIOS: [(&str, Scenario); 15] = [
     ("streams16", streams16),
     ("tokio_broadcast16", tokio_broadcast16),
     ("tokio_stream", tokio_stream),
-    ("arc", arc),
-    ("ring_arcswap", ring_arcswap),
     ("churn_forward", churn_forward),
     ("churn_reverse", churn_reverse),
     ("churn_random", churn_random),
@@ -211,47 +195,6 @@ fn tokio_broadcast16(n: u64) {
 
 fn tokio_stream(n: u64) {
     tokio_broadcast(1, n);
-}
-
-fn arc(n: u64) {
-    for i in 0..n {
-        drop(black_box(Arc::new(black_box(i))));
-    }
-}
-
-/// One slot of the `ring_arcswap` floor.
-struct Slot {
-    seq: AtomicU64,
-    value: ArcSwapOption<u64>,
-}
-
-fn ring_arcswap(n: u64) {
-    const SLOTS: u64 = 1024;
-    let slots: Vec<Slot> = (0..SLOTS)
-        .map(|_| Slot {
-            seq: AtomicU64::new(0),
-            value: ArcSwapOption::empty(),
-        })
-        .collect();
-    let tail = AtomicU64::new(0);
-    let cursor = AtomicU64::new(0);
-    for i in 0..n {
-        // Write: claim a position, store the message, publish the position.
-        let at = tail.fetch_add(1, AcqRel);
-        let slot = &slots[(at % SLOTS) as usize];
-        slot.value.store(Some(Arc::new(black_box(i))));
-        slot.seq.store(at + 1, Release);
-        // Read: the sequence, the message, the sequence again; then take the position.
-        let next = cursor.load(Relaxed);
-        let slot = &slots[(next % SLOTS) as usize];
-        assert_eq!(slot.seq.load(Acquire), next + 1);
-        let message = slot.value.load_full();
-        assert_eq!(slot.seq.load(Acquire), next + 1);
-        assert!(cursor
-            .compare_exchange(next, next + 1, AcqRel, Relaxed)
-            .is_ok());
-        black_box(message);
-    }
 }
 
 #[path = "../benches/support/shuffle.rs"]

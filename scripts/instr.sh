@@ -3,7 +3,6 @@
 #
 # Usage: scripts/instr.sh [SCENARIO...]     (default: every evbus and tokio scenario of examples/instr.rs)
 #        INSTR_N=1000000 scripts/instr.sh   (operations per measured run; default 100000)
-#        scripts/instr.sh arc ring_arcswap  (two floors, not run by default: see examples/instr.rs)
 #        scripts/instr.sh churn_forward churn_reverse churn_random churn_sessions
 #                                           (registration churn on one channel, not run by default:
 #                                           one operation is one listener added and removed)
