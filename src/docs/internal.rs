@@ -44,7 +44,8 @@
 //!       │        Snapshot = per message type a Group { Arc<Receivers<M>> as a thin
 //!       │                   pointer, &'static GroupOps (its TypeId, clone, drop, ...) }
 //!       │                   (the first type inline, the others a list)
-//!       │        Receivers<M> = { persistent trie (root inline), streams }
+//!       │        Receivers<M> = { persistent trie (root inline), streams: their count
+//!       │                         and their ring }
 //!       └─ writer: Mutex<Writer>                 ◄── registration side only
 //!             handles (or FORGOTTEN); each change derives the next snapshot from the
 //!             published one, so the receivers are held once; spare: on a one-type
@@ -114,7 +115,7 @@
 //! # Streams
 //!
 //! See [`crate::MessageStream`], `ring.rs` and `stream.rs`. A group's streams share one ring
-//! (`Receivers::ring`, kept by every version of the group while it has streams); a stream's
+//! (`GroupStreams::ring`, kept by every version of the group while it has streams); a stream's
 //! entry in the trie is its sink, which the registry *binds* when it adds it (the sink joins
 //! the ring: its start) and makes *leave* when it removes it (its end), so a stream reads
 //! exactly the positions from its start to its end, and `yielded + missed == sent` holds
