@@ -9,6 +9,9 @@
 //! - `add_then_remove/random`: remove in a shuffled order (xorshift, fixed seed).
 //! - `sessions/close_in_order`: 100,000 sessions each add one listener, then each is closed.
 //! - `sessions/one_at_a_time`: 100,000 times, a session adds one listener and is closed.
+//! - `streams/one_at_a_time`: 100,000 times, a session creates a stream on a channel that
+//!   already has one (so the ring stays), and is closed: the stream joins and leaves the
+//!   ring, and its leave pays the fence pair's heavy side (`src/local/barrier.rs`).
 //! - `post/quiet`, `post/while_churning`: a post through a handle to a channel with one
 //!   listener; in the second, another thread meanwhile adds a listener to the same channel and
 //!   removes it, over and over (issue 11). Besides criterion's mean, each prints the p50, p99
@@ -110,6 +113,23 @@ fn session_add_close_each() -> Duration {
     let elapsed = start.elapsed();
 
     assert_eq!(bus.stats().listeners, 0);
+    elapsed
+}
+
+fn session_stream_close_each() -> Duration {
+    let bus = Bus::local();
+    let _stays = bus.messages().create_stream::<u64>(CHANNEL);
+
+    let start = Instant::now();
+    for _ in 0..N {
+        let session = bus.session();
+        let stream = session.messages().create_stream::<u64>(CHANNEL);
+        session.close();
+        drop(stream);
+    }
+    let elapsed = start.elapsed();
+
+    assert_eq!(bus.stats().streams, 1);
     elapsed
 }
 
@@ -224,6 +244,9 @@ fn churn(c: &mut Criterion) {
     });
     group.bench_function("sessions/one_at_a_time", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| session_add_close_each()).sum())
+    });
+    group.bench_function("streams/one_at_a_time", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| session_stream_close_each()).sum())
     });
     group.finish();
 }
