@@ -64,6 +64,14 @@
 //! reading that position until it runs again (a later position's write may complete first; it
 //! is read after). `ring.rs` and `stream.rs` have the algorithm and its loom models.
 //!
+//! A stream's read takes its position without a locked instruction: two plain stores to its
+//! cursor and a plain load of its end, which its sink's leave (a session close, a removal)
+//! synchronises with through an asymmetric fence pair (`local/barrier.rs`). Only claiming the
+//! message from its slot is a compare-and-swap. The leave pays for it: on Linux a
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` call, about a microsecond, which interrupts
+//! each CPU that is running one of the process's threads at that moment; elsewhere, or where
+//! the kernel refuses it, a `SeqCst` fence on both sides (one locked instruction per read).
+//!
 //! # Posting globally
 //!
 //! A global post does not wait for Redis, and waits for another thread only at a block
@@ -92,7 +100,10 @@
 //!
 //! `add_listener`, `remove_listener`, `create_stream`, dropping a stream, closing a session and
 //! dropping a handle are *blocking*: each takes the channel's mutex (a `parking_lot` mutex,
-//! never held while user code runs) and, through a session, the session's. A write copies one
+//! never held while user code runs) and, through a session, the session's. Removing a stream
+//! (closing its session, dropping it) also waits for the posts still writing the positions it
+//! had not read, and for the stream itself if it is between the two stores of a read; neither
+//! ever waits, so these waits end. A write copies one
 //! root-to-leaf path of the trie: at most 32 entries per level, `log32 n` levels, so 100,000
 //! listeners on one channel cost three levels per write instead of a 100,000-entry copy.
 //!

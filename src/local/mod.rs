@@ -4,6 +4,7 @@
 //!   receivers; registration, removal, session ownership, and forgetting unused channels. It
 //!   tells the transport, through the [`registry::Interest`] trait, which channels have
 //!   receivers, and knows nothing else of it.
+//! - [`barrier`]: an asymmetric fence pair, free on the frequent side (Linux's `membarrier`).
 //! - [`post`]: the post path, from a loaded snapshot to every receiver, and the same for a
 //!   message received through the transport, decoded once per receiver type.
 //! - [`published`]: a topic's current snapshot, which a post borrows without counting it.
@@ -16,6 +17,7 @@
 //! It depends only on the leaves (errors, message, stats, the trie) and on [`crate::wire`]'s
 //! codec, never on a transport.
 
+mod barrier;
 pub(crate) mod post;
 pub(crate) mod published;
 pub(crate) mod registry;

@@ -132,7 +132,7 @@ pub(crate) trait Cursor {
     /// The next position to read; `None` once the member reads no more.
     fn at(&self) -> Option<u64>;
     /// Moves the cursor from `from` to `to`, taking the positions in between: false, taking
-    /// none, if it is no longer at `from` (another thread took them).
+    /// none, if another thread has taken the cursor over (a stream's leave).
     fn advance(&mut self, from: u64, to: u64) -> bool;
 }
 
