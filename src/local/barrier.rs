@@ -17,15 +17,21 @@
 //!   to keep the compiler from moving the load above the store: a compiler fence, no
 //!   instruction. The call costs about a microsecond (an interrupt to each CPU running one of
 //!   the process's threads), which the rare side pays.
-//! - **Elsewhere**, or if the kernel refuses the command, both are `SeqCst` fences (one
-//!   locked instruction each on x86-64), which pair by themselves.
+//! - **Elsewhere**, or if the kernel refuses the command, `heavy` is a `SeqCst` fence, and
+//!   the frequent side must pass a `SeqCst` fence of its own instead of `light` (one locked
+//!   instruction on x86-64): two such fences pair by themselves.
 //!
 //! Which one applies is decided once, by [`prepare`], before the first frequent side that
-//! relies on it exists; it never changes afterwards. (The same technique as Linux's RCU and
+//! relies on it exists; it never changes afterwards. `light` does not look it up: the
+//! frequent side learns it from `prepare` and keeps it with its own data, where it reads it
+//! anyway (a stream: in the word it loads after the fence). (The same technique as Linux's RCU and
 //! folly's `asymmetricLightBarrier`; seize, which papaya uses, has it too, privately.)
 //!
-//! In the loom models both are loom's `SeqCst` fence: loom checks the protocol built on the
-//! pair, not the kernel.
+//! In the loom models `light` and `heavy` are both loom's `SeqCst` fence: loom checks the
+//! protocol built on the pair as the fallback runs it (store, fence, load on both sides),
+//! which is what the kernel's barrier provides too. Built with `--cfg evbus_fence_only`,
+//! the process never registers, so the tests run the fallback (`.ci/run` does, for the
+//! streams' tests).
 
 #![allow(unsafe_code)] // The system calls: see the SAFETY comments.
 
@@ -38,25 +44,28 @@ use crate::sync::{fence, Ordering::SeqCst};
 #[cfg(not(evbus_loom))]
 static KERNEL: AtomicBool = AtomicBool::new(false);
 
-/// Decides, once for the process, which pair applies. Call it before the first frequent side
-/// that relies on the pair exists: whatever reaches that side afterwards (the thread that
-/// runs it, the rare side) comes after this call, so it sees the decision.
-pub(crate) fn prepare() {
+/// Decides, once for the process, which pair applies, and returns whether the frequent side
+/// may use [`light`] (else it must use a `SeqCst` fence). Call it before the first frequent
+/// side that relies on the pair exists: whatever reaches that side afterwards (the thread
+/// that runs it, the rare side) comes after this call, so it sees the decision.
+pub(crate) fn prepare() -> bool {
     #[cfg(not(evbus_loom))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| KERNEL.store(kernel::register(), Relaxed));
+        KERNEL.load(Relaxed)
     }
+    #[cfg(evbus_loom)]
+    true
 }
 
-/// The frequent side's fence, between its store and its load.
+/// The frequent side's fence, between its store and its load, where [`prepare`] returned
+/// true.
 #[inline(always)]
 pub(crate) fn light() {
     #[cfg(not(evbus_loom))]
-    if KERNEL.load(Relaxed) {
-        compiler_fence(SeqCst);
-        return;
-    }
+    compiler_fence(SeqCst);
+    #[cfg(evbus_loom)]
     fence(SeqCst);
 }
 
@@ -86,6 +95,9 @@ mod kernel {
     /// Registers the process for private expedited barriers: false when the kernel has no
     /// membarrier (before 4.14), or it is filtered out (seccomp), or refuses.
     pub(super) fn register() -> bool {
+        if cfg!(evbus_fence_only) {
+            return false;
+        }
         let supported = membarrier(QUERY);
         supported >= 0
             && supported & libc::c_long::from(PRIVATE_EXPEDITED) != 0

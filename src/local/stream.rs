@@ -43,15 +43,18 @@ use parking_lot::Mutex;
 use super::barrier;
 use super::ring::{Cursor, Next, Ring, Written};
 use crate::error::BusError;
-use crate::sync::{yield_now, AtomicBool, AtomicPtr, AtomicU64, AtomicWaker, Ordering::*};
+use crate::sync::{fence, yield_now, AtomicBool, AtomicPtr, AtomicU64, AtomicWaker, Ordering::*};
 
 /// In `Shared::ended`: the sink is leaving the ring; the stream takes no more positions.
 const LEFT: u64 = 1;
 /// In `Shared::ended`, with [`LEFT`]: the leave has taken what the stream had left to read.
 const KEPT: u64 = 2;
-/// In `Shared::next`: the stream is moving its cursor to the position stored with it, and has
-/// not yet seen whether its sink left (see `Taking`).
-const BUSY: u64 = 1 << 63;
+/// In `Shared::ended`, from `bind` on: this process has no kernel barrier, so the stream's
+/// moves pass a `SeqCst` fence (see `Taking`).
+const FENCE: u64 = 4;
+/// In `Shared::next`, in place of a position: the stream is moving its cursor and has not yet
+/// seen whether its sink left (see `Taking`). No position is this large.
+const BUSY: u64 = u64::MAX;
 
 /// What a group's streams share: the ring, and the streams waiting for a write.
 pub(crate) struct Streams<M> {
@@ -129,11 +132,12 @@ impl<M> Drop for Streams<M> {
 
 /// What a stream and its sink share.
 struct Shared<M> {
-    /// The next position the stream reads in its ring, with [`BUSY`] while it moves; stored
-    /// by the stream alone (after the registry's `bind`), read by the leave (see `Taking`).
+    /// The next position the stream reads in its ring, or [`BUSY`] while it moves; stored by
+    /// the stream alone (after the registry's `bind`), read by the leave (see `Taking`).
     next: AtomicU64,
-    /// [`LEFT`] once the sink leaves, with [`KEPT`] once the leave took the rest; stored by
-    /// the leave alone (after `bind`).
+    /// [`LEFT`] once the sink leaves, with [`KEPT`] once the leave took the rest, and
+    /// [`FENCE`] if the fence pair has no kernel side; stored by `bind`, then by the leave
+    /// alone.
     ended: AtomicU64,
     /// What the leave took, from where the stream was to where it ended, in order; and how
     /// many of those were dropped. Complete once the stream sees [`KEPT`].
@@ -152,36 +156,50 @@ struct Shared<M> {
 /// A stream's cursor, which its sink's leave takes over: each position is taken by exactly
 /// one of them, and the stream pays no atomic read-modify-write for it.
 ///
-/// The stream moves from `from` to `to` in three steps: it stores `to | BUSY`, passes a
-/// light fence and loads `ended`; then it stores `to` if the sink has not left (and goes on
-/// to take `from`), or `from` if it has (and takes nothing). The leave stores `LEFT`, passes
-/// the heavy fence and loads `next`, waiting while it is `BUSY`. By the fence pair
+/// The stream moves from `from` to `to` in three steps: it stores `BUSY`, passes a light
+/// fence and loads `ended`; then it stores `to` if the sink has not left (and goes on to
+/// take `from`), or `from` if it has (and takes nothing, and stops). The leave stores `LEFT`,
+/// passes the heavy fence and loads `next`, waiting while it is `BUSY`. By the fence pair
 /// (`local::barrier`) one of the two loads sees the other side's store:
-/// - if the stream's load saw no `LEFT`, the leave sees `to | BUSY` or later, waits for `to`,
-///   and starts there: `from` is the stream's;
+/// - if the stream's load saw no `LEFT`, the leave sees `BUSY` or later, waits for `to`, and
+///   starts there: `from` is the stream's;
 /// - otherwise the stream stores `from` back and takes nothing; the leave, having waited out
 ///   `BUSY` or read `from` before it, starts at `from`.
 ///
-/// Once the leave has stored `LEFT`, every later move of the stream sees it. Where a CAS on
-/// the cursor cost each message one locked instruction (about 5 ns here), the stream now pays
-/// two plain stores and a plain load; the leave pays one `membarrier` call.
-struct Taking<'a, M>(&'a Shared<M>);
+/// Once the leave has stored `LEFT`, every later move of the stream sees it, and a read that
+/// finds nothing to move to checks `ended` itself (`MessageStream::read`). Where a CAS on the
+/// cursor cost each message one locked instruction (about 5 ns here), the stream now pays two
+/// plain stores and a plain load; the leave pays one `membarrier` call.
+struct Taking<'a, M> {
+    shared: &'a Shared<M>,
+    /// A move saw `LEFT`: the cursor is the leave's now.
+    stopped: bool,
+}
 
 impl<M> Cursor for Taking<'_, M> {
     #[inline(always)]
     fn at(&self) -> Option<u64> {
         // Only the stream stores `next`, and never leaves it `BUSY` between two moves.
-        (self.0.ended.load(Relaxed) == 0).then(|| self.0.next.load(Relaxed))
+        (!self.stopped).then(|| self.shared.next.load(Relaxed))
     }
 
     #[inline(always)]
     fn advance(&mut self, from: u64, to: u64) -> bool {
-        let Shared { next, ended, .. } = self.0;
-        next.store(to | BUSY, Relaxed);
+        let Shared { next, ended, .. } = self.shared;
+        next.store(BUSY, Relaxed);
         barrier::light();
-        if ended.load(Relaxed) != 0 {
-            next.store(from, Release);
-            return false;
+        let mut flags = ended.load(Relaxed);
+        if flags != 0 {
+            if flags & FENCE != 0 {
+                // No kernel barrier: that load was only a hint; the real fence, and again.
+                fence(SeqCst);
+                flags = ended.load(Relaxed);
+            }
+            if flags & LEFT != 0 {
+                next.store(from, Release);
+                self.stopped = true;
+                return false;
+            }
         }
         next.store(to, Release);
         true
@@ -231,7 +249,8 @@ impl<M> StreamSink<M> {
         self.shared.streams.get_or_init(|| {
             let start = streams.ring.join()?;
             self.shared.next.store(start, Release);
-            self.shared.ended.store(0, Release);
+            let fence = if barrier::prepare() { 0 } else { FENCE };
+            self.shared.ended.store(fence, Release);
             Some(streams.clone())
         });
         streams
@@ -255,11 +274,12 @@ impl<M> StreamSink<M> {
         let kept = guard.insert(Box::default());
         // Stop the stream (`Taking` has the other half), then end its membership: it had
         // every position from where it stopped to `end`.
-        self.shared.ended.store(LEFT, Relaxed);
+        let fence = self.shared.ended.load(Relaxed) & FENCE;
+        self.shared.ended.store(LEFT | fence, Relaxed);
         barrier::heavy();
         let mut at = loop {
             let at = self.shared.next.load(Acquire);
-            if at & BUSY == 0 {
+            if at != BUSY {
                 break at;
             }
             // The stream is between its two stores, which never wait: this wait ends.
@@ -277,7 +297,7 @@ impl<M> StreamSink<M> {
         }
         // Unlocked first: the stream takes the lock once it sees `KEPT`.
         drop(guard);
-        self.shared.ended.store(LEFT | KEPT, Release);
+        self.shared.ended.store(LEFT | KEPT | fence, Release);
         self.shared.waker.wake();
     }
 }
@@ -340,7 +360,8 @@ pub struct MessageStream<M> {
 impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
     pub(crate) fn new(capacity: usize) -> (StreamSink<M>, Self) {
-        // Before the stream exists: its reads rely on the fence pair's decision.
+        // Before the stream exists: its reads rely on the fence pair's decision (which `bind`
+        // writes into `ended`).
         barrier::prepare();
         let shared = Arc::new(Shared::default());
         (
@@ -373,7 +394,9 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
         let at = self.shared.next.load(Acquire);
         // While a leave is taking the rest, its count is not complete: the sum is as of now.
         let behind = match &self.streams {
-            Some(streams) if self.shared.ended.load(Acquire) == 0 => streams.ring.behind(at, None),
+            Some(streams) if self.shared.ended.load(Acquire) & LEFT == 0 => {
+                streams.ring.behind(at, None)
+            }
             _ => 0,
         };
         let kept = self.shared.kept.lock().as_ref().map_or(0, |kept| kept.1);
@@ -405,11 +428,14 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
         let Some(streams) = &self.streams else {
             return Read::End;
         };
-        match streams
-            .ring
-            .next(&mut Taking(&self.shared), None, &mut self.missed)
-        {
+        let mut cursor = Taking {
+            shared: &self.shared,
+            stopped: false,
+        };
+        match streams.ring.next(&mut cursor, None, &mut self.missed) {
             Next::Message(message) => Read::Message(message),
+            // The sink may have left while the stream had nothing to move to.
+            Next::NotYet if self.shared.ended.load(Acquire) & LEFT != 0 => self.read_kept(),
             Next::NotYet => Read::Empty,
             Next::End => self.read_kept(),
         }
@@ -526,7 +552,7 @@ impl<M: Send + Sync + 'static> Stream for MessageStream<M> {
             };
             let at = this.shared.next.load(Relaxed);
             this.shared.waker.register(cx.waker());
-            if this.shared.ended.load(Acquire) != 0 {
+            if this.shared.ended.load(Acquire) & LEFT != 0 {
                 // Leaving: it wakes the stream once it has kept the rest. Registered first, so
                 // a leave done before the registration is visible here.
                 if this.shared.ended.load(Acquire) & KEPT != 0 {
@@ -537,7 +563,7 @@ impl<M: Send + Sync + 'static> Stream for MessageStream<M> {
             // On the stack, then the mark on the slot: a write that fills it after the mark
             // finds this stream on the stack (see the module docs).
             streams.push(&this.shared);
-            if !streams.ring.wait(at) || this.shared.ended.load(Acquire) != 0 {
+            if !streams.ring.wait(at) || this.shared.ended.load(Acquire) & LEFT != 0 {
                 continue;
             }
             return Poll::Pending;
@@ -549,7 +575,7 @@ impl<M> std::fmt::Debug for MessageStream<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageStream")
             .field("missed", &self.missed)
-            .field("ended", &(self.shared.ended.load(Relaxed) != 0))
+            .field("ended", &(self.shared.ended.load(Relaxed) & LEFT != 0))
             .finish()
     }
 }
