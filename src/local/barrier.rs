@@ -24,8 +24,9 @@
 //! Which one applies is decided once, by [`prepare`], before the first frequent side that
 //! relies on it exists; it never changes afterwards. `light` does not look it up: the
 //! frequent side learns it from `prepare` and keeps it with its own data, where it reads it
-//! anyway (a stream: in the word it loads after the fence). (The same technique as Linux's RCU and
-//! folly's `asymmetricLightBarrier`; seize, which papaya uses, has it too, privately.)
+//! anyway (a stream: in the word it loads after the fence, which its sink's `bind` writes).
+//! The same technique as Linux's RCU and folly's `asymmetricLightBarrier`; seize, which
+//! papaya uses, has it too, privately.
 //!
 //! In the loom models `light` and `heavy` are both loom's `SeqCst` fence: loom checks the
 //! protocol built on the pair as the fallback runs it (store, fence, load on both sides),

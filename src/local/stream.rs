@@ -360,9 +360,6 @@ pub struct MessageStream<M> {
 impl<M: Send + Sync + 'static> MessageStream<M> {
     /// A new stream and the sink to register for it.
     pub(crate) fn new(capacity: usize) -> (StreamSink<M>, Self) {
-        // Before the stream exists: its reads rely on the fence pair's decision (which `bind`
-        // writes into `ended`).
-        barrier::prepare();
         let shared = Arc::new(Shared::default());
         (
             StreamSink {
