@@ -68,8 +68,9 @@
 //! cursor and a plain load of its end, which its sink's leave (a session close, a removal)
 //! synchronises with through an asymmetric fence pair (`local/barrier.rs`). Only claiming the
 //! message from its slot is a compare-and-swap. The leave pays for it: on Linux a
-//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` call, about a microsecond, which interrupts
-//! each CPU that is running one of the process's threads at that moment; elsewhere, or where
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` call, about 120 ns with no other thread of
+//! the process running (100,000 streams created and closed: 686 → 808 ns each), plus an
+//! interrupt to each CPU that is running one at that moment; elsewhere, or where
 //! the kernel refuses it, a `SeqCst` fence on both sides (one locked instruction per read).
 //!
 //! # Posting globally

@@ -15,8 +15,9 @@
 //!   every thread of the process that is running execute a full fence, and a thread that is
 //!   not running passes through the scheduler's, before the call returns. So `light` only has
 //!   to keep the compiler from moving the load above the store: a compiler fence, no
-//!   instruction. The call costs about a microsecond (an interrupt to each CPU running one of
-//!   the process's threads), which the rare side pays.
+//!   instruction. The rare side pays the call: about 120 ns here with no other thread of the
+//!   process running (`churn/streams/one_at_a_time`), plus an interrupt to each CPU that is
+//!   running one.
 //! - **Elsewhere**, or if the kernel refuses the command, `heavy` is a `SeqCst` fence, and
 //!   the frequent side must pass a `SeqCst` fence of its own instead of `light` (one locked
 //!   instruction on x86-64): two such fences pair by themselves.
