@@ -62,8 +62,9 @@ impl BusInner {
         channel: &str,
         message: &M,
     ) -> Result<Delivery, PostError> {
-        let bytes = global.codec.encode(message)?;
-        let ticket = global.transport.broadcast(channel, bytes)?;
+        let ticket = global
+            .codec
+            .encode_with(message, |bytes| global.transport.broadcast(channel, bytes))??;
         self.registry.counters.record_post(&Tally::default());
         Ok(Delivery::global(ticket))
     }

@@ -13,6 +13,7 @@
 //! facade ([`crate::Bus`]) picks a transport and wires it to the core. Nothing below a
 //! transport names it.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -32,12 +33,13 @@ pub(crate) trait Transport: Interest {
     fn start(&self, local: Weak<dyn Receive>);
 
     /// Queues one encoded message (a Native record, or a whole Serverpod payload) for
-    /// `channel`, the bus's own name of it (without namespace). Never waits.
+    /// `channel`, the bus's own name of it (without namespace). Never waits. A borrowed
+    /// message is the codec's scratch buffer: copy it.
     ///
     /// # Errors
     ///
     /// [`PostError::Backpressure`] when the transport holds as much as it may (G07).
-    fn broadcast(&self, channel: &str, message: Vec<u8>) -> Result<Ticket, PostError>;
+    fn broadcast(&self, channel: &str, message: Cow<'_, [u8]>) -> Result<Ticket, PostError>;
 
     /// Returns once everything broadcast before the call is acknowledged (G12).
     fn flush(&self) -> BoxFuture<'_, Result<(), BusError>>;

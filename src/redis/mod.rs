@@ -52,6 +52,7 @@ mod state;
 mod subscriber;
 mod window;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -64,7 +65,7 @@ use crate::error::{BusError, PostError};
 use crate::events::EventHub;
 use crate::stats::Stats;
 use crate::transport::{BoxFuture, Interest, Receive, Ticket, Transport};
-use crate::wire::codec::Codec;
+use crate::wire::codec::{Codec, Encoded};
 pub(crate) use connection::redact;
 use connection::Redis;
 use dispatch::Dispatch;
@@ -200,7 +201,7 @@ impl Transport for RedisTransport {
     /// # Errors
     ///
     /// `Backpressure` when `outage_buffer` posts are already waiting (G07).
-    fn broadcast(&self, channel: &str, message: Vec<u8>) -> Result<Ticket, PostError> {
+    fn broadcast(&self, channel: &str, message: Cow<'_, [u8]>) -> Result<Ticket, PostError> {
         let state = &self.state;
         let channel = state.redis_channel_shared(channel);
         // On a cluster, the budget of the channel's master: one that is unreachable fills
@@ -235,7 +236,11 @@ impl Transport for RedisTransport {
         state.backpressure(counted, &channel, false);
         state.queue.push(Outgoing {
             channel,
-            bytes: message,
+            // Copied here, once, into the queue's slot (inline when small).
+            bytes: match message {
+                Cow::Borrowed(bytes) => Encoded::from_slice(bytes),
+                Cow::Owned(bytes) => Encoded::from_vec(bytes),
+            },
             ticket: number,
             budget,
         });

@@ -134,7 +134,7 @@ pub(super) async fn run(state: Arc<State>, redis: Arc<Redis>) {
                 .drain(..)
                 .map(|post| Command {
                     charges: vec![(post.budget, 1, post.bytes.len() as u64)],
-                    outbound: Outbound::new(post.channel.to_string(), post.bytes),
+                    outbound: Outbound::new(post.channel.to_string(), post.bytes.into_vec()),
                     tickets: Arc::new([post.ticket]),
                 })
                 .collect(),
@@ -382,7 +382,7 @@ mod tests {
     fn frames_respect_the_size_bound_and_channel_order() {
         let post = |channel: &str, ticket| Outgoing {
             channel: channel.into(),
-            bytes: vec![0; 100],
+            bytes: [0; 100].as_slice().into(),
             ticket,
             budget: 0,
         };

@@ -19,7 +19,7 @@ use super::window::Window;
 use crate::error::{BusError, PostError, Reason};
 use crate::events::{BusEvent, EventHub};
 use crate::transport::{BoxFuture, Settlement};
-use crate::wire::codec::Codec;
+use crate::wire::codec::{Codec, Encoded};
 use crate::wire::control;
 use crate::wire::frame::Origin;
 
@@ -28,7 +28,7 @@ pub(crate) struct Outgoing {
     /// The Redis channel: namespace and name ([`State::redis_channel_shared`]).
     pub(crate) channel: Arc<str>,
     /// A Native record, or a whole Serverpod payload.
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Encoded,
     pub(crate) ticket: u64,
     /// The outage budget it counts against ([`State::budget_of`]).
     pub(crate) budget: u8,

@@ -67,6 +67,19 @@ use crate::error::{PostError, Reason};
 use crate::message::Message;
 use crate::revocation::RevokedAuthentication;
 
+/// Bytes of an encoded post held inline, without an allocation: a record of a small message
+/// (its class name and a few fields) fits.
+pub(crate) const INLINE: usize = 64;
+
+/// One post, encoded: a Native record or a whole Serverpod payload.
+///
+/// A post is encoded on the posting thread and freed on the publisher's. With glibc's
+/// allocator a buffer freed on another thread goes back to its arena under a lock and is
+/// merged on the next allocation there; that took about a fifth of the CPU of the
+/// `global_throughput` bench (`perf`, 2026-12). Up to [`INLINE`] bytes travel in the queue's
+/// slot instead; a larger post takes one allocation, as before.
+pub(crate) type Encoded = smallvec::SmallVec<[u8; INLINE]>;
+
 /// A message's payload as received.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Payload<'a> {
@@ -96,6 +109,8 @@ pub(crate) struct Codec {
 }
 
 thread_local! {
+    /// Where this thread encodes a Native record before it is copied into an [`Encoded`].
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     /// The last (codec, type) whose claim this thread found in effect. A claim is never
     /// withdrawn, so this stays true: the next post or receive of that type on that bus, on
     /// this thread, skips the shared lock and the lookup (two cache misses when another
@@ -221,76 +236,108 @@ impl Codec {
         matches!(class, USER | AUTH_ID | SCOPE) || self.known.read().contains(class)
     }
 
-    /// Encodes `message` for the publish queue: a Native record, or a whole Serverpod
-    /// payload.
+    /// Encodes `message` for the publish queue, a Native record or a whole Serverpod
+    /// payload, and hands the bytes to `hand`: borrowed from this thread's scratch buffer when
+    /// they are small (so the queue's slot is the one copy), owned otherwise.
     ///
     /// # Errors
     ///
     /// [`PostError::Encode`] when serde refuses the value, the class name is too long, or
     /// `M` is in conflict for its class (see "One type per own name" above);
-    /// [`PostError::TooLarge`] past `max_message_bytes`.
-    pub(crate) fn encode<M: Message>(&self, message: &M) -> Result<Vec<u8>, PostError> {
+    /// [`PostError::TooLarge`] past `max_message_bytes`. `hand` is not called then.
+    pub(crate) fn encode_with<M: Message, R>(
+        &self,
+        message: &M,
+        hand: impl FnOnce(Cow<'_, [u8]>) -> R,
+    ) -> Result<R, PostError> {
         match (message as &dyn Any).downcast_ref::<RevokedAuthentication>() {
-            Some(RevokedAuthentication::User) => self.encode_as(USER, &UserData {}),
+            Some(RevokedAuthentication::User) => self.encode_as(USER, &UserData {}, hand),
             Some(RevokedAuthentication::AuthId(id)) => self.encode_as(
                 AUTH_ID,
                 &AuthIdData {
                     auth_id: Cow::Borrowed(id),
                 },
+                hand,
             ),
             Some(RevokedAuthentication::Scope(scopes)) => self.encode_as(
                 SCOPE,
                 &ScopeData {
                     scopes: scopes.clone(),
                 },
+                hand,
             ),
             None => {
                 let class = self.class_of::<M>();
                 self.claim::<M>(class)
                     .map_err(|conflict| PostError::Encode(Reason::new(conflict)))?;
-                self.encode_as(class, message)
+                self.encode_as(class, message, hand)
             }
         }
     }
 
-    fn encode_as<T: Serialize + ?Sized>(
+    /// [`Codec::encode_with`], into a `Vec`.
+    #[cfg(test)]
+    pub(crate) fn encode<M: Message>(&self, message: &M) -> Result<Vec<u8>, PostError> {
+        self.encode_with(message, |bytes| bytes.into_owned())
+    }
+
+    fn encode_as<T: Serialize + ?Sized, R>(
         &self,
         class: &str,
         data: &T,
-    ) -> Result<Vec<u8>, PostError> {
+        hand: impl FnOnce(Cow<'_, [u8]>) -> R,
+    ) -> Result<R, PostError> {
         if class.is_empty() || class.len() > MAX_CLASS_LEN {
             return Err(PostError::Encode(Reason::new(format!(
                 "class name of {} bytes; it must have 1 to {MAX_CLASS_LEN}",
                 class.len()
             ))));
         }
-        let (bytes, size) = match self.format {
+        match self.format {
             WireFormat::Serverpod => {
                 let json = serde_json::to_vec(data).map_err(encode_error)?;
                 let mut out = Vec::with_capacity(json.len() + 2 * class.len() + 48);
                 serverpod::encode_serverpod(&mut out, class, &json);
-                let size = out.len();
-                (out, size)
+                self.fits(out.len())?;
+                Ok(hand(Cow::Owned(out)))
             }
             WireFormat::Native => {
-                let mut out = Vec::with_capacity(64);
-                frame::write_record(&mut out, class, |out| {
+                // Written into this thread's scratch `Vec`, whose one-byte writes (most of
+                // MessagePack's) are a capacity check and a store: into the inline
+                // `Encoded` directly, each took a call and twice the time. A post from a
+                // thread-local destructor, after the scratch is gone, writes a new `Vec`.
+                let mut out = SCRATCH.try_with(Cell::take).unwrap_or_default();
+                out.clear();
+                let written = frame::write_record(&mut out, class, |out| {
                     rmp_serde::encode::write_named(out, data)
                 })
-                .map_err(encode_error)?;
+                .map_err(encode_error)
                 // A Native message travels in a frame: it must fit one with its header (and
                 // its MAC, when frames are signed).
-                let size = out.len() + HEADER_LEN + self.keys.overhead();
-                (out, size)
+                .and_then(|()| self.fits(out.len() + HEADER_LEN + self.keys.overhead()));
+                let handed = match written {
+                    Err(error) => Err(error),
+                    Ok(()) if out.len() <= INLINE => Ok(hand(Cow::Borrowed(&out))),
+                    // Larger: the scratch buffer itself goes, not a copy of it, and the
+                    // thread keeps no buffer the size of its largest post.
+                    Ok(()) => return Ok(hand(Cow::Owned(out))),
+                };
+                // `Cell::replace`, not `LocalKey::set`, which takes a lazy-init path.
+                let _ = SCRATCH.try_with(|scratch| scratch.replace(out));
+                handed
             }
-        };
+        }
+    }
+
+    /// `Ok` when a message of `size` bytes on the wire is within `max_message_bytes`.
+    fn fits(&self, size: usize) -> Result<(), PostError> {
         if size > self.max_message_bytes {
             return Err(PostError::TooLarge {
                 size,
                 max: self.max_message_bytes,
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Decodes a message of class `class` as an `M`: `None` when `M` does not take that class.
@@ -549,6 +596,40 @@ mod tests {
             reason.contains(std::any::type_name::<Summary>()),
             "the refusal names the type: {reason}"
         );
+    }
+
+    #[test]
+    fn small_records_are_lent_from_scratch_and_large_ones_handed_over() {
+        let codec = codec(WireFormat::Native);
+        let record = |text: &str| {
+            let mut out = Vec::new();
+            frame::write_record(&mut out, "String", |out| {
+                rmp_serde::encode::write_named(out, text)
+            })
+            .unwrap();
+            out
+        };
+        // Small, large, then small again: the scratch buffer given away with the large one
+        // leaves nothing of it in the next.
+        for text in ["hi", &"x".repeat(INLINE * 4), "hello"] {
+            let handed = codec
+                .encode_with(&text.to_string(), |bytes| {
+                    (matches!(bytes, Cow::Borrowed(_)), bytes.into_owned())
+                })
+                .unwrap();
+            assert_eq!(
+                handed,
+                (record(text).len() <= INLINE, record(text)),
+                "{text}"
+            );
+        }
+        // A refused message leaves the scratch buffer usable, and is never handed.
+        let small = Codec::new(WireFormat::Native, HEADER_LEN + 16, HashMap::new());
+        assert!(small
+            .encode_with(&"y".repeat(64), |_| unreachable!())
+            .is_err());
+        let handed = small.encode_with(&"z".to_string(), |bytes| bytes.into_owned());
+        assert_eq!(handed.unwrap(), record("z"));
     }
 
     #[test]
