@@ -5,7 +5,8 @@
 //!
 //! - The bus encodes a message on the posting thread (so encoding errors and `TooLarge` are
 //!   returned by `post_message`); [`RedisTransport::broadcast`] takes a *ticket* and pushes
-//!   it onto a lock-free queue (crossbeam's `SegQueue`). It never waits for Redis.
+//!   it onto a lock-free queue (crossbeam's `SegQueue`), a small message's bytes inline in
+//!   the queue's slot (`wire::codec::Encoded`). It never waits for Redis.
 //! - One publisher task ([`publisher`]) drains whatever is queued into one pipelined write on
 //!   the publisher connection (G05); in [`WireFormat::Native`](crate::WireFormat) it coalesces
 //!   the messages of one channel into one PUBLISH frame ([`crate::wire::frame`]). A lone post leaves at
