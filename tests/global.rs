@@ -371,6 +371,48 @@ async fn g05_posts_are_batched_under_load_and_a_lone_post_leaves_at_once() {
     );
 }
 
+/// A small post travels inline in the publish queue and a larger one in a buffer of its own
+/// (`wire::codec::Encoded`); a burst of both, from two threads, shares frames and arrives
+/// whole, each thread's in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g05_small_and_large_posts_are_batched_together_whole_and_in_order() {
+    const POSTS: usize = 2_000;
+    let server = RedisServer::start();
+    let (a, b) = (redis_bus(&server).await, redis_bus(&server).await);
+    let got = recorder::<String>(b.messages(), "g05-sizes");
+    ready(&b).await;
+    // Every length from empty to well past the inline bound, tagged with its thread.
+    let text = |thread: usize, i: usize| format!("{thread}:{i}:{}", "s".repeat(i % 150));
+    let posters: Vec<_> = (0..2)
+        .map(|thread| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..POSTS {
+                    global(&a, "g05-sizes", text(thread, i));
+                }
+            })
+        })
+        .collect();
+    for poster in posters {
+        poster.join().unwrap();
+    }
+    flush(&a).await;
+    wait_until("b received every post", DEADLINE, || {
+        got.lock().unwrap().len() == 2 * POSTS
+    })
+    .await;
+    let got = snapshot(&got);
+    for thread in 0..2 {
+        let mine: Vec<&String> = got
+            .iter()
+            .filter(|t| t.starts_with(&format!("{thread}:")))
+            .collect();
+        let expected: Vec<String> = (0..POSTS).map(|i| text(thread, i)).collect();
+        assert!(mine.iter().copied().eq(expected.iter()), "thread {thread}");
+    }
+    assert!(a.stats().global_batches < (2 * POSTS) as u64, "{:?}", a.stats());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g06_native_frames_carry_origin_and_sequence_duplicates_dropped_gaps_reported() {
     let server = RedisServer::start();
