@@ -410,7 +410,11 @@ async fn g05_small_and_large_posts_are_batched_together_whole_and_in_order() {
         let expected: Vec<String> = (0..POSTS).map(|i| text(thread, i)).collect();
         assert!(mine.iter().copied().eq(expected.iter()), "thread {thread}");
     }
-    assert!(a.stats().global_batches < (2 * POSTS) as u64, "{:?}", a.stats());
+    assert!(
+        a.stats().global_batches < (2 * POSTS) as u64,
+        "{:?}",
+        a.stats()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
