@@ -209,6 +209,13 @@ impl<M> Cursor for Taking<'_, M> {
 /// What a leave took for its stream: the messages, in order, and how many it found dropped.
 type Kept<M> = (VecDeque<Arc<M>>, u64);
 
+impl<M> Shared<M> {
+    /// Whether the sink has left (or was never bound): the stream takes no more positions.
+    fn left(&self) -> bool {
+        self.ended.load(Acquire) & LEFT != 0
+    }
+}
+
 impl<M> Default for Shared<M> {
     fn default() -> Self {
         Shared {
@@ -274,8 +281,8 @@ impl<M> StreamSink<M> {
         let kept = guard.insert(Box::default());
         // Stop the stream (`Taking` has the other half), then end its membership: it had
         // every position from where it stopped to `end`.
-        let fence = self.shared.ended.load(Relaxed) & FENCE;
-        self.shared.ended.store(LEFT | fence, Relaxed);
+        // `fetch_or`s, here and below: `ended` keeps the `FENCE` bit that `bind` set.
+        self.shared.ended.fetch_or(LEFT, Relaxed);
         barrier::heavy();
         let mut at = loop {
             let at = self.shared.next.load(Acquire);
@@ -297,7 +304,7 @@ impl<M> StreamSink<M> {
         }
         // Unlocked first: the stream takes the lock once it sees `KEPT`.
         drop(guard);
-        self.shared.ended.store(LEFT | KEPT | fence, Release);
+        self.shared.ended.fetch_or(KEPT, Release);
         self.shared.waker.wake();
     }
 }
@@ -391,9 +398,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
         let at = self.shared.next.load(Acquire);
         // While a leave is taking the rest, its count is not complete: the sum is as of now.
         let behind = match &self.streams {
-            Some(streams) if self.shared.ended.load(Acquire) & LEFT == 0 => {
-                streams.ring.behind(at, None)
-            }
+            Some(streams) if !self.shared.left() => streams.ring.behind(at, None),
             _ => 0,
         };
         let kept = self.shared.kept.lock().as_ref().map_or(0, |kept| kept.1);
@@ -432,7 +437,7 @@ impl<M: Send + Sync + 'static> MessageStream<M> {
         match streams.ring.next(&mut cursor, None, &mut self.missed) {
             Next::Message(message) => Read::Message(message),
             // The sink may have left while the stream had nothing to move to.
-            Next::NotYet if self.shared.ended.load(Acquire) & LEFT != 0 => self.read_kept(),
+            Next::NotYet if self.shared.left() => self.read_kept(),
             Next::NotYet => Read::Empty,
             Next::End => self.read_kept(),
         }
@@ -549,7 +554,7 @@ impl<M: Send + Sync + 'static> Stream for MessageStream<M> {
             };
             let at = this.shared.next.load(Relaxed);
             this.shared.waker.register(cx.waker());
-            if this.shared.ended.load(Acquire) & LEFT != 0 {
+            if this.shared.left() {
                 // Leaving: it wakes the stream once it has kept the rest. Registered first, so
                 // a leave done before the registration is visible here.
                 if this.shared.ended.load(Acquire) & KEPT != 0 {
@@ -560,7 +565,7 @@ impl<M: Send + Sync + 'static> Stream for MessageStream<M> {
             // On the stack, then the mark on the slot: a write that fills it after the mark
             // finds this stream on the stack (see the module docs).
             streams.push(&this.shared);
-            if !streams.ring.wait(at) || this.shared.ended.load(Acquire) & LEFT != 0 {
+            if !streams.ring.wait(at) || this.shared.left() {
                 continue;
             }
             return Poll::Pending;
@@ -572,7 +577,7 @@ impl<M> std::fmt::Debug for MessageStream<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageStream")
             .field("missed", &self.missed)
-            .field("ended", &(self.shared.ended.load(Relaxed) & LEFT != 0))
+            .field("ended", &self.shared.left())
             .finish()
     }
 }
