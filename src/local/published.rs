@@ -2,55 +2,106 @@
 //! reference count, and which a registration replaces.
 //!
 //! This does what `arc_swap::ArcSwapOption::load` did for the post path, with the same
-//! reclamation (the last holder frees, at once: S03), in about half the instructions: one
-//! thread-local read, a load, a store, a fence and a load to borrow, a compare-and-swap to
-//! give back.
-//! It is a hazard-pointer scheme whose hazards become counted references when a writer
-//! replaces what they protect (arc-swap's "debts"), specialised to one use: a thread's
-//! borrows are a bitmask over a fixed array of slots, found without a search.
+//! reclamation (the last holder frees, at once: S03), and, once a channel has settled, with
+//! no locked instruction on the post's side: one thread-local read, a load, a store and a
+//! load to borrow, a store and a load to give back.
+//! It is a hazard-pointer scheme with an asymmetric fence ([`super::barrier`]): a thread's
+//! borrows are a bitmask over a fixed array of slots, found without a search, and a value
+//! replaced while a reader holds it is *retired*, then freed by whichever side lets go of it
+//! last.
 //!
 //! # Algorithm
 //!
-//! The cell holds an `Arc<T>` as a raw pointer (`Arc::into_raw`), or null. Every thread that
-//! borrows owns a [`Record`] of [`SLOTS`] slots, each holding the address of one borrowed
-//! value or null; records are never freed, and a thread's record is reused by a later thread
-//! once it ends.
+//! The cell holds an `Arc<T>` as a raw pointer (`Arc::into_raw`), or null, and in the
+//! pointer's low bit the value's *mode* ([`FENCED`], below). Every thread that borrows owns a
+//! [`Record`] of [`SLOTS`] slots, each holding the address of one borrowed value or null;
+//! records are never freed, and a thread's record is reused by a later thread once it ends.
+//! Below, a reader's *fence* is a `SeqCst` fence for a fenced value and
+//! [`barrier::light`] (no instruction) for a light one; a writer's is a `SeqCst` fence when
+//! the value it replaced was fenced, and [`barrier::heavy`] (a `membarrier` call) when it was
+//! light.
 //!
 //! - **Borrow** (reader): load the cell's pointer `p` (`Acquire`: `p`'s contents were written
-//!   before it was published); store `p` in a free slot of this thread's record; a `SeqCst`
-//!   fence; load the cell again. If it still holds `p`, `p` is borrowed: the slot is a
-//!   debt of one reference. If not, a writer replaced `p` in between: give the slot back (as
-//!   below) and start again.
-//! - **Replace** (writer, one at a time per cell: the topic's lock): swap the new pointer in;
-//!   a `SeqCst` fence; then, for every slot of every record that holds the old pointer `o`, pay the
-//!   debt: add one reference to `o`, then compare-and-swap the slot from `o` to null; if that
-//!   fails, the reader gave the slot back first, and the reference is taken back. The old
-//!   `Arc` is returned only after every slot was looked at.
-//! - **Give back** (reader, when the borrow ends): compare-and-swap the slot from `p` to null
-//!   (`Release`). If it fails, a writer paid the debt: the reader holds a counted reference
-//!   and drops it, which frees `p` if it was the last.
+//!   before it was published); store `p` in a free slot of this thread's record; the
+//!   reader's fence; load the cell again. If it still holds `p` (and its mode), `p` is
+//!   borrowed. If not, a writer replaced `p` in between: give the slot back (as below) and
+//!   start again.
+//! - **Replace** (writer, one at a time per cell: the topic's lock): swap the new pointer in,
+//!   fenced; the writer's fence; look at every slot of every record. If none holds the old
+//!   pointer `o`, the cell's reference to `o` is the caller's. If one does, the writer takes a
+//!   reference of its own for the caller and *retires* the cell's: it counts it in
+//!   [`PENDING`], stores it in a free [`Entry`] of the global table of retired values,
+//!   passes its fence again and reclaims (below).
+//! - **Give back** (reader, when the borrow ends): store null in the slot (`Release`); the
+//!   reader's fence, in the mode it borrowed in; load [`PENDING`]. If it is not zero, reclaim.
+//! - **Reclaim** (a writer that retired, or a reader that gave back while something was
+//!   retired): a `SeqCst` fence; then for each retired value, look at every slot, and if
+//!   none holds it, claim its entry with a compare-and-swap and drop the retired reference.
 //!
-//! Why a value is never freed while borrowed: the reader's fence sits between its slot store
-//! and its second load, the writer's between its swap and its reading of the slots, and the
-//! two fences are `SeqCst`, so one comes first in their single total order. If the reader's
-//! does, the writer's scan sees the slot store and pays the debt before it lets go of `o`; if
-//! the writer's does, the reader's second load sees the swap (or a later pointer) and does not
-//! use `p`. (Fences rather than `SeqCst` accesses: loom models fences exactly and treats
-//! `SeqCst` accesses as weaker, so the models below check this argument; on x86-64 the fence
-//! is one locked instruction, as the `SeqCst` store was.) The writer adds the reference before
-//! it clears the slot, and a reader whose give-back fails has acquired that clearing, so a
-//! reader's drop never comes before the reference it drops. Two borrows of the same value
-//! (a listener posting to its own channel) are two slots and two debts.
+//! Why a value is never freed while borrowed: a reader's fence sits between its slot store
+//! and its second load, a writer's between its swap and its reading of the slots. Two
+//! `SeqCst` fences pair by themselves: one comes first in their single total order. The
+//! kernel's barrier makes every running thread of the process pass a full fence during the
+//! call (a thread that is not running passes the scheduler's), so it pairs with any reader,
+//! light or fenced. Either way, the reader's store comes before the writer's reading, and
+//! the writer sees the slot, or the reader's second load comes after the swap, sees it (or a
+//! later pointer) and does not use `p`. A value a slot holds at the writer's look is
+//! retired, not freed: only a scan that finds no slot holding it drops the retired
+//! reference.
+//!
+//! Why a retired value is freed at once when its last borrow ends, with nothing else needed:
+//! the reader's store of null, fence and load of [`PENDING`] pair the same way with the
+//! writer's count, fence and scan, so either the writer's scan sees the slot empty, or the
+//! reader sees the count and reclaims. Two readers that let go of the same value at once
+//! both pass a `SeqCst` fence before they look, so at least one of them sees the other's
+//! slot empty. So the value is released within the call of whichever thread lets go last:
+//! once every post that held it has returned, it is gone (the tests of S03 and L09 check
+//! exactly that). Any number of threads may reclaim at once: each release is claimed by
+//! one compare-and-swap of its entry's state, which carries a generation, so a reclaim that
+//! read an entry before it was released and filled again fails its claim. Two borrows of
+//! the same value (a listener posting to its own channel) are two slots, both looked at.
+//!
+//! # Modes
+//!
+//! A `membarrier` call costs a replace about 0.4 µs on an idle machine, and far more where
+//! other threads of the process are running (an interrupt to each of their CPUs: about 14 µs
+//! a call on this project's 2-CPU VM with one other thread spinning). Paid on every
+//! registration change, it doubled the registration churn bench; a `SeqCst` fence costs a
+//! post about 5 ns. So each value has a mode, and the cheap side follows the traffic:
+//!
+//! - a replace publishes its new value *fenced*: its readers pass `SeqCst` fences, and the
+//!   replace after it passes a `SeqCst` fence too, with no system call. Registrations in a
+//!   row (a burst, a churn) cost what they did before this scheme;
+//! - a reader that has borrowed [`FLIP_AFTER`] fenced values (a count per thread) makes the
+//!   one it borrows *light* with a compare-and-swap of the cell's mode bit, same pointer;
+//!   from then on its posts pass no fence. The replace that ends a light value pays the
+//!   kernel's barrier.
+//!
+//! So a channel that is posted to more than it changes ends up light, and one that changes
+//! more than it is posted to stays fenced; the barrier is paid at most once per
+//! [`FLIP_AFTER`] fenced posts of a thread. A reader that borrowed a value fenced gives it
+//! back fenced, and the writer's fences follow the mode it found, so every pair matches: a
+//! value is only ever made light in place (never fenced again), and a writer that retires
+//! it passes the fence of the mode it swapped out. Where the kernel has no barrier
+//! ([`barrier::prepare`]), every borrow is fenced and no value is made light.
+//!
+//! The models below check these arguments with both fences as loom's `SeqCst` fence (loom
+//! models fences exactly, and has no `membarrier`), with every fenced borrow flipping its
+//! value. That a light borrow's fence is no instruction rests on the kernel's guarantee
+//! (`barrier`'s docs) and is exercised by the stress test below.
 //!
 //! # Progress
 //!
 //! A borrow is lock-free, and wait-free while no writer replaces the value: it loads again
 //! only when a registration replaced the snapshot between its two loads, that is, when
-//! another thread made progress. Giving back is wait-free. A thread's first borrow, and a
-//! borrow nested more than [`SLOTS`] deep on one thread (a listener that posts, whose
-//! listener posts, ...), take a record from the pool, allocating one if none is free: a
-//! lock-free scan and one compare-and-swap, never a wait. A replace visits every slot of every
-//! record (`SLOTS` per thread that ever borrowed at once): it is on the registration side.
+//! another thread made progress. Giving back is wait-free: with something retired it also
+//! reclaims, a bounded look at every entry and slot that waits for no one. A thread's first borrow, and a borrow
+//! nested more than [`SLOTS`] deep on one thread (a listener that posts, whose listener
+//! posts, ...), take a record from the pool, allocating one if none is free: a lock-free scan
+//! and one compare-and-swap, never a wait. A replace visits every slot of every record
+//! (`SLOTS` per thread that ever borrowed at once), and makes a `membarrier` call when the
+//! value it ends was light (two when a post held it then), and a value it retires takes a
+//! free entry, or a new chunk of them: it is on the registration side.
 
 #![allow(unsafe_code)] // The one module that needs it: see the SAFETY comments.
 
@@ -59,7 +110,8 @@ use std::marker::PhantomData;
 use std::ptr;
 use std::sync::Arc;
 
-use crate::sync::{fence, AtomicBool, AtomicPtr, Ordering::*};
+use super::barrier;
+use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 
 /// Slots per record: borrows a thread can hold at once before it takes another record.
 const SLOTS: usize = 8;
@@ -136,7 +188,17 @@ fn acquire() -> &'static Record {
 struct Local {
     record: usize,
     used: u32,
+    /// What [`barrier::prepare`] returned: whether this thread's borrows may use
+    /// [`barrier::light`].
+    light: bool,
+    /// Fenced borrows left before this thread makes the value it borrows light (see the
+    /// module docs, Modes).
+    countdown: u16,
 }
+
+/// Fenced borrows a thread makes before it makes one value light: see the module docs, Modes.
+/// One in the models, so that they race every flip with the replaces.
+const FLIP_AFTER: u16 = if cfg!(evbus_loom) { 1 } else { 256 };
 
 /// [`Local::record`] of a thread whose record went back to the pool.
 const DEAD: usize = 1;
@@ -149,13 +211,20 @@ const POOL: u32 = u32::MAX;
 
 #[cfg(not(evbus_loom))]
 thread_local! {
-    static LOCAL: Cell<Local> = const { Cell::new(Local { record: 0, used: FULL }) };
+    static LOCAL: Cell<Local> = const {
+        Cell::new(Local { record: 0, used: FULL, light: false, countdown: FLIP_AFTER })
+    };
     /// Gives this thread's record back to the pool when the thread ends.
     static GIVE_BACK: GiveBack = const { GiveBack };
 }
 #[cfg(evbus_loom)]
 loom::thread_local! {
-    static LOCAL: Cell<Local> = Cell::new(Local { record: 0, used: FULL });
+    static LOCAL: Cell<Local> = Cell::new(Local {
+        record: 0,
+        used: FULL,
+        light: false,
+        countdown: FLIP_AFTER,
+    });
     static GIVE_BACK: GiveBack = GiveBack;
 }
 
@@ -165,7 +234,7 @@ struct GiveBack;
 impl Drop for GiveBack {
     fn drop(&mut self) {
         let _ = LOCAL.try_with(|local| {
-            let Local { record, used } = local.get();
+            let Local { record, used, .. } = local.get();
             debug_assert!(
                 used == 0 || used == FULL,
                 "a borrow outlived its thread's record"
@@ -173,6 +242,8 @@ impl Drop for GiveBack {
             local.set(Local {
                 record: DEAD,
                 used: FULL,
+                light: false,
+                countdown: FLIP_AFTER,
             });
             if record > DEAD {
                 // SAFETY: a record's address, set by `slot` from a leaked record.
@@ -184,11 +255,11 @@ impl Drop for GiveBack {
     }
 }
 
-/// A free slot for one borrow, and its index in this thread's record ([`POOL`] when
-/// the borrow took a record of its own).
+/// A free slot for one borrow, its index in this thread's record ([`POOL`] when
+/// the borrow took a record of its own), and whether the borrow may use [`barrier::light`].
 #[inline]
-fn slot() -> (&'static AtomicPtr<()>, u32) {
-    let (record, index) = LOCAL
+fn slot() -> (&'static AtomicPtr<()>, u32, bool) {
+    let (record, index, light) = LOCAL
         .try_with(|cell| {
             let local = cell.get();
             let index = local.used.trailing_ones();
@@ -198,21 +269,21 @@ fn slot() -> (&'static AtomicPtr<()>, u32) {
                     ..local
                 });
             }
-            (local.record, index)
+            (local.record, index, local.light)
         })
-        .unwrap_or((0, u32::MAX));
+        .unwrap_or((0, u32::MAX, false));
     if (index as usize) < SLOTS {
         // SAFETY: with a slot free, `record` is a record's address (set by `slot_slow`, from a
         // leaked record).
         let record = unsafe { &*(record as *const Record) };
-        return (&record.slots[index as usize], index);
+        return (&record.slots[index as usize], index, light);
     }
     slot_slow()
 }
 
 /// [`slot`] on a thread's first borrow, or when its record has no free slot, or as it ends.
 #[cold]
-fn slot_slow() -> (&'static AtomicPtr<()>, u32) {
+fn slot_slow() -> (&'static AtomicPtr<()>, u32, bool) {
     let first = matches!(LOCAL.try_with(|cell| cell.get().record == 0), Ok(true));
     if first && GIVE_BACK.try_with(|_| ()).is_ok() {
         let record = acquire();
@@ -220,11 +291,66 @@ fn slot_slow() -> (&'static AtomicPtr<()>, u32) {
             cell.set(Local {
                 record: record as *const Record as usize,
                 used: 0,
+                light: barrier::prepare(),
+                countdown: FLIP_AFTER,
             })
         });
         return slot();
     }
-    (&acquire().slots[0], POOL)
+    (&acquire().slots[0], POOL, barrier::prepare())
+}
+
+/// The fence between a reader's store and its load: [`barrier::light`] for a light value,
+/// else a `SeqCst` fence (see the module docs, Modes).
+#[inline(always)]
+fn reader_fence(fenced: bool) {
+    if fenced {
+        fence(SeqCst);
+    } else {
+        barrier::light();
+    }
+}
+
+/// The fence between a writer's store and its reading of the slots: the kernel's barrier
+/// when what it replaced was light, else a `SeqCst` fence.
+#[inline]
+fn writer_fence(fenced: bool) {
+    if fenced {
+        fence(SeqCst);
+    } else {
+        barrier::heavy();
+    }
+}
+
+/// The low bit of the cell's pointer: its readers pass a `SeqCst` fence (see the module
+/// docs, Modes). A value `Published` holds is aligned to at least 2 (checked in `new`).
+const FENCED: usize = 1;
+
+/// `value` without its mode.
+#[inline(always)]
+fn untag<T>(value: *mut T) -> *mut T {
+    value.map_addr(|address| address & !FENCED)
+}
+
+/// Makes this thread's count of fenced borrows go down, and at zero makes the value of
+/// `cell` light if it still is `current` (see the module docs, Modes).
+#[inline(never)]
+fn count_fenced<T>(cell: &AtomicPtr<T>, current: *mut T) {
+    let due = LOCAL.try_with(|local| {
+        let mut counted = local.get();
+        counted.countdown -= 1;
+        let due = counted.countdown == 0;
+        if due {
+            counted.countdown = FLIP_AFTER;
+        }
+        local.set(counted);
+        due
+    });
+    if matches!(due, Ok(true)) {
+        // `Release`: a reader that acquires the light pointer from here acquires what the
+        // writer published with it too (this is a read-modify-write of its release sequence).
+        let _ = cell.compare_exchange(current, untag(current), Release, Relaxed);
+    }
 }
 
 /// One `Arc<T>`, replaced by a writer and borrowed by readers (see the module docs).
@@ -242,8 +368,12 @@ unsafe impl<T: Send + Sync> Sync for Published<T> {}
 
 impl<T> Published<T> {
     pub(crate) fn new(value: Option<Arc<T>>) -> Self {
+        // Decided before the cell exists, so before any writer of it looks the decision up
+        // (in `barrier::heavy`) and any reader borrows it.
+        barrier::prepare();
+        const { assert!(std::mem::align_of::<T>() > FENCED) };
         Published {
-            current: AtomicPtr::new(into_raw(value)),
+            current: AtomicPtr::new(into_fenced(value)),
             _owns: PhantomData,
         }
     }
@@ -251,28 +381,34 @@ impl<T> Published<T> {
     /// Borrows the current value (see the module docs, Borrow).
     #[inline]
     pub(crate) fn borrow(&self) -> Borrowed<'_, T> {
-        let mut value = self.current.load(Acquire);
-        if value.is_null() {
+        let mut current = self.current.load(Acquire);
+        if current.is_null() {
             return Borrowed::none();
         }
-        let (slot, index) = slot();
+        let (slot, index, light) = slot();
         loop {
-            // The store, then the fence, then the load: against a replace's swap, fence and
-            // reading of the slot (see the module docs).
+            let value = untag(current);
+            let fenced = !light || current.addr() & FENCED != 0;
+            // The store, the fence, the load: against a replace's swap, fence and reading of
+            // the slots (see the module docs). No locked instruction for a light value.
             slot.store(value.cast(), Relaxed);
-            fence(SeqCst);
+            reader_fence(fenced);
             let confirmed = self.current.load(Acquire);
-            if confirmed == value {
+            if confirmed == current {
+                if fenced && light {
+                    count_fenced(&self.current, current);
+                }
                 return Borrowed {
                     value,
                     slot,
                     index,
+                    fenced,
                     _cell: PhantomData,
                 };
             }
-            give_back(slot, value);
-            value = confirmed;
-            if value.is_null() {
+            give_back(slot, fenced);
+            current = confirmed;
+            if current.is_null() {
                 free(slot, index);
                 return Borrowed::none();
             }
@@ -295,61 +431,217 @@ impl<T> Published<T> {
         !self.current.load(Acquire).is_null()
     }
 
-    /// Publishes `value` and returns the one it replaces, with every borrow of it counted in
-    /// its reference count. Callers must not replace one cell from two threads at once (the
+    /// Publishes `value` and returns the one it replaces, counted: the caller's to drop or
+    /// keep; a value a reader still borrows has a reference more until that reader lets go
+    /// (it was retired). Callers must not replace one cell from two threads at once (the
     /// topic's lock).
     pub(crate) fn swap(&self, value: Option<Arc<T>>) -> Option<Arc<T>> {
-        let old = self.current.swap(into_raw(value), AcqRel);
+        let old = self.current.swap(into_fenced(value), AcqRel);
         if old.is_null() {
             return None;
         }
-        fence(SeqCst);
-        for record in records() {
-            for slot in &record.slots {
-                if slot.load(Acquire) == old.cast() {
-                    // Add the reference first: a reader whose give-back fails drops it.
-                    // SAFETY: `old` is alive: this function still owns the cell's reference.
-                    unsafe {
-                        Arc::increment_strong_count(old);
-                    }
-                    if slot
-                        .compare_exchange(old.cast(), ptr::null_mut(), SeqCst, Relaxed)
-                        .is_err()
-                    {
-                        // SAFETY: the reference added above; the cell's keeps `old` alive.
-                        unsafe {
-                            Arc::decrement_strong_count(old);
-                        }
-                    }
-                }
-            }
-        }
+        let fenced = old.addr() & FENCED != 0;
+        writer_fence(fenced);
         // SAFETY: the cell's reference, from `Arc::into_raw`, now taken out of the cell.
-        Some(unsafe { Arc::from_raw(old) })
+        let old = unsafe { Arc::from_raw(untag(old)) };
+        if held(Arc::as_ptr(&old).cast()) {
+            retire(old.clone(), fenced);
+        }
+        Some(old)
     }
 }
 
 impl<T> Drop for Published<T> {
     fn drop(&mut self) {
-        // No borrow is left (a borrow borrows the cell), so no slot holds its value.
-        drop(self.swap(None));
+        // No borrow is left (a borrow borrows the cell), so no slot holds its value: the
+        // cell's reference is dropped as it is, with no barrier.
+        let old = untag(self.current.swap(ptr::null_mut(), Acquire));
+        if !old.is_null() {
+            // SAFETY: the cell's reference, from `Arc::into_raw`.
+            drop(unsafe { Arc::from_raw(old) });
+        }
     }
 }
 
-fn into_raw<T>(value: Option<Arc<T>>) -> *mut T {
-    value.map_or(ptr::null_mut(), |value| Arc::into_raw(value).cast_mut())
+/// `value` as the cell holds it: from `Arc::into_raw`, fenced (a new value is: see the
+/// module docs, Modes), or null.
+fn into_fenced<T>(value: Option<Arc<T>>) -> *mut T {
+    value.map_or(ptr::null_mut(), |value| {
+        Arc::into_raw(value)
+            .cast_mut()
+            .map_addr(|address| address | FENCED)
+    })
 }
 
-/// Gives back a slot holding `value` (see the module docs, Give back).
+/// Gives back a borrow's slot (see the module docs, Give back).
 #[inline]
-fn give_back<T>(slot: &AtomicPtr<()>, value: *const T) {
-    if slot
-        .compare_exchange(value.cast_mut().cast(), ptr::null_mut(), Release, Acquire)
-        .is_err()
-    {
-        // SAFETY: a writer paid the debt (the failure acquired its clearing of the slot, which
-        // came after it added the reference): this is that reference.
-        unsafe { Arc::decrement_strong_count(value) };
+fn give_back(slot: &AtomicPtr<()>, fenced: bool) {
+    // `Release`: what the reader did with the value comes before a scan that sees the slot
+    // empty, and frees it.
+    slot.store(ptr::null_mut(), Release);
+    reader_fence(fenced);
+    if PENDING.load(Relaxed) != 0 {
+        reclaim();
+    }
+}
+
+/// Whether a slot of any record holds `value`. Called after a heavy fence (a replace) or
+/// after acquiring every reclaim request (a scan): see the module docs.
+fn held(value: *const ()) -> bool {
+    records().any(|record| {
+        record
+            .slots
+            .iter()
+            .any(|slot| slot.load(Acquire).cast_const() == value)
+    })
+}
+
+/// Entries per [`Chunk`] of the retired values.
+const CHUNK: usize = if cfg!(evbus_loom) { 2 } else { 32 };
+
+/// An entry's state: the low two bits, [`EMPTY`], [`FILLING`] or [`RETIRED`]; above them, a
+/// generation that each release advances, so that a reclaim that read an entry before it was
+/// released and filled again cannot release the new value.
+const STATE: u64 = 0b11;
+const EMPTY: u64 = 0;
+const FILLING: u64 = 1;
+const RETIRED: u64 = 2;
+
+/// A replaced value that a reader still held: the cell's reference to it, released by the
+/// first reclaim that finds no slot holding it.
+struct Entry {
+    state: AtomicU64,
+    /// From `Arc::into_raw`, while [`RETIRED`].
+    value: AtomicPtr<()>,
+    /// Drops `value`'s reference: a [`release`] of the value's type, as a pointer.
+    release: AtomicPtr<()>,
+}
+
+/// Entries for retired values. Chunks are never freed: a list that only grows, to the most
+/// values retired at once, so a reclaim reads them while writers fill and release entries.
+struct Chunk {
+    entries: [Entry; CHUNK],
+    /// Set before the chunk is shared, then never changed.
+    next: *const Chunk,
+}
+
+// SAFETY: `next` is written once, before the chunk is published by a `Release`
+// compare-and-swap, and only read afterwards; the rest is atomics.
+unsafe impl Sync for Chunk {}
+
+#[cfg(not(evbus_loom))]
+/// Every chunk ever made, newest first.
+static CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
+#[cfg(not(evbus_loom))]
+/// How many values are retired and not yet released: a give-back that sees zero has
+/// nothing to reclaim (see the module docs for why it cannot miss one).
+static PENDING: AtomicU64 = AtomicU64::new(0);
+#[cfg(evbus_loom)]
+loom::lazy_static! {
+    static ref CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
+    static ref PENDING: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Every entry of every chunk.
+fn entries() -> impl Iterator<Item = &'static Entry> {
+    let head = CHUNKS.load(Acquire).cast_const();
+    // SAFETY: chunks are leaked (never freed), and a chunk is fully written before the
+    // `Release` compare-and-swap that links it, which the load above (or the chunk before
+    // it) acquired.
+    std::iter::successors(unsafe { head.as_ref() }, |chunk| unsafe {
+        chunk.next.as_ref()
+    })
+    .flat_map(|chunk| &chunk.entries)
+}
+
+/// [`Entry::release`] of an `Arc<T>`.
+///
+/// # Safety
+///
+/// `value` is a counted reference from `Arc::<T>::into_raw`, which the caller gives up.
+unsafe fn release<T>(value: *const ()) {
+    // SAFETY: the caller's contract.
+    unsafe { Arc::decrement_strong_count(value.cast::<T>()) }
+}
+
+/// Retires the cell's reference to `value`, which a slot held at the writer's look, then
+/// reclaims (see the module docs, Replace). `fenced`: the mode the writer found the value in.
+#[cold]
+fn retire<T>(value: Arc<T>, fenced: bool) {
+    PENDING.fetch_add(1, Relaxed);
+    let value: *mut () = Arc::into_raw(value).cast_mut().cast();
+    let release = release::<T> as unsafe fn(*const ()) as *mut ();
+    let filled = entries().any(|entry| {
+        let state = entry.state.load(Relaxed);
+        if state & STATE != EMPTY
+            || entry
+                .state
+                .compare_exchange(state, state | FILLING, Acquire, Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        entry.value.store(value, Relaxed);
+        entry.release.store(release, Relaxed);
+        entry.state.store(state | RETIRED, Release);
+        true
+    });
+    if !filled {
+        let chunk = Box::leak(Box::new(Chunk {
+            entries: std::array::from_fn(|i| Entry {
+                state: AtomicU64::new(if i == 0 { RETIRED } else { EMPTY }),
+                value: AtomicPtr::new(if i == 0 { value } else { ptr::null_mut() }),
+                release: AtomicPtr::new(release),
+            }),
+            next: ptr::null(),
+        }));
+        let mut head = CHUNKS.load(Relaxed);
+        loop {
+            chunk.next = head;
+            match CHUNKS.compare_exchange_weak(head, chunk, Release, Relaxed) {
+                Ok(_) => break,
+                Err(current) => head = current,
+            }
+        }
+    }
+    // Against a reader's store of null, fence and load of `PENDING`: a reader of the value
+    // borrowed it in the mode the writer found it in.
+    writer_fence(fenced);
+    reclaim();
+}
+
+/// Releases every retired value that no slot holds (see the module docs, Reclaim). Any
+/// thread may run it at any time; each release is claimed by one compare-and-swap.
+#[cold]
+#[inline(never)]
+fn reclaim() {
+    // Against another reader's give-back of the same value: of two readers that let go at
+    // once, at least one sees the other's slot empty.
+    fence(SeqCst);
+    for entry in entries() {
+        let state = entry.state.load(Acquire);
+        if state & STATE != RETIRED {
+            continue;
+        }
+        let value = entry.value.load(Relaxed);
+        let release = entry.release.load(Relaxed);
+        let next = (state & !STATE) + STATE + 1;
+        if held(value)
+            || entry
+                .state
+                .compare_exchange(state, next, Relaxed, Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        PENDING.fetch_sub(1, Relaxed);
+        // SAFETY: `release` was stored with `value` by `retire`, as a `release::<T>` of the
+        // value's type (the state's generation shows the entry was not filled again since),
+        // and the compare-and-swap above gave this thread the entry's reference.
+        unsafe {
+            let release: unsafe fn(*const ()) = std::mem::transmute(release);
+            release(value);
+        }
     }
 }
 
@@ -387,6 +679,9 @@ pub(crate) struct Borrowed<'a, T> {
     slot: &'static AtomicPtr<()>,
     /// The slot's index in this thread's record, or [`POOL`].
     index: u32,
+    /// Whether the value was borrowed fenced (see the module docs, Modes): its give-back is
+    /// too.
+    fenced: bool,
     /// Borrows the cell, and is not `Send`: the slot is its thread's.
     _cell: PhantomData<(&'a Published<T>, *const ())>,
 }
@@ -399,6 +694,7 @@ impl<T> Borrowed<'_, T> {
             value: ptr::null(),
             slot: &NO_SLOT,
             index: POOL,
+            fenced: true,
             _cell: PhantomData,
         }
     }
@@ -406,8 +702,8 @@ impl<T> Borrowed<'_, T> {
     /// The borrowed value; `None` when the cell was empty.
     #[inline]
     pub(crate) fn get(&self) -> Option<&T> {
-        // SAFETY: a non-null `value` is alive while its slot's debt stands or was paid (see
-        // the module docs), that is, until this borrow is dropped.
+        // SAFETY: a non-null `value` is alive while its slot holds it (see the module docs),
+        // that is, until this borrow is dropped.
         unsafe { self.value.as_ref() }
     }
 }
@@ -416,7 +712,7 @@ impl<T> Drop for Borrowed<'_, T> {
     #[inline]
     fn drop(&mut self) {
         if !self.value.is_null() {
-            give_back(self.slot, self.value);
+            give_back(self.slot, self.fenced);
             free(self.slot, self.index);
         }
     }
@@ -470,6 +766,39 @@ mod tests {
         assert_eq!(drops.load(SeqCst), 1, "not freed by its last borrow");
         drop(cell);
         assert_eq!(drops.load(SeqCst), 2);
+    }
+
+    /// A replaced value is fenced; a thread that borrowed `FLIP_AFTER` fenced values makes
+    /// the one it borrows light; the next replace makes the new value fenced again.
+    #[test]
+    fn a_value_posted_to_becomes_light_and_a_replace_fences_again() {
+        let cell = Published::new(None);
+        drop(cell.swap(Some(Arc::new(1u64))));
+        let fenced = |cell: &Published<u64>| cell.current.load(SeqCst).addr() & FENCED != 0;
+        assert!(fenced(&cell), "a new value is fenced");
+        if !barrier::prepare() {
+            // No kernel barrier: every borrow is fenced, and stays so.
+            (0..2 * FLIP_AFTER).for_each(|_| drop(cell.borrow()));
+            assert!(fenced(&cell));
+            return;
+        }
+        // This thread's count may be anywhere from an earlier test: one round makes it flip.
+        for _ in 0..FLIP_AFTER {
+            assert_eq!(cell.borrow().get(), Some(&1));
+        }
+        assert!(!fenced(&cell), "borrowed {FLIP_AFTER} times, still fenced");
+        let borrowed = cell.borrow();
+        assert_eq!(borrowed.get(), Some(&1));
+        assert!(!borrowed.fenced, "a light value is borrowed light");
+        let old = cell.swap(Some(Arc::new(2u64))).unwrap();
+        assert_eq!(
+            Arc::strong_count(&old),
+            2,
+            "a held value is retired, with its own reference"
+        );
+        assert!(fenced(&cell));
+        drop(borrowed);
+        assert_eq!(Arc::strong_count(&old), 1, "its last borrow released it");
     }
 
     /// Borrows nested deeper than a record's slots take records of the pool, and give them
@@ -537,7 +866,22 @@ mod tests {
             })
             .collect();
         const SWAPS: usize = 20_000;
+        // Every 500th replace waits for the readers to make the value light, so that light
+        // borrows and the kernel's barrier race too (where the kernel has one).
+        let light = barrier::prepare();
+        let mut light_replaces = 0;
         for i in 0..SWAPS {
+            if light && i.is_multiple_of(500) && cell.is_some() {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while cell.current.load(Relaxed).addr() & FENCED != 0 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no reader made it light"
+                    );
+                    std::thread::yield_now();
+                }
+                light_replaces += 1;
+            }
             let next = (!i.is_multiple_of(7)).then(|| Probe::new(&drops));
             drop(cell.swap(next));
         }
@@ -546,6 +890,10 @@ mod tests {
         for reader in readers {
             assert!(reader.join().unwrap() > 0);
         }
+        assert!(
+            !light || light_replaces >= 30,
+            "{light_replaces} light replaces"
+        );
         drop(cell);
         let made = 2 + (0..SWAPS).filter(|i| !i.is_multiple_of(7)).count();
         assert_eq!(drops.load(SeqCst), made);
@@ -614,6 +962,38 @@ mod loom_tests {
             assert_eq!(drops.load(SeqCst), 1);
             drop(cell);
             assert_eq!(drops.load(SeqCst), 2);
+        });
+    }
+
+    /// Two readers let go of the value while a writer replaces it: whichever of the three
+    /// is last, the replaced value is released by the time all three are done (S03: no
+    /// later post needed), once, and never while borrowed. The readers' scans race each
+    /// other's requests (the module docs, Reclaim).
+    #[test]
+    fn loom_published_releases_a_value_its_last_reader_lets_go() {
+        crate::sync::model(|| {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let cell = Arc::new(Published::new(Some(probe(&drops))));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let cell = cell.clone();
+                    thread::spawn(move || {
+                        let borrowed = cell.borrow();
+                        if let Some(value) = borrowed.get() {
+                            assert!(value.alive.load(SeqCst), "a borrowed value was dropped");
+                        }
+                    })
+                })
+                .collect();
+            drop(cell.swap(None));
+            for reader in readers {
+                reader.join().unwrap();
+            }
+            assert_eq!(
+                drops.load(SeqCst),
+                1,
+                "a replaced value outlived its last borrow"
+            );
         });
     }
 
