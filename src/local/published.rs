@@ -188,9 +188,6 @@ fn acquire() -> &'static Record {
 struct Local {
     record: usize,
     used: u32,
-    /// What [`barrier::prepare`] returned: whether this thread's borrows may use
-    /// [`barrier::light`].
-    light: bool,
     /// Fenced borrows left before this thread makes the value it borrows light (see the
     /// module docs, Modes).
     countdown: u16,
@@ -212,7 +209,7 @@ const POOL: u32 = u32::MAX;
 #[cfg(not(evbus_loom))]
 thread_local! {
     static LOCAL: Cell<Local> = const {
-        Cell::new(Local { record: 0, used: FULL, light: false, countdown: FLIP_AFTER })
+        Cell::new(Local { record: 0, used: FULL, countdown: FLIP_AFTER })
     };
     /// Gives this thread's record back to the pool when the thread ends.
     static GIVE_BACK: GiveBack = const { GiveBack };
@@ -222,7 +219,6 @@ loom::thread_local! {
     static LOCAL: Cell<Local> = Cell::new(Local {
         record: 0,
         used: FULL,
-        light: false,
         countdown: FLIP_AFTER,
     });
     static GIVE_BACK: GiveBack = GiveBack;
@@ -242,7 +238,6 @@ impl Drop for GiveBack {
             local.set(Local {
                 record: DEAD,
                 used: FULL,
-                light: false,
                 countdown: FLIP_AFTER,
             });
             if record > DEAD {
@@ -255,11 +250,11 @@ impl Drop for GiveBack {
     }
 }
 
-/// A free slot for one borrow, its index in this thread's record ([`POOL`] when
-/// the borrow took a record of its own), and whether the borrow may use [`barrier::light`].
+/// A free slot for one borrow, and its index in this thread's record ([`POOL`] when
+/// the borrow took a record of its own).
 #[inline]
-fn slot() -> (&'static AtomicPtr<()>, u32, bool) {
-    let (record, index, light) = LOCAL
+fn slot() -> (&'static AtomicPtr<()>, u32) {
+    let (record, index) = LOCAL
         .try_with(|cell| {
             let local = cell.get();
             let index = local.used.trailing_ones();
@@ -269,21 +264,21 @@ fn slot() -> (&'static AtomicPtr<()>, u32, bool) {
                     ..local
                 });
             }
-            (local.record, index, local.light)
+            (local.record, index)
         })
-        .unwrap_or((0, u32::MAX, false));
+        .unwrap_or((0, u32::MAX));
     if (index as usize) < SLOTS {
         // SAFETY: with a slot free, `record` is a record's address (set by `slot_slow`, from a
         // leaked record).
         let record = unsafe { &*(record as *const Record) };
-        return (&record.slots[index as usize], index, light);
+        return (&record.slots[index as usize], index);
     }
     slot_slow()
 }
 
 /// [`slot`] on a thread's first borrow, or when its record has no free slot, or as it ends.
 #[cold]
-fn slot_slow() -> (&'static AtomicPtr<()>, u32, bool) {
+fn slot_slow() -> (&'static AtomicPtr<()>, u32) {
     let first = matches!(LOCAL.try_with(|cell| cell.get().record == 0), Ok(true));
     if first && GIVE_BACK.try_with(|_| ()).is_ok() {
         let record = acquire();
@@ -291,13 +286,12 @@ fn slot_slow() -> (&'static AtomicPtr<()>, u32, bool) {
             cell.set(Local {
                 record: record as *const Record as usize,
                 used: 0,
-                light: barrier::prepare(),
                 countdown: FLIP_AFTER,
             })
         });
         return slot();
     }
-    (&acquire().slots[0], POOL, barrier::prepare())
+    (&acquire().slots[0], POOL)
 }
 
 /// The fence between a reader's store and its load: [`barrier::light`] for a light value,
@@ -333,7 +327,8 @@ fn untag<T>(value: *mut T) -> *mut T {
 }
 
 /// Makes this thread's count of fenced borrows go down, and at zero makes the value of
-/// `cell` light if it still is `current` (see the module docs, Modes).
+/// `cell` light if it still is `current` and the kernel has the barrier a light value's
+/// replace needs (see the module docs, Modes).
 #[inline(never)]
 fn count_fenced<T>(cell: &AtomicPtr<T>, current: *mut T) {
     let due = LOCAL.try_with(|local| {
@@ -346,7 +341,7 @@ fn count_fenced<T>(cell: &AtomicPtr<T>, current: *mut T) {
         local.set(counted);
         due
     });
-    if matches!(due, Ok(true)) {
+    if matches!(due, Ok(true)) && barrier::prepare() {
         // `Release`: a reader that acquires the light pointer from here acquires what the
         // writer published with it too (this is a read-modify-write of its release sequence).
         let _ = cell.compare_exchange(current, untag(current), Release, Relaxed);
@@ -385,24 +380,22 @@ impl<T> Published<T> {
         if current.is_null() {
             return Borrowed::none();
         }
-        let (slot, index, light) = slot();
+        let (slot, index) = slot();
         loop {
-            let value = untag(current);
-            let fenced = !light || current.addr() & FENCED != 0;
+            let fenced = current.addr() & FENCED != 0;
             // The store, the fence, the load: against a replace's swap, fence and reading of
             // the slots (see the module docs). No locked instruction for a light value.
-            slot.store(value.cast(), Relaxed);
+            slot.store(untag(current).cast(), Relaxed);
             reader_fence(fenced);
             let confirmed = self.current.load(Acquire);
             if confirmed == current {
-                if fenced && light {
+                if fenced {
                     count_fenced(&self.current, current);
                 }
                 return Borrowed {
-                    value,
+                    value: current,
                     slot,
                     index,
-                    fenced,
                     _cell: PhantomData,
                 };
             }
@@ -673,15 +666,13 @@ loom::lazy_static! {
 
 /// A borrow of a [`Published`] value: the value stays alive until this is dropped.
 pub(crate) struct Borrowed<'a, T> {
-    /// Null when the cell was empty.
-    value: *const T,
+    /// As the cell held it, with its mode (see the module docs, Modes); null when the cell
+    /// was empty.
+    value: *mut T,
     /// The slot that holds `value` (unused when `value` is null).
     slot: &'static AtomicPtr<()>,
     /// The slot's index in this thread's record, or [`POOL`].
     index: u32,
-    /// Whether the value was borrowed fenced (see the module docs, Modes): its give-back is
-    /// too.
-    fenced: bool,
     /// Borrows the cell, and is not `Send`: the slot is its thread's.
     _cell: PhantomData<(&'a Published<T>, *const ())>,
 }
@@ -691,10 +682,9 @@ impl<T> Borrowed<'_, T> {
     #[inline]
     fn none() -> Self {
         Borrowed {
-            value: ptr::null(),
+            value: ptr::null_mut(),
             slot: &NO_SLOT,
             index: POOL,
-            fenced: true,
             _cell: PhantomData,
         }
     }
@@ -704,7 +694,7 @@ impl<T> Borrowed<'_, T> {
     pub(crate) fn get(&self) -> Option<&T> {
         // SAFETY: a non-null `value` is alive while its slot holds it (see the module docs),
         // that is, until this borrow is dropped.
-        unsafe { self.value.as_ref() }
+        unsafe { untag(self.value).as_ref() }
     }
 }
 
@@ -712,7 +702,8 @@ impl<T> Drop for Borrowed<'_, T> {
     #[inline]
     fn drop(&mut self) {
         if !self.value.is_null() {
-            give_back(self.slot, self.fenced);
+            // A value borrowed fenced is given back fenced.
+            give_back(self.slot, self.value.addr() & FENCED != 0);
             free(self.slot, self.index);
         }
     }
@@ -789,7 +780,11 @@ mod tests {
         assert!(!fenced(&cell), "borrowed {FLIP_AFTER} times, still fenced");
         let borrowed = cell.borrow();
         assert_eq!(borrowed.get(), Some(&1));
-        assert!(!borrowed.fenced, "a light value is borrowed light");
+        assert_eq!(
+            borrowed.value.addr() & FENCED,
+            0,
+            "a light value is borrowed light"
+        );
         let old = cell.swap(Some(Arc::new(2u64))).unwrap();
         assert_eq!(
             Arc::strong_count(&old),
