@@ -77,17 +77,19 @@
 //!
 //! 1. `Registry::post` pins the map (seize's epoch guard) and looks the name up: lock-free.
 //!    A [`Channel`](crate::Channel) handle skips this step.
-//! 2. `Topic::post` calls `subscribers.borrow()` (`local::published`): it records a *debt*
-//!    in a slot of its thread's record and re-checks the pointer after a `SeqCst` fence; the
-//!    writer's `swap` is followed by a `SeqCst` fence and pays every outstanding debt on the
-//!    old pointer (it takes a reference on the reader's behalf). So:
+//! 2. `Topic::post` calls `subscribers.borrow()` (`local::published`): it stores the
+//!    pointer in a slot of its thread's record and re-checks it after a fence (a `SeqCst`
+//!    fence, or none once the snapshot is light); the writer's `swap` is followed by the
+//!    matching fence (a `SeqCst` fence, or `membarrier` for a light snapshot) and a look at
+//!    every slot: an old pointer a slot still holds is retired, and released by whichever
+//!    side lets go of it last. So:
 //!    - **L09**: `remove_listener` returns after its `swap`. A post that starts after that
 //!      (in happens-before order) loads the new root, which lacks the listener.
 //!    - **L06**: the post walks the root it loaded; nothing a listener does during the walk
 //!      (adding, removing, closing sessions) changes that immutable tree.
 //!    - **S03**: the old root, and with it the only reference to a removed closure, is freed
 //!      by whichever finishes last: the writer's `Garbage` drop or the last running post's
-//!      guard drop. No timer, no later post, no epoch to advance.
+//!      give-back (within its call). No timer, no later post, no epoch to advance.
 //! 3. `post::deliver` finds the group of the message's type (the others count as mismatches,
 //!    L05), walks its trie leaf by leaf, and calls every receiver in an inlined loop;
 //!    listeners run under `catch_unwind` (L07), which costs nothing unless one panics.

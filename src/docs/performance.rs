@@ -14,7 +14,7 @@
 //! | step | progress guarantee |
 //! |---|---|
 //! | name lookup (`post_message`; skipped by a `Channel` handle, and by a post to the name this thread posted to twice in a row before) | wait-free for a cached name (thread-local reads); otherwise lock-free (papaya's reads, seize's guard) |
-//! | snapshot borrow | lock-free: it loads the snapshot again only when a registration replaced it between the borrow's two loads, so another thread made progress; with no registration at that instant, a fixed number of steps. Giving it back is wait-free |
+//! | snapshot borrow | lock-free: it loads the snapshot again only when a registration replaced it between the borrow's two loads, so another thread made progress; with no registration at that instant, a fixed number of steps. Giving it back is wait-free; when a registration replaced the snapshot during the post, it also looks for retired snapshots to free, a bounded loop that waits for no one. No locked instruction once the channel has settled (below) |
 //! | walk and listener calls | bounded by the snapshot; each call is the user's code |
 //! | the write to the streams' ring | lock-free: one `fetch_add` for the position (wait-free), then compare-and-swaps on one slot that fail only when another thread changed it ([below](#what-a-stream-write-does)) |
 //! | counters | wait-free: a store to a stripe only this thread writes |
@@ -68,10 +68,33 @@
 //! cursor and a plain load of its end, which its sink's leave (a session close, a removal)
 //! synchronises with through an asymmetric fence pair (`local/barrier.rs`). Only claiming the
 //! message from its slot is a compare-and-swap. The leave pays for it: on Linux a
-//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` call, about 120 ns with no other thread of
-//! the process running (100,000 streams created and closed: 686 → 808 ns each), plus an
-//! interrupt to each CPU that is running one at that moment; elsewhere, or where
-//! the kernel refuses it, a `SeqCst` fence on both sides (one locked instruction per read).
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` call, about 120 ns on the Intel VM and
+//! 0.4 µs on the AMD one with no other thread of the process running (100,000 streams
+//! created and closed: 686 → 808 ns each), plus an interrupt to each CPU that is running one
+//! at that moment (about 14 µs a call on the AMD VM with one other thread busy); elsewhere,
+//! or where the kernel refuses it, a `SeqCst` fence on both sides (one locked instruction
+//! per read).
+//!
+//! ## What a snapshot borrow costs
+//!
+//! A post borrows its channel's snapshot by storing its address in a slot of its thread and
+//! loading the channel's pointer again; the registration that replaces the snapshot looks
+//! at every slot and retires a snapshot a post still holds, which that post frees when it
+//! ends (`local/published.rs`). The store and the load need a fence between them, or a
+//! fence on the registration's side that makes every running thread fence: Linux's
+//! `membarrier`. Which side pays depends on the channel:
+//!
+//! - a snapshot a registration just published is *fenced*: each post passes a `SeqCst` fence
+//!   (one locked instruction, about 5 ns here), and the next registration passes one too;
+//! - after 256 fenced posts, a thread makes the snapshot it posts to *light*: posts then pass
+//!   no fence, and the registration that replaces a light snapshot calls `membarrier`:
+//!   about 0.4 µs with no other thread of the process running, and an interrupt to every CPU
+//!   running one of its threads (on this project's 2-CPU VM, about 14 µs a call with one
+//!   other thread busy).
+//!
+//! So a channel posted to more than it changes posts without fences, and a channel whose
+//! registrations come in a burst or churn pays a fence per post and no system call; at most
+//! one `membarrier` per 256 fenced posts of a thread.
 //!
 //! # Posting globally
 //!
@@ -110,7 +133,8 @@
 //! never held while user code runs) and, through a session, the session's. Removing a stream
 //! (closing its session, dropping it) also waits for the posts still writing the positions it
 //! had not read, and for the stream itself if it is between the two stores of a read; neither
-//! ever waits, so these waits end. A write copies one
+//! ever waits, so these waits end. Replacing a channel's snapshot that posts made light
+//! calls `membarrier` ([above](#what-a-snapshot-borrow-costs)). A write copies one
 //! root-to-leaf path of the trie: at most 32 entries per level, `log32 n` levels, so 100,000
 //! listeners on one channel cost three levels per write instead of a 100,000-entry copy.
 //!

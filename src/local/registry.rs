@@ -412,10 +412,9 @@ impl Topic {
         message: M,
         counters: &Counters,
     ) -> Result<usize, M> {
-        // `borrow` takes the snapshot for the post without counting it (a debt in a
-        // thread-owned slot); a writer that replaces it meanwhile pays that debt, and
-        // whichever side drops last frees the old version, with the closures only it still
-        // held (S03).
+        // `borrow` takes the snapshot for the post without counting it (its address in a
+        // thread-owned slot); a writer that replaces it meanwhile retires it, and whichever
+        // side lets go last frees the old version, with the closures only it still held (S03).
         let snapshot = self.subscribers.borrow();
         let Some(snapshot) = snapshot.get() else {
             return Err(message);
