@@ -24,16 +24,18 @@
 //! - **Borrow** (reader): load the cell's pointer `p` (`Acquire`: `p`'s contents were written
 //!   before it was published); store `p` in a free slot of this thread's record; the
 //!   reader's fence; load the cell again. If it still holds `p` (and its mode), `p` is
-//!   borrowed. If not, a writer replaced `p` in between: give the slot back (as below) and
-//!   start again.
+//!   borrowed. If not, a writer replaced `p` in between: store null in the slot, reclaim
+//!   (below: the writer may have retired `p` without seeing the slot) and start again.
 //! - **Replace** (writer, one at a time per cell: the topic's lock): swap the new pointer in,
 //!   fenced; the writer's fence; look at every slot of every record. If none holds the old
-//!   pointer `o`, the cell's reference to `o` is the caller's. If one does, the writer takes a
-//!   reference of its own for the caller and *retires* the cell's: it counts it in
-//!   [`PENDING`], stores it in a free [`Entry`] of the global table of retired values,
-//!   passes its fence again and reclaims (below).
+//!   pointer `o`, the cell's reference to `o` is the caller's. If one does, the writer marks
+//!   each such slot *owed* (a word of the record beside the slot, [`Record::owed`]), takes a
+//!   reference of its own for the caller and *retires* the cell's: it stores it in a free
+//!   [`Entry`] of the global table of retired values, passes its fence again and reclaims
+//!   (below).
 //! - **Give back** (reader, when the borrow ends): store null in the slot (`Release`); the
-//!   reader's fence, in the mode it borrowed in; load [`PENDING`]. If it is not zero, reclaim.
+//!   reader's fence, in the mode it borrowed in; load the slot's owed word. If it is set,
+//!   clear it and reclaim.
 //! - **Reclaim** (a writer that retired, or a reader that gave back while something was
 //!   retired): a `SeqCst` fence; then for each retired value, look at every slot, and if
 //!   none holds it, claim its entry with a compare-and-swap and drop the retired reference.
@@ -50,9 +52,11 @@
 //! reference.
 //!
 //! Why a retired value is freed at once when its last borrow ends, with nothing else needed:
-//! the reader's store of null, fence and load of [`PENDING`] pair the same way with the
-//! writer's count, fence and scan, so either the writer's scan sees the slot empty, or the
-//! reader sees the count and reclaims. Two readers that let go of the same value at once
+//! the reader's store of null, fence and load of its owed word pair the same way with the
+//! writer's mark, fence and scan, so either the writer's scan sees the slot empty, or the
+//! reader sees the mark and reclaims. A slot the writer did not see (a borrow whose second
+//! load saw the swap) reclaims anyway. An owed mark left on a slot that was already given
+//! back costs that slot's next give-back a needless reclaim, nothing else. Two readers that let go of the same value at once
 //! both pass a `SeqCst` fence before they look, so at least one of them sees the other's
 //! slot empty. So the value is released within the call of whichever thread lets go last:
 //! once every post that held it has returned, it is gone (the tests of S03 and L09 check
@@ -94,9 +98,9 @@
 //!
 //! A borrow is lock-free, and wait-free while no writer replaces the value: it loads again
 //! only when a registration replaced the snapshot between its two loads, that is, when
-//! another thread made progress. Giving back is wait-free: with something retired it also
-//! reclaims, a bounded look at every entry and slot that waits for no one. A thread's first borrow, and a borrow
-//! nested more than [`SLOTS`] deep on one thread (a listener that posts, whose listener
+//! another thread made progress. Giving back is wait-free: when a writer marked its slot
+//! owed, it also reclaims, a bounded look at every entry and slot that waits for no one. A
+//! thread's first borrow, and a borrow nested more than [`SLOTS`] deep on one thread (a listener that posts, whose listener
 //! posts, ...), take a record from the pool, allocating one if none is free: a lock-free scan
 //! and one compare-and-swap, never a wait. A replace visits every slot of every record
 //! (`SLOTS` per thread that ever borrowed at once), and makes a `membarrier` call when the
@@ -123,6 +127,10 @@ const SLOTS: usize = 8;
 struct Record {
     /// The addresses of the values this thread borrows (or null).
     slots: [AtomicPtr<()>; SLOTS],
+    /// Per slot, [`OWED`] when a writer retired a value it saw in the slot: the slot's
+    /// give-back reclaims. At a fixed distance from its slot ([`owed`]), and of the same
+    /// type, so that the distance is the same in the models.
+    owed: [AtomicPtr<()>; SLOTS],
     /// Whether a thread (or a deep borrow) owns this record.
     in_use: AtomicBool,
     /// The next record of the pool; set before the record is shared, then never changed.
@@ -166,6 +174,7 @@ fn acquire() -> &'static Record {
     }
     let record = Box::leak(Box::new(Record {
         slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        owed: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
         in_use: AtomicBool::new(true),
         next: ptr::null(),
     }));
@@ -320,10 +329,12 @@ fn writer_fence(fenced: bool) {
 /// docs, Modes). A value `Published` holds is aligned to at least 2 (checked in `new`).
 const FENCED: usize = 1;
 
-/// `value` without its mode.
+/// `value` without its mode. An integer cast (the address exposed, then taken back), where
+/// `map_addr` costs a post two more instructions: it keeps the provenance by adding the
+/// difference back.
 #[inline(always)]
 fn untag<T>(value: *mut T) -> *mut T {
-    value.map_addr(|address| address & !FENCED)
+    (value as usize & !FENCED) as *mut T
 }
 
 /// Makes this thread's count of fenced borrows go down, and at zero makes the value of
@@ -376,15 +387,52 @@ impl<T> Published<T> {
     /// Borrows the current value (see the module docs, Borrow).
     #[inline]
     pub(crate) fn borrow(&self) -> Borrowed<'_, T> {
-        let mut current = self.current.load(Acquire);
+        let current = self.current.load(Acquire);
         if current.is_null() {
             return Borrowed::none();
         }
         let (slot, index) = slot();
+        let light = current.addr() & FENCED == 0;
+        if light {
+            // A light value, the fast path: the store, the light fence, the load, against a
+            // replace's swap, `membarrier` and reading of the slots (see the module docs).
+            slot.store(current.cast(), Relaxed);
+            barrier::light();
+            if self.current.load(Acquire) == current {
+                return Borrowed {
+                    value: current,
+                    slot,
+                    index,
+                    fenced: false,
+                    _cell: PhantomData,
+                };
+            }
+        }
+        self.borrow_slow(current, slot, index, light)
+    }
+
+    /// [`Published::borrow`] of a fenced value, or, when `raced`, of a light one whose
+    /// borrow a replace raced: `slot` holds `current`, which may have been retired, and is
+    /// given back first.
+    #[inline(never)]
+    fn borrow_slow(
+        &self,
+        mut current: *mut T,
+        slot: &'static AtomicPtr<()>,
+        index: u32,
+        raced: bool,
+    ) -> Borrowed<'_, T> {
+        if raced {
+            give_back_raced(slot);
+            current = self.current.load(Acquire);
+            if current.is_null() {
+                free(slot, index);
+                return Borrowed::none();
+            }
+        }
         loop {
             let fenced = current.addr() & FENCED != 0;
-            // The store, the fence, the load: against a replace's swap, fence and reading of
-            // the slots (see the module docs). No locked instruction for a light value.
+            // As in `borrow`, in the value's mode.
             slot.store(untag(current).cast(), Relaxed);
             reader_fence(fenced);
             let confirmed = self.current.load(Acquire);
@@ -393,13 +441,14 @@ impl<T> Published<T> {
                     count_fenced(&self.current, current);
                 }
                 return Borrowed {
-                    value: current,
+                    value: untag(current),
                     slot,
                     index,
+                    fenced,
                     _cell: PhantomData,
                 };
             }
-            give_back(slot, fenced);
+            give_back_raced(slot);
             current = confirmed;
             if current.is_null() {
                 free(slot, index);
@@ -437,7 +486,7 @@ impl<T> Published<T> {
         writer_fence(fenced);
         // SAFETY: the cell's reference, from `Arc::into_raw`, now taken out of the cell.
         let old = unsafe { Arc::from_raw(untag(old)) };
-        if held(Arc::as_ptr(&old).cast()) {
+        if held(Arc::as_ptr(&old).cast(), true) {
             retire(old.clone(), fenced);
         }
         Some(old)
@@ -466,27 +515,57 @@ fn into_fenced<T>(value: Option<Arc<T>>) -> *mut T {
     })
 }
 
+/// What [`Record::owed`] holds for a slot whose give-back must reclaim: any non-null
+/// address.
+const OWED: *mut () = ptr::dangling_mut();
+
+/// The [`Record::owed`] word of `slot`.
+#[inline(always)]
+fn owed(slot: &AtomicPtr<()>) -> &AtomicPtr<()> {
+    // SAFETY: every slot a borrow gives back is in a record's `slots` (`NO_SLOT` is never
+    // given back), and its `owed` word is `SLOTS` words further on (`repr(C)`, same type).
+    unsafe { &*(slot as *const AtomicPtr<()>).add(SLOTS) }
+}
+
 /// Gives back a borrow's slot (see the module docs, Give back).
 #[inline]
 fn give_back(slot: &AtomicPtr<()>, fenced: bool) {
-    // `Release`: what the reader did with the value comes before a scan that sees the slot
-    // empty, and frees it.
+    // `Release`: what the reader did with the value comes before a reclaim that sees the
+    // slot empty, and frees it.
     slot.store(ptr::null_mut(), Release);
     reader_fence(fenced);
-    if PENDING.load(Relaxed) != 0 {
+    let owed = owed(slot);
+    if !owed.load(Relaxed).is_null() {
+        owed.store(ptr::null_mut(), Relaxed);
         reclaim();
     }
 }
 
-/// Whether a slot of any record holds `value`. Called after a heavy fence (a replace) or
-/// after acquiring every reclaim request (a scan): see the module docs.
-fn held(value: *const ()) -> bool {
-    records().any(|record| {
-        record
-            .slots
-            .iter()
-            .any(|slot| slot.load(Acquire).cast_const() == value)
-    })
+/// Gives back the slot of a borrow that a replace raced (its second load saw another value):
+/// the writer may have retired the value without seeing the slot, so this reclaims anyway.
+#[cold]
+fn give_back_raced(slot: &AtomicPtr<()>) {
+    slot.store(ptr::null_mut(), Release);
+    // `reclaim` passes a `SeqCst` fence first.
+    reclaim();
+}
+
+/// Whether a slot of any record holds `value`; with `mark`, sets [`Record::owed`] of each
+/// such slot. Called after a writer's fence, or a reclaim's: see the module docs.
+fn held(value: *const (), mark: bool) -> bool {
+    let mut held = false;
+    for record in records() {
+        for (slot, owed) in record.slots.iter().zip(&record.owed) {
+            if slot.load(Acquire).cast_const() == value {
+                held = true;
+                if !mark {
+                    return true;
+                }
+                owed.store(OWED, Relaxed);
+            }
+        }
+    }
+    held
 }
 
 /// Entries per [`Chunk`] of the retired values.
@@ -525,14 +604,9 @@ unsafe impl Sync for Chunk {}
 #[cfg(not(evbus_loom))]
 /// Every chunk ever made, newest first.
 static CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
-#[cfg(not(evbus_loom))]
-/// How many values are retired and not yet released: a give-back that sees zero has
-/// nothing to reclaim (see the module docs for why it cannot miss one).
-static PENDING: AtomicU64 = AtomicU64::new(0);
 #[cfg(evbus_loom)]
 loom::lazy_static! {
     static ref CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
-    static ref PENDING: AtomicU64 = AtomicU64::new(0);
 }
 
 /// Every entry of every chunk.
@@ -561,7 +635,6 @@ unsafe fn release<T>(value: *const ()) {
 /// reclaims (see the module docs, Replace). `fenced`: the mode the writer found the value in.
 #[cold]
 fn retire<T>(value: Arc<T>, fenced: bool) {
-    PENDING.fetch_add(1, Relaxed);
     let value: *mut () = Arc::into_raw(value).cast_mut().cast();
     let release = release::<T> as unsafe fn(*const ()) as *mut ();
     let filled = entries().any(|entry| {
@@ -597,8 +670,8 @@ fn retire<T>(value: Arc<T>, fenced: bool) {
             }
         }
     }
-    // Against a reader's store of null, fence and load of `PENDING`: a reader of the value
-    // borrowed it in the mode the writer found it in.
+    // Against a reader's store of null, fence and load of its `owed` word (set by `held`
+    // before this): a reader of the value borrowed it in the mode the writer found it in.
     writer_fence(fenced);
     reclaim();
 }
@@ -619,7 +692,7 @@ fn reclaim() {
         let value = entry.value.load(Relaxed);
         let release = entry.release.load(Relaxed);
         let next = (state & !STATE) + STATE + 1;
-        if held(value)
+        if held(value, false)
             || entry
                 .state
                 .compare_exchange(state, next, Relaxed, Relaxed)
@@ -627,7 +700,6 @@ fn reclaim() {
         {
             continue;
         }
-        PENDING.fetch_sub(1, Relaxed);
         // SAFETY: `release` was stored with `value` by `retire`, as a `release::<T>` of the
         // value's type (the state's generation shows the entry was not filled again since),
         // and the compare-and-swap above gave this thread the entry's reference.
@@ -666,13 +738,15 @@ loom::lazy_static! {
 
 /// A borrow of a [`Published`] value: the value stays alive until this is dropped.
 pub(crate) struct Borrowed<'a, T> {
-    /// As the cell held it, with its mode (see the module docs, Modes); null when the cell
-    /// was empty.
-    value: *mut T,
+    /// Null when the cell was empty.
+    value: *const T,
     /// The slot that holds `value` (unused when `value` is null).
     slot: &'static AtomicPtr<()>,
     /// The slot's index in this thread's record, or [`POOL`].
     index: u32,
+    /// Whether the value was borrowed fenced (see the module docs, Modes): it is given back
+    /// fenced too.
+    fenced: bool,
     /// Borrows the cell, and is not `Send`: the slot is its thread's.
     _cell: PhantomData<(&'a Published<T>, *const ())>,
 }
@@ -682,9 +756,10 @@ impl<T> Borrowed<'_, T> {
     #[inline]
     fn none() -> Self {
         Borrowed {
-            value: ptr::null_mut(),
+            value: ptr::null(),
             slot: &NO_SLOT,
             index: POOL,
+            fenced: true,
             _cell: PhantomData,
         }
     }
@@ -694,7 +769,7 @@ impl<T> Borrowed<'_, T> {
     pub(crate) fn get(&self) -> Option<&T> {
         // SAFETY: a non-null `value` is alive while its slot holds it (see the module docs),
         // that is, until this borrow is dropped.
-        unsafe { untag(self.value).as_ref() }
+        unsafe { self.value.as_ref() }
     }
 }
 
@@ -703,7 +778,7 @@ impl<T> Drop for Borrowed<'_, T> {
     fn drop(&mut self) {
         if !self.value.is_null() {
             // A value borrowed fenced is given back fenced.
-            give_back(self.slot, self.value.addr() & FENCED != 0);
+            give_back(self.slot, self.fenced);
             free(self.slot, self.index);
         }
     }
@@ -781,8 +856,7 @@ mod tests {
         let borrowed = cell.borrow();
         assert_eq!(borrowed.get(), Some(&1));
         assert_eq!(
-            borrowed.value.addr() & FENCED,
-            0,
+            borrowed.fenced as usize, 0,
             "a light value is borrowed light"
         );
         let old = cell.swap(Some(Arc::new(2u64))).unwrap();
