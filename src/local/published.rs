@@ -36,8 +36,8 @@
 //! - **Give back** (reader, when the borrow ends): store null in the slot (`Release`); the
 //!   reader's fence, in the mode it borrowed in; load the slot's owed word. If it is set,
 //!   clear it and reclaim.
-//! - **Reclaim** (a writer that retired, or a reader that gave back while something was
-//!   retired): a `SeqCst` fence; then for each retired value, look at every slot, and if
+//! - **Reclaim** (a writer that retired, a reader whose slot was owed, or one whose borrow
+//!   a replace raced): a `SeqCst` fence; then for each retired value, look at every slot, and if
 //!   none holds it, claim its entry with a compare-and-swap and drop the retired reference.
 //!
 //! Why a value is never freed while borrowed: a reader's fence sits between its slot store
