@@ -361,7 +361,7 @@ fn count_fenced<T>(cell: &AtomicPtr<T>, current: *mut T) {
 
 /// One `Arc<T>`, replaced by a writer and borrowed by readers (see the module docs).
 pub(crate) struct Published<T> {
-    /// From `Arc::into_raw`, or null.
+    /// From `Arc::into_raw`, with the value's mode in the low bit ([`FENCED`]), or null.
     current: AtomicPtr<T>,
     _owns: PhantomData<Arc<T>>,
 }
