@@ -133,31 +133,86 @@ struct Record {
     owed: [AtomicPtr<()>; SLOTS],
     /// Whether a thread (or a deep borrow) owns this record.
     in_use: AtomicBool,
-    /// The next record of the pool; set before the record is shared, then never changed.
-    next: *const Record,
 }
 
-// SAFETY: `next` is written once, before the record is published to other threads (by the
-// `Release` compare-and-swap that pushes it), and only read afterwards; the rest is atomics.
-unsafe impl Sync for Record {}
+/// A list of leaked values that only grows, newest first: the borrow records, and the
+/// chunks of retired entries. A node is fully written before the `Release`
+/// compare-and-swap that links it, and never freed, so a reader follows the list with no
+/// protection while other threads push.
+struct GrowOnly<T: 'static> {
+    head: AtomicPtr<Node<T>>,
+}
+
+/// `repr(C)`: the value is at the node's address (a record is known by its first slot).
+#[repr(C)]
+struct Node<T: 'static> {
+    value: T,
+    /// Set before the node is linked, then never changed.
+    next: *const Node<T>,
+}
+
+// SAFETY: `next` is written once, before the node is published to other threads (by the
+// `Release` compare-and-swap that links it), and only read afterwards.
+unsafe impl<T: Sync> Sync for Node<T> {}
+
+impl<T: Sync> GrowOnly<T> {
+    #[cfg(not(evbus_loom))]
+    const fn new() -> Self {
+        GrowOnly {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    #[cfg(evbus_loom)]
+    fn new() -> Self {
+        GrowOnly {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Leaks `value` into a new node and links it.
+    fn push(&self, value: T) -> &'static T {
+        let node = Box::leak(Box::new(Node {
+            value,
+            next: ptr::null(),
+        }));
+        let mut head = self.head.load(Relaxed);
+        loop {
+            node.next = head;
+            match self
+                .head
+                .compare_exchange_weak(head, node, Release, Relaxed)
+            {
+                Ok(_) => return &node.value,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Every value ever pushed, newest first.
+    fn iter(&self) -> impl Iterator<Item = &'static T> {
+        let head = self.head.load(Acquire).cast_const();
+        // SAFETY: nodes are leaked (never freed), and a node is fully written before the
+        // `Release` compare-and-swap that links it, which the `Acquire` load above (or the
+        // node before it in the list) acquired.
+        std::iter::successors(unsafe { head.as_ref() }, |node| unsafe {
+            node.next.as_ref()
+        })
+        .map(|node| &node.value)
+    }
+}
 
 #[cfg(not(evbus_loom))]
-/// Every record ever made, newest first (a list that only grows).
-static RECORDS: AtomicPtr<Record> = AtomicPtr::new(ptr::null_mut());
+/// Every record ever made.
+static RECORDS: GrowOnly<Record> = GrowOnly::new();
 #[cfg(evbus_loom)]
 loom::lazy_static! {
-    static ref RECORDS: AtomicPtr<Record> = AtomicPtr::new(ptr::null_mut());
+    static ref RECORDS: GrowOnly<Record> = GrowOnly::new();
 }
 
 /// Every record ever made.
 fn records() -> impl Iterator<Item = &'static Record> {
-    let head = RECORDS.load(Acquire).cast_const();
-    // SAFETY: records are leaked (never freed), and a record is fully written before the
-    // `Release` compare-and-swap that links it, which the `Acquire` load above (or the
-    // record before it in the list) acquired.
-    std::iter::successors(unsafe { head.as_ref() }, |record| unsafe {
-        record.next.as_ref()
-    })
+    RECORDS.iter()
 }
 
 /// A record for this thread (or one deep borrow): a free one of the pool, or a new one.
@@ -172,20 +227,11 @@ fn acquire() -> &'static Record {
             return record;
         }
     }
-    let record = Box::leak(Box::new(Record {
+    RECORDS.push(Record {
         slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
         owed: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
         in_use: AtomicBool::new(true),
-        next: ptr::null(),
-    }));
-    let mut head = RECORDS.load(Relaxed);
-    loop {
-        record.next = head;
-        match RECORDS.compare_exchange_weak(head, record, Release, Relaxed) {
-            Ok(_) => return record,
-            Err(current) => head = current,
-        }
-    }
+    })
 }
 
 /// This thread's record, as an address: 0 before the first borrow, [`DEAD`] once the thread
@@ -589,36 +635,22 @@ struct Entry {
     release: AtomicPtr<()>,
 }
 
-/// Entries for retired values. Chunks are never freed: a list that only grows, to the most
-/// values retired at once, so a reclaim reads them while writers fill and release entries.
-struct Chunk {
-    entries: [Entry; CHUNK],
-    /// Set before the chunk is shared, then never changed.
-    next: *const Chunk,
-}
-
-// SAFETY: `next` is written once, before the chunk is published by a `Release`
-// compare-and-swap, and only read afterwards; the rest is atomics.
-unsafe impl Sync for Chunk {}
+/// Entries for retired values, in chunks that are never freed: a list that only grows, to
+/// the most values retired at once, so a reclaim reads them while writers fill and release
+/// entries.
+type Chunk = [Entry; CHUNK];
 
 #[cfg(not(evbus_loom))]
-/// Every chunk ever made, newest first.
-static CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
+/// Every chunk ever made.
+static CHUNKS: GrowOnly<Chunk> = GrowOnly::new();
 #[cfg(evbus_loom)]
 loom::lazy_static! {
-    static ref CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
+    static ref CHUNKS: GrowOnly<Chunk> = GrowOnly::new();
 }
 
 /// Every entry of every chunk.
 fn entries() -> impl Iterator<Item = &'static Entry> {
-    let head = CHUNKS.load(Acquire).cast_const();
-    // SAFETY: chunks are leaked (never freed), and a chunk is fully written before the
-    // `Release` compare-and-swap that links it, which the load above (or the chunk before
-    // it) acquired.
-    std::iter::successors(unsafe { head.as_ref() }, |chunk| unsafe {
-        chunk.next.as_ref()
-    })
-    .flat_map(|chunk| &chunk.entries)
+    CHUNKS.iter().flatten()
 }
 
 /// [`Entry::release`] of an `Arc<T>`.
@@ -653,22 +685,11 @@ fn retire<T>(value: Arc<T>, fenced: bool) {
         true
     });
     if !filled {
-        let chunk = Box::leak(Box::new(Chunk {
-            entries: std::array::from_fn(|i| Entry {
-                state: AtomicU64::new(if i == 0 { RETIRED } else { EMPTY }),
-                value: AtomicPtr::new(if i == 0 { value } else { ptr::null_mut() }),
-                release: AtomicPtr::new(release),
-            }),
-            next: ptr::null(),
+        CHUNKS.push(std::array::from_fn(|i| Entry {
+            state: AtomicU64::new(if i == 0 { RETIRED } else { EMPTY }),
+            value: AtomicPtr::new(if i == 0 { value } else { ptr::null_mut() }),
+            release: AtomicPtr::new(release),
         }));
-        let mut head = CHUNKS.load(Relaxed);
-        loop {
-            chunk.next = head;
-            match CHUNKS.compare_exchange_weak(head, chunk, Release, Relaxed) {
-                Ok(_) => break,
-                Err(current) => head = current,
-            }
-        }
     }
     // Against a reader's store of null, fence and load of its `owed` word (set by `held`
     // before this): a reader of the value borrowed it in the mode the writer found it in.
