@@ -60,8 +60,8 @@
 //! group's closures with no further dispatch than the closure call itself. Only snapshots
 //! hold receivers: a session holds ids and `Weak` topics. Registration ids are taken from the
 //! bus's counter under the topic's lock, so within a topic they grow with the trie's slots,
-//! and a removal finds its id by binary search in the trie; there is no index from id to
-//! slot.
+//! and a removal finds its id by binary search over the trie's branches and a scan of one
+//! leaf; there is no index from id to slot.
 //!
 //! # Writes
 //!

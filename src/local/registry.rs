@@ -29,7 +29,8 @@
 //!
 //! Registration ids are taken from the bus's counter under the topic's mutex, so within a
 //! topic they grow with the trie's slots, and a removal finds its id in the trie by binary
-//! search: no index from id to slot, no memory per registration beyond its trie entry.
+//! search over the branches and a scan of one leaf: no index from id to slot, no memory per
+//! registration beyond its trie entry.
 //!
 //! # Memory
 //!
@@ -928,7 +929,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Receiver<String>>(), 16);
     }
 
-    /// Removal finds ids by binary search in the trie: in any order, across repacks, and only
+    /// Removal finds ids in the trie: in any order, across repacks, and only
     /// for the right kind.
     #[test]
     fn remove_finds_ids_in_any_order() {
