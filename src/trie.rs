@@ -372,9 +372,9 @@ fn child_of<T>(children: &[Child<T>], key: u64) -> Option<usize> {
 /// A scan, not a binary search, though the keys are sorted: see the module docs. The loop
 /// stops at the first key not below `key`, and its branch predicts "go on", so the loads
 /// ahead are issued before the comparisons behind them resolve. Measured on 100,000
-/// listeners removed in random order (`benches/churn.rs`, AMD EPYC, runs alternated): 129 –
+/// listeners removed in random order (`benches/churn.rs`, AMD EPYC, runs alternated): 130 –
 /// 154 ms by binary search, 79 – 87 ms scanning; in add order, where the items are cached, no
-/// slower (53 – 59 ms, 48 – 50).
+/// slower (53 – 59 ms, 48 – 51).
 fn index_in_leaf<T: Keyed>(items: &[T], key: u64) -> Option<usize> {
     let at = items.iter().position(|item| item.key() >= key)?;
     (items[at].key() == key).then_some(at)
