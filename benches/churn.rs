@@ -12,6 +12,12 @@
 //! - `streams/one_at_a_time`: 100,000 times, a session creates a stream on a channel that
 //!   already has one (so the ring stays), and is closed: the stream joins and leaves the
 //!   ring, and its leave pays the fence pair's heavy side (`src/local/barrier.rs`).
+//! - `streams/dropped_one_at_a_time`: the same, but each stream is dropped by its owner (no
+//!   session), as a server's connection handler drops its stream: the leave needs no fence
+//!   pair then.
+//! - `streams/closed_beside_a_busy_thread`, `streams/dropped_beside_a_busy_thread`: 10,000
+//!   times each of the two, while another thread of the process spins: the heavy side is a
+//!   `membarrier` call, which interrupts the CPUs running the process's other threads.
 //! - `post/quiet`, `post/while_churning`: a post through a handle to a channel with one
 //!   listener; in the second, another thread meanwhile adds a listener to the same channel and
 //!   removes it, over and over (issue 11). Besides criterion's mean, each prints the p50, p99
@@ -116,12 +122,12 @@ fn session_add_close_each() -> Duration {
     elapsed
 }
 
-fn session_stream_close_each() -> Duration {
+fn session_stream_close_each(n: usize) -> Duration {
     let bus = Bus::local();
     let _stays = bus.messages().create_stream::<u64>(CHANNEL);
 
     let start = Instant::now();
-    for _ in 0..N {
+    for _ in 0..n {
         let session = bus.session();
         let stream = session.messages().create_stream::<u64>(CHANNEL);
         session.close();
@@ -130,6 +136,42 @@ fn session_stream_close_each() -> Duration {
     let elapsed = start.elapsed();
 
     assert_eq!(bus.stats().streams, 1);
+    elapsed
+}
+
+/// 100,000 times (`n` for the busy variants): a stream is created on a channel that keeps
+/// another, and dropped by its owner.
+fn stream_drop_each(n: usize) -> Duration {
+    let bus = Bus::local();
+    let _stays = bus.messages().create_stream::<u64>(CHANNEL);
+
+    let start = Instant::now();
+    for _ in 0..n {
+        drop(bus.messages().create_stream::<u64>(CHANNEL));
+    }
+    let elapsed = start.elapsed();
+
+    assert_eq!(bus.stats().streams, 1);
+    elapsed
+}
+
+/// Streams of the busy variants: fewer, since each `membarrier` then costs microseconds.
+const BUSY_N: usize = 10_000;
+
+/// `run` while another thread of this process spins, as a server's other workers would run.
+fn beside_a_busy_thread(run: impl FnOnce() -> Duration) -> Duration {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let elapsed = run();
+    stop.store(true, Relaxed);
+    spinner.join().unwrap();
     elapsed
 }
 
@@ -246,7 +288,25 @@ fn churn(c: &mut Criterion) {
         b.iter_custom(|iters| (0..iters).map(|_| session_add_close_each()).sum())
     });
     group.bench_function("streams/one_at_a_time", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| session_stream_close_each()).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| session_stream_close_each(N)).sum())
+    });
+    group.bench_function("streams/dropped_one_at_a_time", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| stream_drop_each(N)).sum())
+    });
+    group.throughput(Throughput::Elements(BUSY_N as u64));
+    group.bench_function("streams/closed_beside_a_busy_thread", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| beside_a_busy_thread(|| session_stream_close_each(BUSY_N)))
+                .sum()
+        })
+    });
+    group.bench_function("streams/dropped_beside_a_busy_thread", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| beside_a_busy_thread(|| stream_drop_each(BUSY_N)))
+                .sum()
+        })
     });
     group.finish();
 }

@@ -75,6 +75,14 @@
 //! or where the kernel refuses it, a `SeqCst` fence on both sides (one locked instruction
 //! per read).
 //!
+//! Only a leave that can race a read pays it. A stream dropped by its owner (a connection
+//! handler ending, or a stream that owns its session) marks itself gone first, and its
+//! leave then synchronizes with that mark instead (`GONE` in `local/stream.rs`, with a loom
+//! model). `cargo bench --bench churn`, AMD VM, binaries alternated, per stream: dropped by
+//! its owner 0.77 – 0.80 → 0.37 – 0.39 µs; the same beside a thread of the process that
+//! spins, 8.7 – 11.7 → 0.45 – 0.52 µs. A stream ended by its session's close from elsewhere
+//! still pays the call: 8.6 – 11.3 µs beside the spinning thread.
+//!
 //! ## What a snapshot borrow costs
 //!
 //! A post borrows its channel's snapshot by storing its address in a slot of its thread and
