@@ -190,12 +190,9 @@ mod stripe {
     use crate::sync::{AtomicU64, Ordering::*};
     use std::cell::Cell;
 
-    #[cfg(not(evbus_loom))]
-    /// Bit `i` set: stripe `i` is free.
-    static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
-    #[cfg(evbus_loom)]
-    loom::lazy_static! {
-        static ref FREE: AtomicU64 = AtomicU64::new(u64::MAX);
+    crate::sync::model_static! {
+        /// Bit `i` set: stripe `i` is free.
+        static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
     }
     const _: () = assert!(THREAD_STRIPES == 64, "FREE has one bit per stripe");
 

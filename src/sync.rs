@@ -56,6 +56,23 @@ pub(crate) trait Flag: Sync {
     fn fence(order: Ordering);
 }
 
+/// A static of the protocols: a plain `static` in a normal build; in the models loom's
+/// `lazy_static!`, which loom needs for a static that holds its atomics (each run of a model
+/// gets it new).
+macro_rules! model_static {
+    ($(#[$attr:meta])* static $name:ident: $ty:ty = $init:expr;) => {
+        #[cfg(not(evbus_loom))]
+        $(#[$attr])*
+        static $name: $ty = $init;
+        #[cfg(evbus_loom)]
+        loom::lazy_static! {
+            $(#[$attr])*
+            static ref $name: $ty = $init;
+        }
+    };
+}
+pub(crate) use model_static;
+
 macro_rules! flag {
     ($($atomic:ident)::+) => {
         impl Flag for $($atomic)::+::AtomicBool {

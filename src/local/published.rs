@@ -115,7 +115,7 @@ use std::ptr;
 use std::sync::Arc;
 
 use super::barrier;
-use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use crate::sync::{fence, model_static, AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 
 /// Slots per record: borrows a thread can hold at once before it takes another record.
 const SLOTS: usize = 8;
@@ -202,22 +202,14 @@ impl<T: Sync> GrowOnly<T> {
     }
 }
 
-#[cfg(not(evbus_loom))]
-/// Every record ever made.
-static RECORDS: GrowOnly<Record> = GrowOnly::new();
-#[cfg(evbus_loom)]
-loom::lazy_static! {
-    static ref RECORDS: GrowOnly<Record> = GrowOnly::new();
-}
-
-/// Every record ever made.
-fn records() -> impl Iterator<Item = &'static Record> {
-    RECORDS.iter()
+model_static! {
+    /// Every record ever made.
+    static RECORDS: GrowOnly<Record> = GrowOnly::new();
 }
 
 /// A record for this thread (or one deep borrow): a free one of the pool, or a new one.
 fn acquire() -> &'static Record {
-    for record in records() {
+    for record in RECORDS.iter() {
         if !record.in_use.load(Relaxed)
             && record
                 .in_use
@@ -600,7 +592,7 @@ fn give_back_raced(slot: &AtomicPtr<()>) {
 /// such slot. Called after a writer's fence, or a reclaim's: see the module docs.
 fn held(value: *const (), mark: bool) -> bool {
     let mut held = false;
-    for record in records() {
+    for record in RECORDS.iter() {
         for (slot, owed) in record.slots.iter().zip(&record.owed) {
             if slot.load(Acquire).cast_const() == value {
                 held = true;
@@ -640,12 +632,9 @@ struct Entry {
 /// entries.
 type Chunk = [Entry; CHUNK];
 
-#[cfg(not(evbus_loom))]
-/// Every chunk ever made.
-static CHUNKS: GrowOnly<Chunk> = GrowOnly::new();
-#[cfg(evbus_loom)]
-loom::lazy_static! {
-    static ref CHUNKS: GrowOnly<Chunk> = GrowOnly::new();
+model_static! {
+    /// Every chunk ever made.
+    static CHUNKS: GrowOnly<Chunk> = GrowOnly::new();
 }
 
 /// Every entry of every chunk.
@@ -749,12 +738,9 @@ fn free(slot: &'static AtomicPtr<()>, index: u32) {
     });
 }
 
-/// The slot of an empty borrow, never used.
-#[cfg(not(evbus_loom))]
-static NO_SLOT: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
-#[cfg(evbus_loom)]
-loom::lazy_static! {
-    static ref NO_SLOT: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+model_static! {
+    /// The slot of an empty borrow, never used.
+    static NO_SLOT: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 }
 
 /// A borrow of a [`Published`] value: the value stays alive until this is dropped.
@@ -906,7 +892,7 @@ mod tests {
         }
         drop(borrows);
         assert_eq!(drops.load(SeqCst), 1);
-        let in_use = records().filter(|r| r.in_use.load(SeqCst)).count();
+        let in_use = RECORDS.iter().filter(|r| r.in_use.load(SeqCst)).count();
         let held = std::thread::available_parallelism().map_or(64, |n| n.get() * 8);
         assert!(in_use <= held, "{in_use} records still in use");
     }
@@ -922,7 +908,11 @@ mod tests {
                 .unwrap();
         }
         // Other tests run beside this one and take records too, but not a thousand.
-        assert!(records().count() < 200, "{} records", records().count());
+        assert!(
+            RECORDS.iter().count() < 200,
+            "{} records",
+            RECORDS.iter().count()
+        );
     }
 
     /// Readers on several threads borrow while a writer replaces the value as fast as it can:
