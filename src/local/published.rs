@@ -32,7 +32,7 @@
 //!   each such slot *owed* (a word of the record beside the slot, [`Record::owed`]), takes a
 //!   reference of its own for the caller and *retires* the cell's: it stores it in a free
 //!   [`Entry`] of the global table of retired values, passes its fence again and reclaims
-//!   (below).
+//!   (below; for a fenced value the reclaim's own `SeqCst` fence is that fence).
 //! - **Give back** (reader, when the borrow ends): store null in the slot (`Release`); the
 //!   reader's fence, in the mode it borrowed in; load the slot's owed word. If it is set,
 //!   clear it and reclaim.
@@ -682,7 +682,10 @@ fn retire<T>(value: Arc<T>, fenced: bool) {
     }
     // Against a reader's store of null, fence and load of its `owed` word (set by `held`
     // before this): a reader of the value borrowed it in the mode the writer found it in.
-    writer_fence(fenced);
+    // For a fenced value that is the `SeqCst` fence `reclaim` passes first.
+    if !fenced {
+        barrier::heavy();
+    }
     reclaim();
 }
 
