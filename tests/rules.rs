@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use evbus::{Bus, BusError, MessageScope, MessageStream, PostError, Stats};
 use futures_core::Stream;
@@ -776,19 +776,31 @@ fn s05_bus_level_registrations_live_until_removed_or_shutdown() {
 fn s06_closing_sessions_while_another_thread_posts_is_safe() {
     let bus = Bus::local();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posts = Arc::new(AtomicUsize::new(0));
     let posted = thread::spawn({
-        let (bus, stop) = (bus.clone(), stop.clone());
+        let (bus, stop, posts) = (bus.clone(), stop.clone(), posts.clone());
         move || {
             let mut n = 0u64;
             while !stop.load(SeqCst) {
                 local(&bus, "c", n);
                 n += 1;
+                posts.fetch_add(1, SeqCst);
             }
             n
         }
     });
+    // On a busy machine the poster may not run before 2,000 closes are done: close sessions
+    // until it has posted meanwhile too (a generous deadline, not a sleep).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = posts.load(SeqCst);
     let captured = marker();
-    for _ in 0..2000 {
+    let mut closed = 0;
+    while closed < 2000 || posts.load(SeqCst) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the posting thread made no post in 60 s of closing sessions"
+        );
+        closed += 1;
         let session = bus.session();
         let c = captured.clone();
         session.messages().add_listener("c", move |_: &u64| {
@@ -798,7 +810,7 @@ fn s06_closing_sessions_while_another_thread_posts_is_safe() {
         session.close();
     }
     stop.store(true, SeqCst);
-    assert!(posted.join().unwrap() > 0);
+    assert!(posted.join().unwrap() > before as u64);
     assert_eq!(Arc::strong_count(&captured), 1);
     let Stats {
         listeners,
