@@ -174,13 +174,14 @@ struct Shared<M> {
 ///
 /// Most leaves need no fence pair: a stream is most often ended by its owner dropping it,
 /// and the drop sets `GONE` (a `Release` read-modify-write of `ended`) after the stream's
-/// last move. A leave that finds `GONE` in its own read-modify-write of `ended` (`AcqRel`)
+/// last move. A leave that finds `GONE` in its own read-modify-write of `ended` (`Acquire`)
 /// has synchronized with that drop, so it sees the stream's last store to `next` and skips
-/// the `membarrier` call: 0.36 µs on an idle process, about 14 µs where another thread of the
-/// process is running (an interrupt to its CPU; `evbus::docs::performance`). The fence pair is
-/// for a leave that races a stream still read: its session closed, or the bus shut down. Where a CAS on the
-/// cursor cost each message one locked instruction (about 5 ns here), the stream now pays two
-/// plain stores and a plain load; the leave pays one `membarrier` call.
+/// the `membarrier` call: 0.36 µs on an idle process, about 14 µs where another thread of
+/// the process is running (an interrupt to its CPU; `evbus::docs::performance`). The fence
+/// pair is for a leave that races a stream still read: its session closed, or the bus shut
+/// down. Where a CAS on the cursor cost each message one locked instruction (about 5 ns
+/// here), the stream now pays two plain stores and a plain load; the leave pays one
+/// `membarrier` call.
 struct Taking<'a, M> {
     shared: &'a Shared<M>,
     /// A move saw `LEFT`: the cursor is the leave's now.
