@@ -3,8 +3,8 @@
 //!
 //! | metric | kind | what |
 //! |---|---|---|
-//! | `evbus_<field>_total` | counter | each counter of [`Stats`], by its field name |
-//! | `evbus_<field>` | gauge | each gauge of [`Stats`] (`channels`, `listeners`, `streams`, `global_buffered`) |
+//! | `evbus_<field>_total` | counter | each counter of [`Stats`](crate::Stats#fields), by its field name |
+//! | `evbus_<field>` | gauge | each gauge of [`Stats`](crate::Stats#fields) (`channels`, `listeners`, `streams`, `global_buffered`) |
 //! | `evbus_global_batch_messages` | histogram | messages per pipelined write to Redis |
 //! | `evbus_global_latency_seconds` | histogram | end-to-end latency of a received frame |
 //!
@@ -12,8 +12,8 @@
 //! ([`BusBuilder::namespace`](crate::BusBuilder::namespace)), so that buses of one process
 //! stay apart.
 //!
-//! The counters and gauges are copied from [`Stats`] when
-//! [`Bus::record_metrics`](crate::Bus::record_metrics) is called (before each scrape, or on
+//! The counters and gauges are copied from [`Stats`](crate::Stats#fields) when
+//! `Bus::record_metrics` is called (before each scrape, or on
 //! a timer), not counted where they happen: the local post path stays as it is, with no
 //! call into a recorder. The histograms are recorded where they happen, on the global path
 //! only: the publisher records one sample per pipelined write, a receiver one per Native

@@ -393,7 +393,7 @@ impl Group {
     }
 }
 
-/// See [`Group::wire`]: `None` when the group's type does not take the class.
+/// See [`GroupOps::wire`]: `None` when the group's type does not take the class.
 pub(crate) type Wire =
     fn(&Group, &Codec, &str, Payload<'_>, &mut Tally) -> Option<Result<(), String>>;
 

@@ -395,7 +395,7 @@ impl Topic {
     }
 
     /// Delivers `message` to the current snapshot and counts the post; returns the number of
-    /// receivers reached. The post path, see [`crate::post`].
+    /// receivers reached. The post path, see [`super::post`].
     #[inline]
     pub(crate) fn post<M: Send + Sync + 'static>(&self, message: M, counters: &Counters) -> usize {
         self.post_if_received(message, counters)

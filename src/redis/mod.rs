@@ -37,7 +37,7 @@
 //! is unreachable, say one that died without a replica, refuses only the posts to its own
 //! channels while the other masters' posts flow. After the reconnect the held posts go out in
 //! order, the subscriber connection subscribes every tracked channel again, and
-//! [`BusEvent::Reconnected`] is emitted. A command that fails because the connection dropped
+//! [`BusEvent::Reconnected`](crate::BusEvent::Reconnected) is emitted. A command that fails because the connection dropped
 //! under it is sent again; if it had reached Redis after all, receivers drop the copy by its
 //! sequence number (Native format).
 

@@ -416,7 +416,7 @@ impl State {
         self.events.emit(event);
     }
 
-    /// A change of one connection (from [`Redis::watch`]): emits `Disconnected` when the
+    /// A change of one connection (from [`Redis::watch`](connection::Redis::watch)): emits `Disconnected` when the
     /// first link drops, `Connected` when every link is connected again, `Reconnected` when
     /// every link has also restored its subscriptions (G08).
     pub(super) fn link_changed(&self, link: Link, state: LinkState) {

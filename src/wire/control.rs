@@ -30,7 +30,7 @@
 //! These bytes come from Redis like every frame: [`decode`] returns `Ok` or a short reason
 //! for every byte string, never panics and allocates nothing (the fields borrow from the
 //! input). Whether a signed message's MAC verifies is the caller's to check
-//! ([`Control::signed`]), as for frames.
+//! ([`Control::signed`](Control#structfield.signed)), as for frames.
 //!
 //! [`Request`]: Control::Request
 //! [`Answer`]: Control::Answer

@@ -9,7 +9,7 @@
 //! - [`error`]: `DecodeError`, why received bytes were refused, in either format;
 //! - [`mac`]: the MAC of a signed frame (keyed BLAKE3);
 //! - [`codec`]: class names and typed payloads (MessagePack or JSON) of one bus;
-//! - [`format`]: [`WireFormat`], which of the two a bus uses.
+//! - [`format`](mod@format): [`WireFormat`], which of the two a bus uses.
 
 pub(crate) mod codec;
 pub(crate) mod control;
